@@ -1,0 +1,24 @@
+"""replaygen: durable execution for Python generators.
+
+A workflow is a generator function that yields commands (``Do``, ``Sleep``,
+``Wait``, ``Version``, ``All``); an ``Interpreter`` executes each command or,
+when a run is resumed after a crash, answers it from the run's journal.
+"""
+
+from .codec import Codec, JSONCodec
+from .commands import All, Command, Do, Retry, Sleep, Version, Wait
+from .errors import (
+    Cancelled, CorruptRecord, NonDeterminismError, ReplaygenError, ResultTimeout, RunFinished,
+    RunNotFound, StepFailed, StoreUnavailable, UsageError, WaitTimeout, WorkflowFailed,
+)
+from .interpreter import Clock, Interpreter, RunStatus, SystemClock
+from .observe import Event, Observer, StepInfo, current_step
+from .store import MemoryStore, Store
+
+__all__ = [
+    "All", "Cancelled", "Clock", "Codec", "Command", "CorruptRecord", "Do", "Event",
+    "Interpreter", "JSONCodec", "MemoryStore", "NonDeterminismError", "Observer",
+    "ReplaygenError", "ResultTimeout", "Retry", "RunFinished", "RunNotFound", "RunStatus",
+    "Sleep", "StepFailed", "StepInfo", "Store", "StoreUnavailable", "SystemClock", "UsageError",
+    "Version", "Wait", "WaitTimeout", "WorkflowFailed", "current_step",
+]

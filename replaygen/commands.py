@@ -1,0 +1,241 @@
+"""Commands: the values a workflow yields.
+
+Commands are frozen data with validation and nothing else; only the
+interpreter executes, journals or answers them. Each can also be used with
+``yield from``, which gives the step's result its static type::
+
+    receipt = yield from Do("charge", charge_card, order)   # typed as charge_card's result
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar, overload
+
+from .errors import UsageError
+
+T = TypeVar("T")
+
+MAX_NAME = 255
+"""Longest run id, workflow, step, signal or change name, in characters."""
+
+
+def check_name(what: str, value: object) -> str:
+    """Return ``value`` if it is a usable identifier, else raise a UsageError saying why."""
+    if not isinstance(value, str):
+        raise UsageError(f"{what} must be a str, got {type(value).__name__} {value!r}")
+    if not value or len(value) > MAX_NAME:
+        raise UsageError(f"{what} must be 1 to {MAX_NAME} characters long, got {len(value)}")
+    if "\x00" in value:
+        raise UsageError(f"{what} {value!r} contains a NUL character, which stores cannot keep")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} {value!r} is not valid unicode (lone surrogate)") from None
+    return value
+
+
+def _seconds(what: str, value: object) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{what} must be seconds or a timedelta, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+class Command:
+    """Base of every command a workflow may yield."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Generator[Command, Any, Any]:
+        return (yield self)
+
+
+@dataclass(frozen=True, init=False)
+class Retry:
+    """How a ``Do`` retries: up to ``attempts`` tries with capped, jittered exponential backoff.
+
+    The delay before try ``n + 1`` is ``min(max_backoff, backoff * multiplier ** (n - 1))``,
+    shortened by up to ``jitter`` (a fraction) at random. An exception is retried when it is
+    an instance of ``retry_on`` and not of ``never_retry``.
+    """
+
+    attempts: int
+    backoff: float
+    multiplier: float
+    max_backoff: float
+    jitter: float
+    retry_on: tuple[type[BaseException], ...]
+    never_retry: tuple[type[BaseException], ...]
+
+    def __init__(
+        self,
+        attempts: int = 3,
+        *,
+        backoff: float | timedelta = 1.0,
+        multiplier: float = 2.0,
+        max_backoff: float | timedelta = 60.0,
+        jitter: float = 0.1,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        never_retry: type[BaseException] | tuple[type[BaseException], ...] = (),
+    ) -> None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise UsageError(f"Retry attempts must be an int >= 1, got {attempts!r}")
+        if not 0.0 <= jitter <= 1.0 or multiplier < 1.0:
+            raise UsageError("Retry needs 0 <= jitter <= 1 and multiplier >= 1")
+        classes = []
+        for what, value in (("retry_on", retry_on), ("never_retry", never_retry)):
+            value = value if isinstance(value, tuple) else (value,)
+            if not all(isinstance(c, type) and issubclass(c, BaseException) for c in value):
+                raise UsageError(f"Retry {what} must be exception classes, got {value!r}")
+            classes.append(value)
+        set_ = object.__setattr__
+        set_(self, "attempts", attempts)
+        set_(self, "backoff", _seconds("Retry backoff", backoff))
+        set_(self, "multiplier", float(multiplier))
+        set_(self, "max_backoff", _seconds("Retry max_backoff", max_backoff))
+        set_(self, "jitter", float(jitter))
+        set_(self, "retry_on", classes[0])
+        set_(self, "never_retry", classes[1])
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth another try under this policy."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.never_retry)
+
+    def delay(self, failed_attempt: int, rand: float) -> float:
+        """Seconds to wait after try number ``failed_attempt``; ``rand`` is uniform in [0, 1)."""
+        base = min(self.max_backoff, self.backoff * self.multiplier ** (failed_attempt - 1))
+        return base * (1.0 - self.jitter * rand)
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class Do(Command, Generic[T]):
+    """Run ``fn(*args, **kwargs)`` once, journal its result, and answer from the journal on replay.
+
+    ``fn`` may be a plain function or an ``async def``; it runs off the
+    workflow, on the interpreter's bounded pool of step threads (or its event
+    loop). Its result must be encodable by the codec (JSON by default).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = field(hash=False)
+    kwargs: Mapping[str, Any] = field(hash=False)
+    retry: Retry | None
+
+    @overload
+    def __init__(
+        self: Do[T], name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+        retry: Retry | None = None, **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Do[T], name: str, fn: Callable[..., T], *args: Any,
+        retry: Retry | None = None, **kwargs: Any,
+    ) -> None: ...
+    def __init__(
+        self, name: str, fn: Callable[..., Any], *args: Any,
+        retry: Retry | None = None, **kwargs: Any,
+    ) -> None:
+        check_name("Do step name", name)
+        if not callable(fn):
+            raise UsageError(f"Do({name!r}, ...) needs a callable as its second argument, got {fn!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise UsageError(f"Do({name!r}, ...) retry must be a Retry(...) or None, got {retry!r}")
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "fn", fn)
+        set_(self, "args", args)
+        set_(self, "kwargs", MappingProxyType(dict(kwargs)))
+        set_(self, "retry", retry)
+
+    def __iter__(self) -> Generator[Command, Any, T]:
+        return (yield self)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        parts = [repr(self.name), getattr(self.fn, "__qualname__", repr(self.fn))]
+        parts += [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        if self.retry is not None:
+            parts.append(f"retry={self.retry!r}")
+        return f"Do({', '.join(parts)})"
+
+
+@dataclass(frozen=True, init=False)
+class Sleep(Command):
+    """A durable timer of ``seconds`` (a number or a timedelta); holds no thread."""
+
+    seconds: float
+
+    def __init__(self, duration: float | timedelta) -> None:
+        object.__setattr__(self, "seconds", _seconds("Sleep duration", duration))
+
+    def __iter__(self) -> Generator[Command, Any, None]:
+        yield self
+
+
+@dataclass(frozen=True, init=False)
+class Wait(Command):
+    """Park until signal ``signal`` is delivered to this run; evaluates to its payload.
+
+    With ``timeout`` (seconds or a timedelta) it raises ``WaitTimeout`` in the
+    workflow when no signal arrived in time.
+    """
+
+    signal: str
+    timeout: float | None
+
+    def __init__(self, signal: str, timeout: float | timedelta | None = None) -> None:
+        object.__setattr__(self, "signal", check_name("Wait signal name", signal))
+        object.__setattr__(
+            self, "timeout", None if timeout is None else _seconds("Wait timeout", timeout)
+        )
+
+    def __iter__(self) -> Generator[Command, Any, Any]:
+        return (yield self)
+
+
+@dataclass(frozen=True, init=False)
+class Version(Command):
+    """Branch on code changes, as Temporal's GetVersion: old runs get ``min``, new ones ``max``."""
+
+    change_id: str
+    min: int
+    max: int
+
+    def __init__(self, change_id: str, min: int, max: int) -> None:  # noqa: A002
+        check_name("Version change_id", change_id)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (min, max)) or min > max:
+            raise UsageError(f"Version({change_id!r}) needs ints with min <= max, got {min!r}, {max!r}")
+        object.__setattr__(self, "change_id", change_id)
+        object.__setattr__(self, "min", min)
+        object.__setattr__(self, "max", max)
+
+    def __iter__(self) -> Generator[Command, Any, int]:
+        return (yield self)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, init=False)
+class All(Command):
+    """Run ``Do``, ``Sleep`` and ``Wait`` commands concurrently; evaluates to their results in order.
+
+    Every member runs to its end; if any failed, the first failure in member
+    order is raised. On recovery only the unfinished members run again.
+    """
+
+    commands: tuple[Do[Any] | Sleep | Wait, ...]
+
+    def __init__(self, *commands: Do[Any] | Sleep | Wait) -> None:
+        for c in commands:
+            if not isinstance(c, (Do, Sleep, Wait)):
+                raise UsageError(f"All(...) takes Do, Sleep and Wait commands, got {c!r}")
+        object.__setattr__(self, "commands", commands)
+
+    def __iter__(self) -> Generator[Command, Any, list[Any]]:
+        return (yield self)  # type: ignore[no-any-return]

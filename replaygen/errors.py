@@ -1,0 +1,90 @@
+"""The error hierarchy. Every error replaygen raises is a ReplaygenError.
+
+Messages are written for the person on call: they name the run, the step or
+position, what was expected, what was found, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ReplaygenError(Exception):
+    """Base of every error raised by replaygen."""
+
+
+class UsageError(ReplaygenError, TypeError, ValueError):
+    """A call was given something it cannot accept (wrong type, bad name, ...)."""
+
+
+class RunNotFound(ReplaygenError, LookupError):
+    """No run with that id exists in the store."""
+
+
+class RunFinished(ReplaygenError):
+    """The run has already finished; it cannot take signals any more."""
+
+
+class ResultTimeout(ReplaygenError, TimeoutError):
+    """result() gave up waiting; the run goes on."""
+
+
+class StoreUnavailable(ReplaygenError):
+    """The store failed in a way that may pass (locked, unreachable, disk full)."""
+
+
+class CorruptRecord(ReplaygenError):
+    """A stored row cannot be read back; the run it belongs to is blocked."""
+
+
+class StepFailed(ReplaygenError):
+    """A step failed for good: its retries are exhausted or its error is not retried.
+
+    Raised into the workflow at the step's ``yield``, identically when the
+    step runs and when its journaled failure is replayed.
+    """
+
+    def __init__(
+        self, step: str, error_type: str, error_message: str, traceback: str | None = None
+    ) -> None:
+        super().__init__(f"step {step!r} failed: {error_type}: {error_message}")
+        self.step = step
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class NonDeterminismError(ReplaygenError):
+    """The workflow's code no longer yields what the run's journal recorded."""
+
+    def __init__(self, run_id: str, position: int, journal: str, code: str) -> None:
+        super().__init__(
+            f"run {run_id!r} is not deterministic at position {position}: the journal holds "
+            f"{journal} but the code {code}. The run is blocked, not failed: deploy code that "
+            f"replays old runs unchanged (branch with Version(...)) and call recover()."
+        )
+        self.run_id = run_id
+        self.position = position
+        self.journal = journal
+        self.code = code
+
+
+class WaitTimeout(ReplaygenError):
+    """A Wait's timeout expired before its signal arrived."""
+
+    def __init__(self, signal: str = "") -> None:
+        super().__init__(f"no signal {signal!r} arrived before the timeout" if signal else "")
+        self.signal = signal
+
+
+class Cancelled(ReplaygenError):
+    """The run was cancelled; raised inside the workflow so it can compensate."""
+
+
+class WorkflowFailed(ReplaygenError):
+    """The run ended with an exception escaping the workflow."""
+
+    def __init__(self, run_id: str, error_type: str, error_message: str, traceback: str | None = None) -> None:
+        super().__init__(f"run {run_id!r} failed: {error_type}: {error_message}")
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback

@@ -1,0 +1,959 @@
+"""The interpreter: drives workflow generators, answering each command live or from the journal.
+
+A fresh run and a recovered run take the same path: replay answers commands
+from the journal until it runs out, then the same loop executes live.
+
+Threads (this module owns them all):
+- a bounded pool runs each busy run as an actor: one thread at a time per
+  run, fed by the run's mailbox; a lone synchronous step runs inline there;
+- an event loop thread runs ``async def`` steps;
+- a timer thread wakes sleeping runs and retry backoffs;
+- a watcher thread renews the lease, learns of signals and cancels sent by
+  other processes, and adopts runs whose owner died.
+Parked runs (sleeping, waiting) hold no thread. Every store write goes
+through ``_commit``, which groups concurrent writes of many runs into one
+transaction (group commit); no run goes past a command before its entry is
+durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+from ._identity import is_dead, new_owner_id
+from .codec import Codec, JSONCodec
+from .commands import All, Command, Do, Sleep, Version, Wait, check_name
+from .errors import (
+    Cancelled, CorruptRecord, NonDeterminismError, ReplaygenError, ResultTimeout, RunNotFound,
+    StepFailed, StoreUnavailable, UsageError, WaitTimeout, WorkflowFailed,
+)
+from .journal import FINAL, Journal, describe
+from .observe import Event, Observer, StepInfo, _current
+from .store import FINISHED, Claim, Entry, RunRecord, Store, Write
+
+log = logging.getLogger("replaygen")
+Workflow = Callable[..., Generator[Any, Any, Any]]
+_KEYS = uuid.UUID("6f1c2a52-9d1e-4c1b-8f0a-3e5d7b9c1a20")
+
+
+class Clock(Protocol):
+    """Wall-clock time in epoch seconds; deadlines are journaled in it. Tests inject a fake."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What ``Interpreter.status`` reports. ``state`` is one of the fixed state strings."""
+
+    run_id: str
+    state: str
+    error: str | None
+    workflow: str
+    created: float
+    updated: float
+    wake_at: float | None
+    waiting_for: str | None
+
+
+class _Blocked(ReplaygenError):
+    """This run must be blocked (crash loop, unknown workflow)."""
+
+
+class _Lost(Exception):
+    """A write was refused: another worker owns the run now."""
+
+
+class _Abandon(Exception):
+    """Shutdown gave up on a write during a store outage."""
+
+
+def _errinfo(exc: BaseException) -> dict[str, str]:
+    # Truncated so that an error always fits under the payload limit.
+    return {"type": type(exc).__name__, "message": str(exc)[:10_000],
+            "traceback": "".join(traceback.format_exception(exc))[-50_000:]}
+
+
+class _Pool:
+    """Daemon threads, started on demand up to ``size``; a stuck step never blocks process exit."""
+
+    def __init__(self, size: int) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._size, self._threads, self._lock = size, 0, threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._tasks.put(fn)
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, daemon=True, name="replaygen-step").start()
+
+    def _work(self) -> None:
+        try:
+            while (fn := self._tasks.get()) is not None:
+                fn()
+                self._idle.release()
+        finally:  # an interrupt ends this thread; let a new one take its place
+            with self._lock:
+                self._threads -= 1
+
+    def stop(self) -> None:
+        for _ in range(self._threads):
+            self._tasks.put(None)
+
+
+class _Timers:
+    """One thread firing callbacks at wall-clock deadlines; it waits on the monotonic clock,
+    re-reads the wall clock at least once a second, and never fires early."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock, self._cv = clock, threading.Condition()
+        self._heap: list[tuple[float, int, list[Callable[[], None] | None]]] = []
+        self._ids, self._stopped = itertools.count(), False
+        threading.Thread(target=self._run, daemon=True, name="replaygen-timers").start()
+        subscribe = getattr(clock, "subscribe", None)
+        if subscribe is not None:
+            subscribe(self.kick)
+
+    def at(self, deadline: float, fn: Callable[[], None]) -> list[Callable[[], None] | None]:
+        handle: list[Callable[[], None] | None] = [fn]
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._ids), handle))
+            self._cv.notify()
+        return handle
+
+    def kick(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                due: list[Callable[[], None]] = []
+                while not due and not self._stopped:
+                    now = self._clock.now()
+                    while self._heap and self._heap[0][0] <= now:
+                        fn = heapq.heappop(self._heap)[2][0]
+                        if fn is not None:
+                            due.append(fn)
+                    if not due:
+                        self._cv.wait(min(self._heap[0][0] - now, 1.0) if self._heap else 1.0)
+                if self._stopped:
+                    return
+            for fn in due:
+                fn()
+
+
+class _Member:
+    """One command of the current yield (a lone command, or one member of an All)."""
+
+    __slots__ = ("cmd", "done", "value", "error", "running", "timer", "deadline")
+
+    def __init__(self, cmd: Command) -> None:
+        self.cmd, self.done, self.running = cmd, False, False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.timer: list[Callable[[], None] | None] | None = None
+        self.deadline: float | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.done, self.value, self.error, self.deadline = True, value, error, None
+
+
+class _Run:
+    """In-memory state of one run this worker owns. Touched only by its actor thread,
+    except ``cancel`` (set by any thread) and the mailbox (under the interpreter's lock)."""
+
+    def __init__(self, record: RunRecord, journal: Journal) -> None:
+        self.id, self.workflow, self.fence = record.run_id, record.workflow, record.fence
+        self.args, self.resumes, self.cancel = record.args, record.resumes, record.cancel_requested
+        self.written: tuple[str, float | None, str | None] = (
+            record.state, record.wake_at, record.waiting_for)
+        self.journal = journal
+        self.gen: Generator[Any, Any, Any] | None = None
+        self.cmd: Command | None = None
+        self.members: list[_Member] = []
+        self.slot = 0       # first slot of the current yield
+        self.live = False   # the current yield needed live work (so a pending cancel applies)
+        self.mailbox: deque[Callable[[], None]] = deque()
+        self.scheduled = self.gone = False
+
+
+class _Outcome:
+    __slots__ = ("started", "value", "error", "interrupt")
+
+    def __init__(self, started: float, value: Any = None, error: Exception | None = None,
+                 interrupt: BaseException | None = None) -> None:
+        self.started, self.value, self.error, self.interrupt = started, value, error, interrupt
+
+
+class Interpreter:
+    """Runs registered workflows durably against a store.
+
+    ``workflows`` is a list of generator functions (named by ``__qualname__``)
+    or a dict ``{name: function}``; the name is what the store keeps.
+    ``concurrency`` bounds the steps running at once, ``lease`` (seconds) how
+    long a silent worker keeps its runs, ``max_resumes`` how many resumptions
+    without progress mark a crash loop, ``max_payload`` the largest encoded
+    value in bytes. ``clock`` and ``codec`` are injectable; ``observer`` gets
+    every ``Event``.
+    """
+
+    def __init__(
+        self, store: Store, workflows: Iterable[Workflow] | Mapping[str, Workflow] = (), *,
+        clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
+        lease: float = 10.0, max_resumes: int = 100, max_payload: int = 2 * 1024 * 1024,
+        observer: Observer | None = None,
+    ) -> None:
+        self._store, self._clock = store, clock or SystemClock()
+        self._codec: Codec = codec or JSONCodec()
+        self._lease, self._max_resumes, self._max_payload = lease, max_resumes, max_payload
+        self._observer = observer
+        self._workflows: dict[str, Workflow] = {}
+        self._names: dict[Workflow, str] = {}
+        items = workflows.items() if isinstance(workflows, Mapping) else (
+            (getattr(fn, "__qualname__", repr(fn)), fn) for fn in workflows)
+        for name, fn in items:
+            self._register(name, fn)
+        self.worker_id = new_owner_id()
+        self._lock = threading.Lock()        # guards _runs, _waiters and every run's mailbox
+        self._start_lock = threading.Lock()  # orders start() against shutdown()
+        self._runs: dict[str, _Run] = {}
+        self._waiters: dict[str, threading.Event] = {}
+        self._closed = self._stopped = self._adopting = False
+        self._commit_cv = threading.Condition()  # guards the group-commit queue
+        self._queue: list[list[Any]] = []
+        self._committing = False
+        self._outage_since: float | None = None
+        self._pool = _Pool(concurrency)
+        self._timers = _Timers(self._clock)
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._asem: asyncio.Semaphore | None = None
+        self._concurrency = concurrency
+        self._store.heartbeat(self.worker_id, lease)
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
+        self._watcher.start()
+
+    # ---- public API ---------------------------------------------------------
+
+    def start(self, workflow: Workflow | str, *args: Any, run_id: str | None = None,
+              **kwargs: Any) -> str:
+        """Start a run and return its id once it is durable. Starting an existing ``run_id``
+        with the same workflow and arguments returns it; with others it raises."""
+        name = self._workflow_name(workflow)
+        run_id = uuid.uuid4().hex if run_id is None else check_name("run_id", run_id)
+        args_text = self._encode({"args": list(args), "kwargs": kwargs},
+                                 f"the arguments of workflow {name!r}")
+        with self._start_lock:
+            if self._closed:
+                raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
+            old = self._store.create(run_id, name, args_text, self.worker_id)
+            if old is None:
+                now = time.time()
+                record = RunRecord(run_id, name, args_text, "pending", self.worker_id, 1, now, now)
+                self._adopt_one(Claim(record, []))
+                log.info("run %s started (workflow %s)", run_id, name)
+                return run_id
+        if old.workflow == name and self._same_args(old.args, args_text):
+            return run_id
+        raise UsageError(
+            f"run {run_id!r} already exists as {old.workflow}({old.args}); this start() asked for "
+            f"{name}({args_text}). Use another run_id, or the same workflow and arguments."
+        )
+
+    def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self._record(run_id)
+            if record.state == "completed":
+                return self._decode(record.result, run_id)
+            if record.state in ("failed", "cancelled"):
+                info = self._error(record)
+                if record.state == "cancelled":
+                    raise Cancelled(info.get("message") or f"run {run_id!r} was cancelled")
+                raise WorkflowFailed(run_id, info.get("type", "Error"),
+                                     info.get("message", ""), info.get("traceback"))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(f"run {run_id!r} is still {record.state} after {timeout}s")
+            with self._lock:  # _forget() sets the event under this lock, so no wake-up is missed
+                event = self._waiters.setdefault(run_id, threading.Event()) \
+                    if run_id in self._runs else None
+            if event is not None:
+                event.wait(min(left if left is not None else 1.0, 1.0))
+            else:  # executed by another worker: poll
+                time.sleep(min(left if left is not None else 0.05, 0.05))
+
+    def run(self, workflow: Workflow | str, *args: Any, **kwargs: Any) -> Any:
+        """Start a run and wait for its result."""
+        return self.result(self.start(workflow, *args, **kwargs))
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run's state (a fixed string) and, when failed or blocked, why."""
+        r = self._record(run_id)
+        info = self._error(r) if r.error else None
+        error = f"{info.get('type', 'Error')}: {info.get('message', '')}" if info else None
+        return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
+                         r.wake_at, r.waiting_for)
+
+    def deliver(self, run_id: str, signal: str, payload: Any = None) -> None:
+        """Queue a signal for the run; durable before this returns."""
+        check_name("signal name", signal)
+        text = self._encode(payload, f"the payload of signal {signal!r}")
+        self._store.deliver(check_name("run_id", run_id), signal, text)
+        self._hint(run_id, False)
+
+    def cancel(self, run_id: str) -> None:
+        """Raise Cancelled inside the run at its current or next yield; idempotent."""
+        record = self._store.cancel(check_name("run_id", run_id))
+        if record.cancel_requested:
+            self._hint(run_id, True)
+
+    def recover(self) -> list[str]:
+        """Claim and resume every unfinished run no live worker owns (blocked runs are retried
+        with the current code); from now on also adopt runs whose owner dies. Returns their ids."""
+        if self._closed:
+            raise ReplaygenError("this Interpreter is shut down")
+        ids = self._adopt(blocked=True, workflows=None)
+        self._adopting = True
+        self._emit("recovered", count=len(ids))
+        log.info("recovered %d runs", len(ids))
+        return ids
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop taking work, let running steps finish (up to ``timeout`` s), and release every
+        run so the next recover(), here or on another worker, resumes it. Keeps the store open."""
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._adopting = False
+        self._emit("shutdown")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and any(
+            r.scheduled or any(m.running for m in r.members) for r in list(self._runs.values())
+        ):
+            time.sleep(0.01)
+        self._stopped = True
+        try:
+            self._store.release(self.worker_id)
+        except Exception as exc:  # the lease lapses on its own
+            log.warning("could not release runs at shutdown (%s); they are freed when the lease "
+                        "of %.0fs lapses", exc, self._lease)
+        for run in list(self._runs.values()):
+            self._forget(run)
+        self._pool.stop()
+        self._timers.stop()
+        if self._aloop is not None:
+            self._aloop.call_soon_threadsafe(self._aloop.stop)
+
+    def __enter__(self) -> Interpreter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ---- helpers of the public API ------------------------------------------
+
+    def _register(self, name: str, fn: Workflow) -> None:
+        check_name("workflow name", name)
+        if not inspect.isgeneratorfunction(fn):
+            raise UsageError(f"workflow {name!r} ({fn!r}) is not a generator function; a workflow "
+                             f"must `yield` commands (Do, Sleep, Wait, Version, All)")
+        if name in self._workflows:
+            old = self._workflows[name]
+            raise UsageError(f"two workflows are registered as {name!r}: {old.__module__}."
+                             f"{old.__qualname__} and {fn.__module__}.{fn.__qualname__}; pass a "
+                             f"dict to name them apart")
+        self._workflows[name] = fn
+        self._names.setdefault(fn, name)
+
+    def _workflow_name(self, workflow: object) -> str:
+        if isinstance(workflow, str) and workflow in self._workflows:
+            return workflow
+        if callable(workflow) and workflow in self._names:
+            return self._names[workflow]
+        raise UsageError(f"{workflow!r} is not a registered workflow; registered: "
+                         f"{sorted(self._workflows) or 'none'}")
+
+    def _same_args(self, old: str, new: str) -> bool:
+        try:
+            return bool(self._codec.decode(old) == self._codec.decode(new))
+        except Exception:
+            return old == new
+
+    def _record(self, run_id: str) -> RunRecord:
+        record = self._store.get(check_name("run_id", run_id))
+        if record is None:
+            raise RunNotFound(f"no run {run_id!r} in this store")
+        return record
+
+    def _error(self, record: RunRecord) -> dict[str, str]:
+        try:
+            info = self._codec.decode(record.error or "{}")
+            return info if isinstance(info, dict) else {"message": str(info)}
+        except Exception:
+            return {"type": "Error", "message": str(record.error)}
+
+    def _decode(self, text: str | None, run_id: str) -> Any:
+        try:
+            return None if text is None else self._codec.decode(text)
+        except Exception as exc:
+            raise CorruptRecord(f"run {run_id!r}: the stored result cannot be decoded: {exc}") from None
+
+    def _encode(self, value: Any, what: str) -> str:
+        try:
+            text = self._codec.encode(value)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{what} cannot be stored: {exc}") from None
+        size = len(text) if text.isascii() else len(text.encode())
+        if size > self._max_payload:
+            log.warning("%s is %d bytes encoded, over the limit of %d", what, size, self._max_payload)
+            raise UsageError(f"{what} is {size} bytes encoded, over the limit of "
+                             f"{self._max_payload} bytes; keep large data elsewhere and pass a "
+                             f"reference (or raise max_payload)")
+        return text
+
+    def _emit(self, kind: str, run: _Run | None = None, **fields: Any) -> None:
+        if self._observer is not None:
+            try:
+                self._observer(Event(kind, run and run.id, run and run.workflow, **fields))
+            except Exception:
+                log.exception("observer failed on %s", kind)
+
+    # ---- claiming and the actor ---------------------------------------------
+
+    def _adopt(self, *, blocked: bool, workflows: Iterable[str] | None) -> list[str]:
+        dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
+        ids: list[str] = []
+        while True:
+            claims = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=500,
+                                       workflows=None if workflows is None else list(workflows))
+            for claim in claims:
+                ids.append(claim.run.run_id)
+                self._adopt_one(claim)
+            if len(claims) < 500:
+                return ids
+
+    def _adopt_one(self, claim: Claim) -> None:
+        try:
+            journal = Journal(claim.run.run_id, claim.journal)
+            action: Callable[[_Run], None] = self._begin
+        except CorruptRecord as exc:
+            journal, action = Journal(claim.run.run_id, []), partial(_raise, exc)
+        run = _Run(claim.run, journal)
+        with self._lock:
+            self._runs[run.id] = run
+        self._post(run, partial(action, run))
+
+    def _hint(self, run_id: str, cancel: bool) -> None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.cancel = run.cancel or cancel
+            self._post(run, partial(self._continue, run))
+
+    def _post(self, run: _Run, action: Callable[[], None]) -> None:
+        with self._lock:
+            if run.gone:
+                return
+            run.mailbox.append(action)
+            if run.scheduled:
+                return
+            run.scheduled = True
+        self._pool.submit(partial(self._process, run))
+
+    def _process(self, run: _Run) -> None:
+        while True:
+            with self._lock:
+                if run.gone or not run.mailbox:
+                    run.scheduled = False
+                    return
+                action = run.mailbox.popleft()
+            try:
+                action()
+            except _Lost:
+                log.warning("run %s was taken over by another worker; stopped here", run.id)
+                self._forget(run)
+            except _Abandon:
+                self._forget(run)
+            except Exception as exc:
+                self._contain(run, exc)
+            except BaseException:
+                # An interrupt is not a failure: leave the run resumable and let it propagate.
+                log.error("run %s interrupted; it stays resumable (recover() resumes it)", run.id)
+                with self._lock:
+                    run.scheduled = False
+                try:
+                    self._write(run, run.written[0], release=True)
+                finally:
+                    self._forget(run)
+                raise
+
+    def _contain(self, run: _Run, exc: Exception) -> None:
+        if not isinstance(exc, ReplaygenError):
+            log.error("internal error while handling run %s", run.id, exc_info=exc)
+        try:
+            self._block(run, exc)
+        except Exception:
+            log.exception("could not block run %s; it stays claimed until its lease lapses", run.id)
+            self._forget(run)
+
+    def _forget(self, run: _Run) -> None:
+        with self._lock:
+            run.gone = True
+            self._runs.pop(run.id, None)
+            event = self._waiters.pop(run.id, None)
+        for m in run.members:
+            if m.timer is not None:
+                m.timer[0] = None
+        if run.gen is not None:
+            try:  # yields in a `finally` are refused by Python and never executed
+                run.gen.close()
+            except BaseException:
+                pass
+        if event is not None:
+            event.set()
+
+    # ---- writing ------------------------------------------------------------
+
+    def _write(self, run: _Run, state: str, entries: Iterable[tuple[int, str, str, str, str | None,
+               float]] = (), *, wake_at: float | None = None, waiting_for: str | None = None,
+               **fields: Any) -> list[Entry]:
+        now, seq = self._clock.now(), run.journal.next_seq
+        made = [Entry(seq + i, slot, kind, name, status, value, started, now)
+                for i, (slot, kind, name, status, value, started) in enumerate(entries)]
+        write = Write(run.id, self.worker_id, run.fence, state, tuple(made), wake_at, waiting_for,
+                      **fields)
+        if not self._commit(write):
+            raise _Lost(run.id)
+        for e in made:
+            run.journal.append(e)
+        run.written = (state, wake_at, waiting_for)
+        return made
+
+    def _commit(self, write: Write) -> bool:
+        """Commit one write together with whatever other runs are writing now; while the store
+        is unavailable, retry with backoff (the run waits; nothing is failed or lost)."""
+        delay = 0.05
+        while True:
+            try:
+                ok = self._commit_grouped(write)
+            except StoreUnavailable as exc:
+                if self._stopped:
+                    raise _Abandon() from exc
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.error("store unavailable (%s); runs wait and retry until it is back", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._outage_since is not None:
+                self._outage_since = None
+                log.warning("store available again; runs resume")
+            return ok
+
+    def _commit_grouped(self, write: Write) -> bool:
+        mine: list[Any] = [write, None]
+        with self._commit_cv:
+            self._queue.append(mine)
+            while mine[1] is None:
+                if self._committing:
+                    self._commit_cv.wait()
+                    continue
+                batch, self._queue, self._committing = self._queue, [], True
+                self._commit_cv.release()
+                try:
+                    results = self._commit_batch([w for w, _ in batch])
+                finally:
+                    self._commit_cv.acquire()
+                    self._committing = False
+                for item, result in zip(batch, results):
+                    item[1] = result
+                self._commit_cv.notify_all()
+        if isinstance(mine[1], BaseException):
+            raise StoreUnavailable(str(mine[1])) if isinstance(mine[1], StoreUnavailable) else mine[1]
+        return bool(mine[1])
+
+    def _commit_batch(self, writes: list[Write]) -> list[Any]:
+        try:
+            return list(self._store.commit(writes))
+        except StoreUnavailable as exc:
+            return [exc] * len(writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+            # One bad write must not sink the others grouped with it: commit them one by one.
+            return [self._commit_batch([w])[0] for w in writes]
+
+    # ---- driving a run --------------------------------------------------------
+
+    def _begin(self, run: _Run) -> None:
+        fn = self._workflows.get(run.workflow)
+        if fn is None:
+            raise _Blocked(f"run {run.id!r} is of workflow {run.workflow!r}, which this "
+                           f"interpreter does not know (registered: {sorted(self._workflows)}); "
+                           f"register it and call recover()")
+        try:
+            payload = self._codec.decode(run.args)
+            args, kwargs = payload["args"], payload["kwargs"]
+        except Exception as exc:
+            raise CorruptRecord(f"run {run.id!r}: its stored arguments cannot be read ({exc!r}); "
+                                f"the run is blocked until the row is repaired") from None
+        self._emit("run_started", run)
+        try:
+            run.gen = fn(*args, **kwargs)
+        except Exception as exc:  # wrong arguments for the function
+            return self._finish(run, "failed", exc)
+        self._advance(run, None, None)
+
+    def _advance(self, run: _Run, value: Any, error: BaseException | None) -> None:
+        """Resume the generator and keep answering until the run must wait for something."""
+        gen = run.gen
+        assert gen is not None
+        while not self._closed:
+            try:
+                cmd = gen.throw(error) if error is not None else gen.send(value)
+            except StopIteration as stop:
+                return self._finish(run, "completed", stop.value)
+            except Exception as exc:
+                return self._finish(run, "cancelled" if isinstance(exc, Cancelled) else "failed", exc)
+            value = error = None
+            if isinstance(cmd, Version):
+                value = self._version(run, cmd)
+                continue
+            if not isinstance(cmd, (Do, Sleep, Wait, All)):
+                return self._finish(run, "failed", UsageError(
+                    f"the workflow yielded {describe(cmd)}, which is not a command; yield Do, "
+                    f"Sleep, Wait, Version or All"))
+            run.cmd, run.live = cmd, False
+            run.members = [_Member(m) for m in (cmd.commands if isinstance(cmd, All) else (cmd,))]
+            answer = self._settle(run)
+            if answer is None:
+                return
+            value, error = answer
+
+    def _continue(self, run: _Run) -> None:
+        """Re-examine the current yield after a wake-up (timer, signal, cancel, step done)."""
+        if run.members and not self._closed:
+            answer = self._settle(run)
+            if answer is not None:
+                self._advance(run, *answer)
+
+    def _settle(self, run: _Run) -> tuple[Any, BaseException | None] | None:
+        """Answer the current yield from the journal or by live work, or park; None = not yet."""
+        if run.journal.cancelled_at(run.slot):
+            return self._answered(run, None, Cancelled(f"run {run.id!r} was cancelled"))
+        for i, m in enumerate(run.members):
+            if not m.done and not m.running:
+                self._resolve(run, i)
+        members, cancel = run.members, run.cancel and not run.journal.cancelled
+        if all(m.done for m in members):
+            if not (cancel and run.live):
+                if isinstance(run.cmd, All):
+                    failed = next((m.error for m in members if m.error is not None), None)
+                    return self._answered(run, None if failed else [m.value for m in members], failed)
+                return self._answered(run, members[0].value, members[0].error)
+        if any(m.running for m in members):
+            return None
+        if cancel:
+            self._write(run, "running", [(run.slot, "cancel", "", "", None, self._clock.now())],
+                        cancel_seen=True)
+            return self._answered(run, None, Cancelled(f"run {run.id!r} was cancelled"))
+        self._park(run)
+        return None
+
+    def _answered(self, run: _Run, value: Any, error: BaseException | None) -> tuple[Any, Any]:
+        for m in run.members:
+            if m.timer is not None:
+                m.timer[0] = None
+        run.slot += len(run.members)
+        run.members, run.cmd = [], None
+        return value, error
+
+    def _park(self, run: _Run) -> None:
+        pending = [m for m in run.members if not m.done]
+        waits = [m.cmd.signal for m in pending if isinstance(m.cmd, Wait)]
+        state = "waiting" if waits else "sleeping" if any(
+            isinstance(m.cmd, Sleep) for m in pending) else "running"
+        wake_at = min((m.deadline for m in pending if m.deadline is not None), default=None)
+        want = (state, wake_at, ",".join(waits) or None)
+        if want != run.written:
+            self._write(run, state, wake_at=wake_at, waiting_for=want[2])
+        if state != "running":
+            self._emit("run_parked", run, state=state, position=run.slot)
+
+    def _wake_at(self, run: _Run, m: _Member, deadline: float) -> None:
+        if m.timer is not None:
+            m.timer[0] = None
+        m.deadline = deadline
+        m.timer = self._timers.at(deadline, partial(self._post, run, partial(self._continue, run)))
+
+    def _resolve(self, run: _Run, i: int) -> None:
+        """Answer member ``i`` from the journal, or start (or keep waiting for) its live work."""
+        m, slot, j = run.members[i], run.slot + i, run.journal
+        cmd = m.cmd
+        entries = j.match(slot, cmd)
+        final = entries[-1] if entries and entries[-1].kind in FINAL else None
+        now = self._clock.now()
+        # No new live work while shutting down or while a cancel waits to be raised.
+        halt = self._closed or (run.cancel and not j.cancelled)
+        if isinstance(cmd, Do):
+            if final is None:
+                info = j.decode(entries[-1], self._codec) if entries else {}
+                if now < info.get("next_at", 0.0):
+                    return self._wake_at(run, m, info["next_at"])
+                if halt:
+                    return
+                final = self._run_step(run, i, len(entries) + 1)
+                if final is None:  # in flight elsewhere, or a retry was journaled
+                    return None if m.running else self._resolve(run, i)
+            if final.status == "ok":
+                return m.settle(j.decode(final, self._codec))
+            info = j.decode(final, self._codec)
+            return m.settle(error=StepFailed(cmd.name, info.get("type", "Error"),
+                                             info.get("message", ""), info.get("traceback")))
+        run.live = run.live or final is None
+        if halt and final is None:
+            return None
+        if isinstance(cmd, Sleep):
+            if final is None:
+                single = len(run.members) == 1
+                deadline = now + cmd.seconds
+                self._write(run, "sleeping" if single else run.written[0],
+                            [(slot, "sleep", "", "ok", repr(deadline), now)],
+                            wake_at=deadline if single else run.written[1])
+            else:
+                deadline = float(j.decode(final, self._codec))
+            return m.settle() if now >= deadline else self._wake_at(run, m, deadline)
+        assert isinstance(cmd, Wait)
+        if final is not None:
+            if final.status == "timeout":
+                return m.settle(error=WaitTimeout(cmd.signal))
+            return m.settle(j.decode(final, self._codec))
+        deadline = float(j.decode(entries[0], self._codec)) if entries else None
+        if deadline is None and cmd.timeout is not None:
+            deadline = now + cmd.timeout
+            self._write(run, run.written[0], [(slot, "timer", cmd.signal, "ok", repr(deadline), now)],
+                        wake_at=run.written[1], waiting_for=run.written[2])
+        signal = next((s for s in self._store.signals(run.id) if s.name == cmd.signal), None)
+        if signal is not None:
+            self._write(run, "running", [(slot, "wait", cmd.signal, "ok", signal.payload, now)],
+                        consume=signal.id)
+            self._emit("signal_taken", run, step=cmd.signal, position=slot)
+            return m.settle(j.decode(j.slots[slot][-1], self._codec))
+        if deadline is not None and now >= deadline:
+            self._write(run, "running", [(slot, "wait", cmd.signal, "timeout", None, now)])
+            return m.settle(error=WaitTimeout(cmd.signal))
+        if deadline is not None:
+            self._wake_at(run, m, deadline)
+        else:
+            m.deadline = None
+
+    def _run_step(self, run: _Run, i: int, attempt: int) -> Entry | None:
+        """Start try ``attempt`` of a Do member. A lone synchronous step runs inline and its
+        entry is returned; other steps run on the pool or event loop and report back."""
+        m, slot = run.members[i], run.slot + i
+        cmd = m.cmd
+        assert isinstance(cmd, Do)
+        if run.resumes > self._max_resumes:
+            raise _Blocked(
+                f"run {run.id!r} was resumed {run.resumes} times without progress; each time its "
+                f"worker died in step {cmd.name!r} (position {slot}). Blocked so that it cannot "
+                f"take every worker down: fix the step, then call recover()")
+        run.live = True
+        if run.written[0] != "running":
+            self._write(run, "running")
+        key = str(uuid.uuid5(_KEYS, f"{run.id}\x00{slot}"))
+        info = StepInfo(run.id, cmd.name, slot, attempt, key)
+        self._emit("step_started", run, step=cmd.name, position=slot, attempt=attempt)
+        m.running = True
+        if inspect.iscoroutinefunction(cmd.fn):
+            future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
+            future.add_done_callback(lambda f: self._post(
+                run, partial(self._step_done_later, run, i, attempt, f.result())))
+            return None
+        if len(run.members) > 1:
+            self._pool.submit(lambda: self._post(run, partial(
+                self._step_done_later, run, i, attempt, self._call(cmd, info))))
+            return None
+        return self._step_done(run, i, attempt, self._call(cmd, info))
+
+    def _call(self, cmd: Do[Any], info: StepInfo) -> _Outcome:
+        started, token = self._clock.now(), _current.set(info)
+        try:
+            value = cmd.fn(*cmd.args, **cmd.kwargs)
+            if inspect.isawaitable(value):
+                value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
+            return _Outcome(started, value)
+        except Exception as exc:
+            return _Outcome(started, error=exc)
+        except BaseException as exc:
+            return _Outcome(started, interrupt=exc)
+        finally:
+            _current.reset(token)
+
+    async def _acall(self, cmd: Do[Any], info: StepInfo) -> _Outcome:
+        if self._asem is None:
+            self._asem = asyncio.Semaphore(self._concurrency)
+        async with self._asem:
+            started = self._clock.now()
+            _current.set(info)  # the task has its own context
+            try:
+                return _Outcome(started, await cmd.fn(*cmd.args, **cmd.kwargs))
+            except Exception as exc:
+                return _Outcome(started, error=exc)
+            except BaseException as exc:
+                return _Outcome(started, interrupt=exc)
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._aloop is None:
+                self._aloop = asyncio.new_event_loop()
+                threading.Thread(target=self._aloop.run_forever, daemon=True,
+                                 name="replaygen-async").start()
+            return self._aloop
+
+    def _step_done_later(self, run: _Run, i: int, attempt: int, outcome: _Outcome) -> None:
+        self._step_done(run, i, attempt, outcome)
+        self._continue(run)
+
+    def _step_done(self, run: _Run, i: int, attempt: int, outcome: _Outcome) -> Entry | None:
+        """Journal a try's outcome: the final entry, or a retry entry when another try is due."""
+        m, slot = run.members[i], run.slot + i
+        cmd = m.cmd
+        assert isinstance(cmd, Do)
+        m.running = False
+        if outcome.interrupt is not None:
+            raise outcome.interrupt
+        now, error, retryable = self._clock.now(), outcome.error, outcome.error is not None
+        self._emit("step_returned", run, step=cmd.name, position=slot, attempt=attempt,
+                   duration=now - outcome.started, error=error and repr(error))
+        if error is None:
+            try:
+                text = self._encode(outcome.value, f"the result of step {cmd.name!r}")
+            except UsageError as exc:
+                error = exc
+        if error is None:
+            entry = (slot, "do", cmd.name, "ok", text, outcome.started)
+        elif retryable and cmd.retry and attempt < cmd.retry.attempts and cmd.retry.retries(error):
+            next_at = now + cmd.retry.delay(attempt, random.random())
+            value = self._encode({**_errinfo(error), "attempt": attempt, "next_at": next_at}, "error")
+            self._write(run, "running", [(slot, "retry", cmd.name, "error", value, outcome.started)])
+            log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
+                        run.id, cmd.name, attempt, cmd.retry.attempts, next_at - now, error)
+            self._emit("step_retrying", run, step=cmd.name, position=slot, attempt=attempt,
+                       error=repr(error))
+            return None
+        else:
+            log.warning("run %s: step %r failed: %r", run.id, cmd.name, error)
+            entry = (slot, "do", cmd.name, "error", self._encode(_errinfo(error), "error"),
+                     outcome.started)
+        made = self._write(run, "running", [entry])[0]
+        self._emit("step_committed", run, step=cmd.name, position=slot, attempt=attempt,
+                   duration=now - outcome.started)
+        return made
+
+    def _version(self, run: _Run, cmd: Version) -> int:
+        marker = run.journal.versions.get(cmd.change_id)
+        if marker is not None:
+            value = run.journal.decode(marker, self._codec)
+            if not isinstance(value, int) or not cmd.min <= value <= cmd.max:
+                raise NonDeterminismError(
+                    run.id, run.slot, f"Version({cmd.change_id!r}) = {value!r}",
+                    f"accepts only {cmd.min}..{cmd.max} there")
+            return value
+        # Entries at or past this point mean the run was written by code without this call.
+        value = cmd.min if run.journal.end > run.slot else cmd.max
+        self._write(run, run.written[0], [(run.slot, "version", cmd.change_id, "ok", str(value),
+                    self._clock.now())], wake_at=run.written[1], waiting_for=run.written[2])
+        return value
+
+    def _finish(self, run: _Run, state: str, outcome: Any) -> None:
+        if run.journal.end > run.slot:
+            held = [e for s in range(run.slot, run.journal.end) for e in run.journal.slots.get(s, ())]
+            verb = "returned" if state == "completed" else f"raised {type(outcome).__name__}"
+            raise NonDeterminismError(run.id, run.slot, f"{len(held)} more entries (next: "
+                                      f"{held[0].kind} {held[0].name!r})", f"{verb} instead")
+        result = error = None
+        if state == "completed":
+            try:
+                result = self._encode(outcome, "the workflow's return value")
+            except UsageError as exc:
+                state, outcome = "failed", exc
+        if state != "completed":
+            error = self._encode(_errinfo(outcome), "error")
+        self._write(run, state, result=result, error=error, release=True)
+        if state == "failed":
+            log.warning("run %s failed: %r", run.id, outcome)
+        self._emit("run_finished", run, state=state, error=None if error is None else repr(outcome))
+        self._forget(run)
+
+    def _block(self, run: _Run, exc: Exception) -> None:
+        self._write(run, "blocked", error=self._encode(_errinfo(exc), "error"), release=True)
+        log.warning("run %s blocked: %s", run.id, exc)
+        self._emit("run_blocked", run, error=str(exc))
+        self._forget(run)
+
+    # ---- the watcher ----------------------------------------------------------
+
+    def _watch(self) -> None:
+        token: object = None
+        beat = adopt = sweep = 0.0
+        while not self._stopped:
+            try:
+                new = self._store.watch(token, min(1.0, self._lease / 3))
+                if self._stopped:
+                    return
+                now = time.monotonic()
+                if now >= beat:
+                    self._store.heartbeat(self.worker_id, self._lease)
+                    beat = now + self._lease / 3
+                if new != token or now >= sweep:  # the timed sweep is a safety net
+                    token, sweep = new, now + 5.0
+                    for run_id, cancel in self._store.wakeups(self.worker_id):
+                        self._hint(run_id, cancel)
+                    if self._adopting:
+                        adopt = 0.0
+                if self._adopting and now >= adopt and not self._closed:
+                    self._adopt(blocked=False, workflows=self._workflows)
+                    adopt = now + min(1.0, self._lease / 4)
+            except Exception as exc:
+                log.warning("watcher: %s; retrying", exc)
+                time.sleep(0.5)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _raise(exc: Exception, run: _Run) -> None:
+    raise exc

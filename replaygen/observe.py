@@ -1,0 +1,72 @@
+"""Observation: events the interpreter reports, and what a step can learn about itself.
+
+Observers are plain callables taking an ``Event``; use them for metrics,
+tracing or tests. They run on the interpreter's threads, so keep them quick;
+an exception from an observer is logged and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from .errors import ReplaygenError
+
+EVENTS = (
+    "run_started",     # a run's workflow body is about to start (fresh or resumed)
+    "step_started",    # a step function is about to be called (attempt is set)
+    "step_returned",   # it returned or raised; its entry is not committed yet
+    "step_committed",  # its final entry is durable
+    "step_retrying",   # a failed try is journaled; the next waits for its backoff
+    "run_parked",      # the run sleeps or waits and holds no thread
+    "signal_taken",    # a Wait consumed a signal (durable)
+    "run_finished",    # completed, failed or cancelled (durable)
+    "run_blocked",     # non-determinism, a corrupt row, an unknown workflow, a crash loop
+    "recovered",       # recover() claimed runs (before they resume)
+    "shutdown",        # shutdown() began
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened. ``kind`` is one of ``EVENTS``; unused fields are None."""
+
+    kind: str
+    run_id: str | None = None
+    workflow: str | None = None
+    step: str | None = None
+    position: int | None = None
+    attempt: int | None = None
+    state: str | None = None
+    duration: float | None = None
+    error: str | None = None
+    count: int | None = None
+
+
+Observer = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a running step knows about itself (see ``current_step``)."""
+
+    run_id: str
+    step: str
+    position: int
+    attempt: int
+    idempotency_key: str
+    """Stable across retries and across re-execution after a crash: hand it to APIs that deduplicate."""
+
+
+_current: ContextVar[StepInfo] = ContextVar("replaygen_step")
+
+
+def current_step() -> StepInfo:
+    """The step being executed, from inside a step function run by an Interpreter."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise ReplaygenError(
+            "current_step() works only inside a step function that an Interpreter is running"
+        ) from None

@@ -1,0 +1,336 @@
+"""The store protocol every durable backend implements, its records, and MemoryStore.
+
+A store keeps runs, their append-only journals and their signal inboxes, and
+makes each state change atomic. It knows nothing of generators or commands:
+the interpreter decides, the store records. Stores hold encoded text only.
+
+Ownership: a worker claims a run, which bumps the run's ``fence``. Every
+``Write`` names the owner and fence it was made under, and the store refuses
+it (``commit`` answers ``False``) when the run has since been claimed by
+someone else, so a worker that lost a run can never append to it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from .errors import RunFinished, RunNotFound
+
+ACTIVE = ("pending", "running", "sleeping", "waiting")
+FINISHED = ("completed", "failed", "cancelled")
+STATES = (*ACTIVE, *FINISHED, "blocked")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the store holds it. ``args``, ``result`` and ``error`` are encoded text."""
+
+    run_id: str
+    workflow: str
+    args: str
+    state: str
+    owner: str | None
+    fence: int
+    created: float
+    updated: float
+    result: str | None = None
+    error: str | None = None
+    wake_at: float | None = None
+    waiting_for: str | None = None
+    cancel_requested: bool = False
+    resumes: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal entry. ``seq`` is its dense append index, ``slot`` the command position it answers."""
+
+    seq: int
+    slot: int
+    kind: str
+    name: str
+    status: str
+    value: str | None
+    started: float
+    ended: float
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A delivered signal not yet consumed by a Wait."""
+
+    id: int
+    name: str
+    payload: str
+    sent: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run a worker has just claimed, with its whole journal."""
+
+    run: RunRecord
+    journal: list[Entry]
+
+
+@dataclass(frozen=True)
+class Write:
+    """One atomic, fenced state change of one run: append entries and update the run row."""
+
+    run_id: str
+    owner: str
+    fence: int
+    state: str
+    entries: tuple[Entry, ...] = ()
+    wake_at: float | None = None
+    waiting_for: str | None = None
+    result: str | None = None
+    error: str | None = None
+    consume: int | None = None
+    """Id of the signal this write consumes (deleted in the same transaction)."""
+    cancel_seen: bool = False
+    """The run's cancel request is now journaled; stop reporting it in wakeups()."""
+    release: bool = False
+    """Give up ownership (the run finished, is blocked, or is parked for any worker)."""
+
+
+class Store(Protocol):
+    """What the interpreter needs from a durable backend. Every method is atomic."""
+
+    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
+        """Insert a pending run owned by ``owner``; return None, or the existing run unchanged."""
+        ...
+
+    def get(self, run_id: str) -> RunRecord | None: ...
+
+    def journal(self, run_id: str) -> list[Entry]:
+        """The run's entries in ``seq`` order."""
+        ...
+
+    def signals(self, run_id: str) -> list[Signal]:
+        """The run's unconsumed signals, oldest first."""
+        ...
+
+    def commit(self, writes: Sequence[Write]) -> list[bool]:
+        """Apply writes in one transaction; a write whose fence is stale is skipped (False)."""
+        ...
+
+    def claim(
+        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
+        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+    ) -> list[Claim]:
+        """Take over unfinished runs that no live worker owns (unowned, owner in ``dead``, or
+        owner's lease lapsed), bumping their fence. ``blocked`` includes blocked runs. A run
+        whose previous owner died while it was pending or running has ``resumes`` incremented."""
+        ...
+
+    def owners(self) -> list[str]:
+        """Distinct owners of unfinished runs (for dead-owner detection)."""
+        ...
+
+    def heartbeat(self, owner: str, lease: float) -> None:
+        """Extend ``owner``'s lease to the store's now + ``lease`` seconds."""
+        ...
+
+    def release(self, owner: str) -> None:
+        """Give up every run ``owner`` holds, and its lease (graceful shutdown)."""
+        ...
+
+    def deliver(self, run_id: str, name: str, payload: str) -> None:
+        """Queue a signal; raise RunNotFound, or RunFinished for a finished run."""
+        ...
+
+    def cancel(self, run_id: str) -> RunRecord:
+        """Request cancellation (idempotent; no effect on a finished run); raise RunNotFound."""
+        ...
+
+    def wakeups(self, owner: str) -> list[tuple[str, bool]]:
+        """Runs held by ``owner`` with queued signals or an unjournaled cancel: (run id, cancel)."""
+        ...
+
+    def watch(self, token: object, timeout: float) -> object:
+        """Block up to ``timeout`` s until a signal, cancel or release may have happened since
+        ``token`` was returned; return the new token (None to start)."""
+        ...
+
+    def runs(
+        self, *, states: Collection[str] | None = None, workflow: str | None = None,
+        limit: int = 100, offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs, newest first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """An in-process store for tests: the full protocol, nothing durable.
+
+    Several Interpreters may share one MemoryStore; a new Interpreter over it is a restart.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._runs: dict[str, RunRecord] = {}
+        self._journals: dict[str, list[Entry]] = {}
+        self._signals: dict[str, list[Signal]] = {}
+        self._cancel_seen: set[str] = set()
+        self._leases: dict[str, float] = {}
+        self._ids = 0
+        self._epoch = 0
+
+    def _bump(self) -> None:
+        self._epoch += 1
+        self._lock.notify_all()
+
+    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
+        with self._lock:
+            if run_id in self._runs:
+                return self._runs[run_id]
+            now = time.time()
+            self._runs[run_id] = RunRecord(run_id, workflow, args, "pending", owner, 1, now, now)
+            self._journals[run_id] = []
+            self._signals[run_id] = []
+            return None
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def journal(self, run_id: str) -> list[Entry]:
+        with self._lock:
+            return list(self._journals.get(run_id, ()))
+
+    def signals(self, run_id: str) -> list[Signal]:
+        with self._lock:
+            return list(self._signals.get(run_id, ()))
+
+    def commit(self, writes: Sequence[Write]) -> list[bool]:
+        with self._lock:
+            return [self._apply(w) for w in writes]
+
+    def _apply(self, w: Write) -> bool:
+        run = self._runs.get(w.run_id)
+        if run is None or run.owner != w.owner or run.fence != w.fence:
+            return False
+        journal = self._journals[w.run_id]
+        for e in w.entries:
+            if e.seq != len(journal):  # the primary key of a real store
+                raise ValueError(f"run {w.run_id!r}: journal seq {e.seq} already taken or skipped")
+            journal.append(e)
+        if w.consume is not None:
+            inbox = self._signals[w.run_id]
+            kept = [s for s in inbox if s.id != w.consume]
+            if len(kept) == len(inbox):
+                raise ValueError(f"run {w.run_id!r}: signal {w.consume} is not queued")
+            self._signals[w.run_id] = kept
+        if w.cancel_seen:
+            self._cancel_seen.add(w.run_id)
+        self._runs[w.run_id] = replace(
+            run, state=w.state, updated=time.time(), wake_at=w.wake_at, waiting_for=w.waiting_for,
+            result=w.result, error=w.error, resumes=0 if w.entries else run.resumes,
+            owner=None if w.release else run.owner,
+        )
+        if w.release:
+            self._bump()
+        return True
+
+    def _live(self, owner: str | None, now: float) -> bool:
+        return owner is not None and self._leases.get(owner, 0.0) >= now
+
+    def claim(
+        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
+        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+    ) -> list[Claim]:
+        states = ACTIVE + ("blocked",) if blocked else ACTIVE
+        with self._lock:
+            now, out = time.time(), []
+            for run in list(self._runs.values()):
+                if len(out) >= limit:
+                    break
+                if (
+                    run.state not in states or run.owner == owner
+                    or (run_ids is not None and run.run_id not in run_ids)
+                    or (workflows is not None and run.workflow not in workflows)
+                    or (run.owner not in dead and self._live(run.owner, now))
+                ):
+                    continue
+                died_working = run.owner is not None and run.state in ("pending", "running")
+                run = replace(
+                    run, owner=owner, fence=run.fence + 1, resumes=run.resumes + died_working
+                )
+                self._runs[run.run_id] = run
+                out.append(Claim(run, list(self._journals[run.run_id])))
+            return out
+
+    def owners(self) -> list[str]:
+        with self._lock:
+            return sorted({r.owner for r in self._runs.values() if r.owner is not None})
+
+    def heartbeat(self, owner: str, lease: float) -> None:
+        with self._lock:
+            self._leases[owner] = time.time() + lease
+
+    def release(self, owner: str) -> None:
+        with self._lock:
+            self._leases.pop(owner, None)
+            for run in list(self._runs.values()):
+                if run.owner == owner:
+                    self._runs[run.run_id] = replace(run, owner=None)
+            self._bump()
+
+    def deliver(self, run_id: str, name: str, payload: str) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFound(f"cannot deliver {name!r}: no run {run_id!r} in this store")
+            if run.state in FINISHED:
+                raise RunFinished(
+                    f"cannot deliver {name!r}: run {run_id!r} is already {run.state}"
+                )
+            self._ids += 1
+            self._signals[run_id].append(Signal(self._ids, name, payload, time.time()))
+            self._bump()
+
+    def cancel(self, run_id: str) -> RunRecord:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFound(f"cannot cancel: no run {run_id!r} in this store")
+            if run.state not in FINISHED and not run.cancel_requested:
+                run = self._runs[run_id] = replace(run, cancel_requested=True)
+                self._bump()
+            return run
+
+    def wakeups(self, owner: str) -> list[tuple[str, bool]]:
+        with self._lock:
+            out = []
+            for run in self._runs.values():
+                cancel = run.cancel_requested and run.run_id not in self._cancel_seen
+                if run.owner == owner and (cancel or self._signals[run.run_id]):
+                    out.append((run.run_id, cancel))
+            return out
+
+    def watch(self, token: object, timeout: float) -> object:
+        with self._lock:
+            self._lock.wait_for(lambda: self._epoch != token, timeout)
+            return self._epoch
+
+    def runs(
+        self, *, states: Collection[str] | None = None, workflow: str | None = None,
+        limit: int = 100, offset: int = 0,
+    ) -> list[RunRecord]:
+        with self._lock:
+            found = [
+                r for r in reversed(self._runs.values())
+                if (states is None or r.state in states)
+                and (workflow is None or r.workflow == workflow)
+            ]
+            return found[offset:offset + limit]
+
+    def close(self) -> None:
+        pass
