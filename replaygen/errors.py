@@ -82,7 +82,9 @@ class Cancelled(ReplaygenError):
 class WorkflowFailed(ReplaygenError):
     """The run ended with an exception escaping the workflow."""
 
-    def __init__(self, run_id: str, error_type: str, error_message: str, traceback: str | None = None) -> None:
+    def __init__(
+        self, run_id: str, error_type: str, error_message: str, traceback: str | None = None
+    ) -> None:
         super().__init__(f"run {run_id!r} failed: {error_type}: {error_message}")
         self.run_id = run_id
         self.error_type = error_type

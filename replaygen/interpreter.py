@@ -19,6 +19,7 @@ durable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import inspect
 import itertools
@@ -44,11 +45,10 @@ from .errors import (
 )
 from .journal import FINAL, Journal, describe
 from .observe import Event, Observer, StepInfo, _current
-from .store import FINISHED, Claim, Entry, RunRecord, Store, Write
+from .store import Claim, Entry, RunRecord, Store, Write
 
 log = logging.getLogger("replaygen")
 Workflow = Callable[..., Generator[Any, Any, Any]]
-_KEYS = uuid.UUID("6f1c2a52-9d1e-4c1b-8f0a-3e5d7b9c1a20")
 
 
 class Clock(Protocol):
@@ -446,7 +446,7 @@ class Interpreter:
     def _emit(self, kind: str, run: _Run | None = None, **fields: Any) -> None:
         if self._observer is not None:
             try:
-                self._observer(Event(kind, run and run.id, run and run.workflow, **fields))
+                self._observer(Event(kind, run.id if run else None, run.workflow if run else None, **fields))
             except Exception:
                 log.exception("observer failed on %s", kind)
 
@@ -596,7 +596,7 @@ class Interpreter:
                 finally:
                     self._commit_cv.acquire()
                     self._committing = False
-                for item, result in zip(batch, results):
+                for item, result in zip(batch, results, strict=True):
                     item[1] = result
                 self._commit_cv.notify_all()
         if isinstance(mine[1], BaseException):
@@ -759,10 +759,10 @@ class Interpreter:
             if final.status == "timeout":
                 return m.settle(error=WaitTimeout(cmd.signal))
             return m.settle(j.decode(final, self._codec))
-        deadline = float(j.decode(entries[0], self._codec)) if entries else None
-        if deadline is None and cmd.timeout is not None:
-            deadline = now + cmd.timeout
-            self._write(run, run.written[0], [(slot, "timer", cmd.signal, "ok", repr(deadline), now)],
+        timeout_at = float(j.decode(entries[0], self._codec)) if entries else None
+        if timeout_at is None and cmd.timeout is not None:
+            timeout_at = now + cmd.timeout
+            self._write(run, run.written[0], [(slot, "timer", cmd.signal, "ok", repr(timeout_at), now)],
                         wake_at=run.written[1], waiting_for=run.written[2])
         signal = next((s for s in self._store.signals(run.id) if s.name == cmd.signal), None)
         if signal is not None:
@@ -770,11 +770,11 @@ class Interpreter:
                         consume=signal.id)
             self._emit("signal_taken", run, step=cmd.signal, position=slot)
             return m.settle(j.decode(j.slots[slot][-1], self._codec))
-        if deadline is not None and now >= deadline:
+        if timeout_at is not None and now >= timeout_at:
             self._write(run, "running", [(slot, "wait", cmd.signal, "timeout", None, now)])
             return m.settle(error=WaitTimeout(cmd.signal))
-        if deadline is not None:
-            self._wake_at(run, m, deadline)
+        if timeout_at is not None:
+            self._wake_at(run, m, timeout_at)
         else:
             m.deadline = None
 
@@ -792,11 +792,10 @@ class Interpreter:
         run.live = True
         if run.written[0] != "running":
             self._write(run, "running")
-        key = str(uuid.uuid5(_KEYS, f"{run.id}\x00{slot}"))
-        info = StepInfo(run.id, cmd.name, slot, attempt, key)
+        info = StepInfo(run.id, cmd.name, slot, attempt)
         self._emit("step_started", run, step=cmd.name, position=slot, attempt=attempt)
         m.running = True
-        if inspect.iscoroutinefunction(cmd.fn):
+        if _is_async(cmd.fn):
             future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
             future.add_done_callback(lambda f: self._post(
                 run, partial(self._step_done_later, run, i, attempt, f.result())))
@@ -949,6 +948,18 @@ class Interpreter:
             except Exception as exc:
                 log.warning("watcher: %s; retrying", exc)
                 time.sleep(0.5)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_async_cached(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    try:
+        return _is_async_cached(fn)
+    except TypeError:  # unhashable callable
+        return inspect.iscoroutinefunction(fn)
 
 
 async def _await(awaitable: Any) -> Any:

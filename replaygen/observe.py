@@ -8,6 +8,7 @@ an exception from an observer is logged and ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -55,10 +56,15 @@ class StepInfo:
     step: str
     position: int
     attempt: int
-    idempotency_key: str
-    """Stable across retries and across re-execution after a crash: hand it to APIs that deduplicate."""
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and across re-execution after a crash: hand it to APIs that
+        deduplicate (a UUID derived from the run id and the step's position)."""
+        return str(uuid.uuid5(_KEYS, f"{self.run_id}\x00{self.position}"))
 
 
+_KEYS = uuid.UUID("6f1c2a52-9d1e-4c1b-8f0a-3e5d7b9c1a20")
 _current: ContextVar[StepInfo] = ContextVar("replaygen_step")
 
 

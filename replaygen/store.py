@@ -211,23 +211,27 @@ class MemoryStore:
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
         with self._lock:
+            for w in writes:  # all or nothing, as a real transaction
+                self._check(w)
             return [self._apply(w) for w in writes]
+
+    def _check(self, w: Write) -> None:
+        run = self._runs.get(w.run_id)
+        if run is None or run.owner != w.owner or run.fence != w.fence:
+            return
+        if [e.seq for e in w.entries] != list(range(
+                len(self._journals[w.run_id]), len(self._journals[w.run_id]) + len(w.entries))):
+            raise ValueError(f"run {w.run_id!r}: journal seq already taken or skipped")
+        if w.consume is not None and all(s.id != w.consume for s in self._signals[w.run_id]):
+            raise ValueError(f"run {w.run_id!r}: signal {w.consume} is not queued")
 
     def _apply(self, w: Write) -> bool:
         run = self._runs.get(w.run_id)
         if run is None or run.owner != w.owner or run.fence != w.fence:
             return False
-        journal = self._journals[w.run_id]
-        for e in w.entries:
-            if e.seq != len(journal):  # the primary key of a real store
-                raise ValueError(f"run {w.run_id!r}: journal seq {e.seq} already taken or skipped")
-            journal.append(e)
+        self._journals[w.run_id].extend(w.entries)
         if w.consume is not None:
-            inbox = self._signals[w.run_id]
-            kept = [s for s in inbox if s.id != w.consume]
-            if len(kept) == len(inbox):
-                raise ValueError(f"run {w.run_id!r}: signal {w.consume} is not queued")
-            self._signals[w.run_id] = kept
+            self._signals[w.run_id] = [s for s in self._signals[w.run_id] if s.id != w.consume]
         if w.cancel_seen:
             self._cancel_seen.add(w.run_id)
         self._runs[w.run_id] = replace(
@@ -248,7 +252,7 @@ class MemoryStore:
     ) -> list[Claim]:
         states = ACTIVE + ("blocked",) if blocked else ACTIVE
         with self._lock:
-            now, out = time.time(), []
+            now, out = time.time(), list[Claim]()
             for run in list(self._runs.values()):
                 if len(out) >= limit:
                     break

@@ -111,7 +111,8 @@ def replay(
             trace.pending = cmd
             gen.close()
             return trace
-        failed = [as_error(m, a) for m, a in zip(members, answers) if isinstance(a, BaseException)]
+        pairs = zip(members, answers, strict=True)
+        failed = [as_error(m, a) for m, a in pairs if isinstance(a, BaseException)]
         if failed:
             error = failed[0]
         else:

@@ -1,0 +1,1 @@
+"""Durable stores for replaygen: ``replaygen.stores.sqlite`` and ``replaygen.stores.postgres``."""

@@ -1,0 +1,384 @@
+"""The store conformance suite: every store must pass these tests unchanged.
+
+Use it from a test module with one fixture::
+
+    from replaygen.stores.conformance import *  # noqa: F403
+
+    @pytest.fixture
+    def store_factory(tmp_path):
+        return lambda: MyStore(tmp_path / "db")   # each call: a new handle on ONE fresh database
+
+The suite checks the protocol directly (atomicity, fencing, claims, leases,
+signals, cancels, hostile identifiers) and then runs real workflows through an
+Interpreter on the store, including restarts. Needs pytest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from replaygen import (
+    All, Cancelled, Do, Interpreter, NonDeterminismError, RunFinished, RunNotFound, Sleep,
+    StepFailed, Store, Version, Wait,
+)
+from replaygen.store import Entry, Write
+from replaygen.testing import FakeClock
+
+StoreFactory = Callable[[], Store]
+HOSTILE = ["o'brien \"quoted\"", "'; DROP TABLE runs; --", "ünïcödé ✓ 漢字 🚀", "a\\b%_*?", " ", "x" * 255]
+
+
+def _entry(seq: int, slot: int | None = None, kind: str = "do", name: str = "s",
+           value: str | None = '{"v":1}') -> Entry:
+    return Entry(seq, seq if slot is None else slot, kind, name, "ok", value, 1.0, 2.0)
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Iterator[Store]:
+    s = store_factory()
+    yield s
+    s.close()
+
+
+# ---- the protocol -----------------------------------------------------------------
+
+
+def test_create_is_idempotent_and_returns_the_existing_run(store: Store) -> None:
+    assert store.create("r1", "wf", '{"args":[1]}', "A") is None
+    old = store.create("r1", "other", '{"args":[2]}', "B")
+    assert old is not None and (old.workflow, old.args, old.owner) == ("wf", '{"args":[1]}', "A")
+    r = store.get("r1")
+    assert r is not None and (r.state, r.fence, r.cancel_requested, r.resumes) == ("pending", 1, False, 0)
+    assert store.get("nope") is None
+
+
+def test_commit_appends_entries_and_updates_the_run_atomically(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    assert store.commit([Write("r", "A", 1, "running", (_entry(0), _entry(1)))]) == [True]
+    assert [e.seq for e in store.journal("r")] == [0, 1]
+    assert store.journal("r")[0] == _entry(0)
+    assert store.commit([Write("r", "A", 1, "completed", result='"done"', release=True)]) == [True]
+    r = store.get("r")
+    assert r is not None and (r.state, r.result, r.owner) == ("completed", '"done"', None)
+
+
+def test_a_write_with_a_stale_fence_or_owner_is_refused_and_leaves_no_trace(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    assert store.commit([Write("r", "A", 2, "running", (_entry(0),)),
+                         Write("r", "B", 1, "running", (_entry(0),))]) == [False, False]
+    assert store.journal("r") == []
+    assert store.commit([Write("missing", "A", 1, "running")]) == [False]
+
+
+def test_a_duplicate_journal_position_is_impossible(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "running", (_entry(0),))])
+    with pytest.raises(Exception):  # noqa: B017 (each store raises its own type)
+        store.commit([Write("r", "A", 1, "running", (_entry(0, value='"again"'),))])
+    assert store.journal("r") == [_entry(0)]
+
+
+def test_group_commit_applies_each_write_on_its_own_fence(store: Store) -> None:
+    for rid in ("a", "b", "c"):
+        store.create(rid, "wf", "{}", "A")
+    out = store.commit([Write("a", "A", 1, "running", (_entry(0),)),
+                        Write("b", "A", 9, "running", (_entry(0),)),
+                        Write("c", "A", 1, "running", (_entry(0),))])
+    assert out == [True, False, True]
+    assert [len(store.journal(r)) for r in "abc"] == [1, 0, 1]
+
+
+def test_runs_of_a_live_worker_are_not_claimed(store: Store) -> None:
+    store.heartbeat("A", 30.0)
+    store.create("r", "wf", "{}", "A")
+    assert store.claim("B") == []
+
+
+def test_a_dead_owner_s_runs_are_claimed_with_a_new_fence(store: Store) -> None:
+    store.heartbeat("A", 30.0)
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "running", (_entry(0),))])
+    [claim] = store.claim("B", dead=["A"])
+    assert (claim.run.owner, claim.run.fence, claim.run.resumes) == ("B", 2, 1)
+    assert claim.journal == [_entry(0)]
+    assert store.commit([Write("r", "A", 1, "running", (_entry(1),))]) == [False]
+    assert store.commit([Write("r", "B", 2, "running", (_entry(1),))]) == [True]
+
+
+def test_a_lapsed_lease_frees_the_runs(store: Store) -> None:
+    store.heartbeat("A", 0.2)
+    store.create("r", "wf", "{}", "A")
+    assert store.claim("B") == []
+    time.sleep(0.35)
+    assert [c.run.run_id for c in store.claim("B")] == ["r"]
+
+
+def test_resumes_count_only_deaths_while_working(store: Store) -> None:
+    for rid, state in (("working", "running"), ("parked", "sleeping")):
+        store.create(rid, "wf", "{}", "A")
+        store.commit([Write(rid, "A", 1, state)])
+    store.release("A")  # a graceful release is not a death
+    claims = {c.run.run_id: c.run for c in store.claim("B")}
+    assert claims["working"].resumes == 0 and claims["parked"].resumes == 0
+    claims = {c.run.run_id: c.run for c in store.claim("C", dead=["B"])}
+    assert (claims["working"].resumes, claims["parked"].resumes) == (1, 0)
+    store.commit([Write("working", "C", claims["working"].fence, "running", (_entry(0),))])
+    assert store.get("working").resumes == 0  # type: ignore[union-attr]
+
+
+def test_claim_filters_by_state_workflow_ids_and_limit(store: Store) -> None:
+    for i in range(5):
+        store.create(f"r{i}", "wf" if i < 4 else "other", "{}", "A")
+    store.commit([Write("r0", "A", 1, "blocked", error='{"message":"x"}', release=True),
+                  Write("r1", "A", 1, "completed", result="1", release=True)])
+    store.release("A")
+    assert {c.run.run_id for c in store.claim("B", workflows=["wf"], run_ids=["r0", "r1", "r2"])} == {"r2"}
+    assert len(store.claim("B", limit=1)) == 1
+    assert {c.run.run_id for c in store.claim("C", dead=["B"], blocked=True)} >= {"r0"}
+    assert "r1" not in {c.run.run_id for c in store.claim("D", dead=["B", "C"], blocked=True)}
+
+
+def test_release_frees_every_run_and_owners_lists_the_holders(store: Store) -> None:
+    store.heartbeat("A", 30.0)
+    store.create("r", "wf", "{}", "A")
+    assert store.owners() == ["A"]
+    store.release("A")
+    assert store.owners() == []
+    assert store.get("r").owner is None  # type: ignore[union-attr]
+    assert [c.run.fence for c in store.claim("B")] == [2]
+
+
+def test_signals_are_kept_in_order_and_consumed_once(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    store.deliver("r", "go", '"first"')
+    store.deliver("r", "other", '"x"')
+    store.deliver("r", "go", '"second"')
+    sigs = store.signals("r")
+    assert [(s.name, s.payload) for s in sigs] == [("go", '"first"'), ("other", '"x"'), ("go", '"second"')]
+    assert store.commit([Write("r", "A", 1, "running", (_entry(0, kind="wait", name="go"),),
+                               consume=sigs[0].id)]) == [True]
+    assert [s.payload for s in store.signals("r")] == ['"x"', '"second"']
+    with pytest.raises(Exception):  # noqa: B017 (each store raises its own type)  # consuming a signal twice is impossible
+        store.commit([Write("r", "A", 1, "running", (_entry(1, kind="wait", name="go"),),
+                            consume=sigs[0].id)])
+    assert len(store.journal("r")) == 1
+
+
+def test_deliver_to_an_unknown_or_finished_run_raises(store: Store) -> None:
+    with pytest.raises(RunNotFound, match="nope"):
+        store.deliver("nope", "go", "null")
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "failed", error="{}", release=True)])
+    with pytest.raises(RunFinished, match="failed"):
+        store.deliver("r", "go", "null")
+    assert store.signals("r") == []
+
+
+def test_cancel_is_idempotent_and_never_touches_a_finished_run(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        store.cancel("nope")
+    store.create("r", "wf", "{}", "A")
+    assert store.cancel("r").cancel_requested
+    assert store.cancel("r").cancel_requested
+    store.create("done", "wf", "{}", "A")
+    store.commit([Write("done", "A", 1, "completed", result="1", release=True)])
+    assert store.cancel("done").state == "completed"
+    assert not store.cancel("done").cancel_requested
+
+
+def test_wakeups_report_signals_and_unseen_cancels_of_the_owner(store: Store) -> None:
+    store.create("a", "wf", "{}", "A")
+    store.create("b", "wf", "{}", "A")
+    store.create("c", "wf", "{}", "B")
+    store.deliver("a", "go", "1")
+    store.cancel("b")
+    store.cancel("c")
+    assert sorted(store.wakeups("A")) == [("a", False), ("b", True)]
+    store.commit([Write("b", "A", 1, "running", (_entry(0, kind="cancel", name=""),), cancel_seen=True)])
+    assert store.wakeups("A") == [("a", False)]
+
+
+def test_watch_wakes_when_another_thread_delivers(store_factory: StoreFactory, store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    token = store.watch(None, 0.5)
+    assert store.watch(token, 0.05) == token  # nothing happened
+
+    other = store_factory()
+    threading.Timer(0.1, other.deliver, ("r", "go", "1")).start()
+    started = time.monotonic()
+    assert store.watch(token, 5.0) != token
+    assert time.monotonic() - started < 2.0
+    time.sleep(0.05)
+    other.close()
+
+
+def test_runs_lists_newest_first_with_filters(store: Store) -> None:
+    for i in range(4):
+        store.create(f"r{i}", "wf" if i % 2 else "other", "{}", "A")
+        time.sleep(0.002)
+    assert [r.run_id for r in store.runs()] == ["r3", "r2", "r1", "r0"]
+    assert [r.run_id for r in store.runs(workflow="wf")] == ["r3", "r1"]
+    assert [r.run_id for r in store.runs(limit=2, offset=1)] == ["r2", "r1"]
+    assert store.runs(states=["completed"]) == []
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_identifiers_are_stored_byte_exact(store: Store, name: str) -> None:
+    assert store.create(name, name, '{"a":"\\u0000"}', name) is None
+    store.deliver(name, name, '"p"')
+    store.commit([Write(name, name, 1, "running", (_entry(0, name=name),))])
+    r = store.get(name)
+    assert r is not None and (r.run_id, r.workflow, r.owner, r.args) == (name, name, name, '{"a":"\\u0000"}')
+    assert store.journal(name)[0].name == name
+    assert store.signals(name)[0].name == name
+    assert [x.run_id for x in store.runs(workflow=name)] == [name]
+
+
+def test_large_values_round_trip(store: Store) -> None:
+    big = '"' + "é" * 500_000 + '"'
+    store.create("r", "wf", big, "A")
+    store.commit([Write("r", "A", 1, "running", (_entry(0, value=big),))])
+    assert store.get("r").args == big  # type: ignore[union-attr]
+    assert store.journal("r")[0].value == big
+
+
+# ---- workflows through an Interpreter on this store ---------------------------------
+
+_calls: list[str] = []
+
+
+def _step(name: str) -> dict[str, Any]:
+    _calls.append(name)
+    return {"step": name, "pair": (1, 2)}
+
+
+def _failing() -> None:
+    raise ValueError("card declined")
+
+
+def _order(n: int) -> Any:
+    first = yield Do("first", _step, "first")
+    yield Sleep(3600)
+    got = yield Wait("approve")
+    both = yield All(Do("left", _step, "left"), Do("right", _step, "right"))
+    try:
+        yield Do("charge", _failing)
+    except StepFailed as exc:
+        failure = str(exc)
+    return [n, first, got, both, failure]
+
+
+def _poll(interp: Interpreter, run_id: str, state: str, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while interp.status(run_id).state != state:
+        assert time.monotonic() < end, f"run stayed {interp.status(run_id).state}, not {state}"
+        time.sleep(0.01)
+
+
+def test_a_workflow_runs_across_a_restart(store_factory: StoreFactory) -> None:
+    _calls.clear()
+    clock = FakeClock()
+    first = Interpreter(store_factory(), [_order], clock=clock)
+    run_id = first.start(_order, 7, run_id="order-7")
+    _poll(first, run_id, "sleeping")
+    first.shutdown()
+
+    second = Interpreter(store_factory(), [_order], clock=clock)
+    assert second.recover() == [run_id]
+    _poll(second, run_id, "sleeping")
+    clock.advance(3600)
+    _poll(second, run_id, "waiting")
+    second.deliver(run_id, "approve", {"by": "ann"})
+    result = second.result(run_id, timeout=10)
+    second.shutdown()
+    assert result[:4] == [7, {"step": "first", "pair": [1, 2]}, {"by": "ann"},
+                          [{"step": "left", "pair": [1, 2]}, {"step": "right", "pair": [1, 2]}]]
+    assert "charge" in result[4] and "ValueError" in result[4] and "card declined" in result[4]
+    assert sorted(_calls) == ["first", "left", "right"]  # 'first' was replayed, not re-run
+
+
+def _changed(n: int) -> Any:
+    yield Do("second", _step, "second")  # was "first"
+    return n
+
+
+def _versioned(n: int) -> Any:
+    v = yield Version("extra-step", 1, 2)
+    if v == 2:
+        yield Do("extra", _step, "extra")
+    yield Do("first", _step, "first")
+    yield Sleep(3600)
+    return v
+
+
+def test_changed_code_blocks_the_run_and_fixed_code_resumes_it(store_factory: StoreFactory) -> None:
+    clock = FakeClock()
+    old = Interpreter(store_factory(), {"wf": _order}, clock=clock)
+    run_id = old.start("wf", 1)
+    _poll(old, run_id, "sleeping")
+    old.shutdown()
+
+    broken = Interpreter(store_factory(), {"wf": _changed}, clock=clock)
+    broken.recover()
+    _poll(broken, run_id, "blocked")
+    error = broken.status(run_id).error or ""
+    assert "NonDeterminismError" in error and "'first'" in error and "'second'" in error
+    broken.shutdown()
+
+    fixed = Interpreter(store_factory(), {"wf": _order}, clock=clock)
+    assert fixed.recover() == [run_id]
+    _poll(fixed, run_id, "sleeping")
+    fixed.shutdown()
+
+
+def test_a_version_added_later_keeps_old_runs_on_the_old_path(store_factory: StoreFactory) -> None:
+    clock = FakeClock()
+
+    def before(n: int) -> Any:
+        yield Do("first", _step, "first")
+        yield Sleep(3600)
+        return 0
+
+    old = Interpreter(store_factory(), {"wf": before}, clock=clock)
+    old_run = old.start("wf", 1)
+    _poll(old, old_run, "sleeping")
+    old.shutdown()
+
+    new = Interpreter(store_factory(), {"wf": _versioned}, clock=clock)
+    new.recover()
+    new_run = new.start("wf", 2)
+    _poll(new, new_run, "sleeping")
+    clock.advance(3600)
+    assert (new.result(old_run, timeout=10), new.result(new_run, timeout=10)) == (1, 2)
+    new.shutdown()
+
+
+def _cancellable(n: int) -> Any:
+    try:
+        yield Wait("never")
+    except Cancelled:
+        yield Do("undo", _step, "undo")
+        raise
+
+
+def test_cancel_reaches_a_waiting_run_on_this_store(store_factory: StoreFactory) -> None:
+    interp = Interpreter(store_factory(), [_cancellable])
+    run_id = interp.start(_cancellable, 1)
+    _poll(interp, run_id, "waiting")
+    interp.cancel(run_id)
+    with pytest.raises(Cancelled):
+        interp.result(run_id, timeout=10)
+    assert interp.status(run_id).state == "cancelled"
+    kinds = [e.kind for e in interp._store.journal(run_id)]  # noqa: SLF001
+    assert kinds == ["cancel", "do"]
+    interp.shutdown()
+
+
+def test_a_non_deterministic_error_names_both_sides() -> None:
+    err = NonDeterminismError("r", 3, "do 'a'", "yielded Do('b')")
+    assert "position 3" in str(err) and "'a'" in str(err) and "'b'" in str(err)
