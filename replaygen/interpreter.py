@@ -530,8 +530,10 @@ class Interpreter:
     def _forget(self, run: _Run) -> None:
         with self._lock:
             run.gone = True
-            self._runs.pop(run.id, None)
-            event = self._waiters.pop(run.id, None)
+            event = None
+            if self._runs.get(run.id) is run:  # not a newer claim of the same run
+                del self._runs[run.id]
+                event = self._waiters.pop(run.id, None)
         for m in run.members:
             if m.timer is not None:
                 m.timer[0] = None
