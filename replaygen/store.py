@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import RunFinished, RunNotFound
 
@@ -45,8 +45,7 @@ class RunRecord:
     resumes: int = 0
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: replay builds thousands of these from rows
     """One journal entry. ``seq`` is its dense append index, ``slot`` the command position it answers."""
 
     seq: int

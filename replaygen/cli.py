@@ -1,0 +1,398 @@
+"""The ``replaygen`` command: look at runs in a store, steer them, and serve workflows.
+
+    replaygen --store sqlite:///runs.db runs --state blocked
+    replaygen show RUN_ID [--full]          replaygen signal RUN_ID NAME '{"ok": true}'
+    replaygen cancel RUN_ID                 replaygen resume RUN_ID --app myapp.flows
+    replaygen worker myapp.flows            (serve until SIGINT/SIGTERM, then park every run)
+
+The store comes from ``--store`` or ``$REPLAYGEN_STORE``. This module only uses
+the store's public operations and the Interpreter: it must never change a run
+in a way the engine could not (no editing journals, no forcing states).
+Every failure is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1``
+shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ._identity import is_dead
+from .codec import JSONCodec
+from .commands import check_name
+from .errors import ReplaygenError, RunNotFound
+from .interpreter import Interpreter
+from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
+
+ENV = "REPLAYGEN_STORE"
+MAX_PAYLOAD = 2 * 1024 * 1024  # the Interpreter's default max_payload
+WIDTH = 60                     # widest value shown in a table cell, unless --full
+log = logging.getLogger("replaygen.cli")
+
+
+class CLIError(ReplaygenError):
+    """The operator asked for something that cannot be done; printed as one line."""
+
+
+# ---- the store and the user's workflows ------------------------------------------------
+
+def open_store(url: str | None, *, create: bool = False) -> Store:
+    """A store from a URL: ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``path.db``, or
+    ``postgresql://...``. A SQLite file is created only when ``create`` (the worker)."""
+    if not url:
+        raise CLIError(f"no store given: pass --store sqlite:///path.db (or postgresql://...) "
+                       f"or set ${ENV}")
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from .stores.postgres import PostgresStore
+        except ImportError as exc:
+            raise CLIError(f"Postgres support is not available ({exc}); "
+                           f"pip install 'replaygen[postgres]'") from None
+        return PostgresStore(url)  # type: ignore[no-any-return]
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
+    elif url.endswith((".db", ".sqlite", ".sqlite3")) or os.path.isfile(url):
+        path = url
+    else:
+        raise CLIError(f"unrecognised store {url!r}: use sqlite:///path.db, a path ending in .db, "
+                       f"or postgresql://user@host/dbname")
+    if not create and not os.path.exists(path):
+        raise CLIError(f"no database at {os.path.abspath(path)!r}: check --store (a worker "
+                       f"creates the file)")
+    from .stores.sqlite import SQLiteStore
+    return SQLiteStore(path)
+
+
+def load_app(store: Store, spec: str) -> Interpreter:
+    """``MODULE[:ATTR]``: ATTR (default ``workflows``) is a list or dict of workflows, one
+    workflow, or a function taking the store and returning an Interpreter."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "workflows"
+    if os.getcwd() not in sys.path:  # as `python -m` does; a console script does not
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CLIError(f"cannot import {module_name!r}: {exc} (run from the directory that "
+                       f"holds it, or set PYTHONPATH)") from None
+    if not hasattr(module, attr):
+        raise CLIError(f"module {module_name!r} has no attribute {attr!r}; name your workflows "
+                       f"as MODULE:ATTR")
+    obj = getattr(module, attr)
+    if isinstance(obj, (list, tuple, dict)):
+        return Interpreter(store, obj)
+    if inspect.isgeneratorfunction(obj):
+        return Interpreter(store, [obj])
+    if callable(obj) and isinstance(interp := obj(store), Interpreter):
+        return interp
+    raise CLIError(f"{module_name}:{attr} must be a list or dict of workflows, or a function "
+                   f"(store) -> Interpreter; found {type(obj).__name__}")
+
+
+def get_run(store: Store, run_id: str) -> RunRecord:
+    record = store.get(check_name("run_id", run_id))
+    if record is None:
+        raise RunNotFound(f"no run {run_id!r} in this store (see: replaygen runs)")
+    return record
+
+
+# ---- formatting ------------------------------------------------------------------------
+
+def _decode(text: str | None) -> Any:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        return text
+
+
+def _ts(t: Any) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if isinstance(
+        t, (int, float)) else "-"
+
+
+def _span(seconds: float) -> str:
+    s = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{s * 1000:.0f}ms"
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    delta = t - time.time()
+    return f"{_ts(t)} ({'in ' + _span(delta) if delta > 0 else _span(delta) + ' ago'})"
+
+
+def _cut(text: str, full: bool) -> str:
+    text = " ".join(text.split()) if not full else text
+    return text if full or len(text) <= WIDTH else text[:WIDTH - 1] + "…"
+
+
+def _error(text: str | None, traceback: bool = False) -> str:
+    info = _decode(text)
+    if not isinstance(info, dict):
+        return "" if info is None else str(info)
+    line = f"{info.get('type', 'Error')}: {info.get('message', '')}"
+    return line + ("\n" + info["traceback"] if traceback and info.get("traceback") else "")
+
+
+def _outcome(e: Entry, full: bool) -> str:
+    """An entry's value as a person reads it: deadlines as times, failures as Type: message."""
+    if e.kind in ("sleep", "timer"):
+        return f"until {_ts(_decode(e.value))}"
+    if e.kind == "cancel":
+        return "Cancelled raised here"
+    if e.status == "timeout":
+        return "timed out"
+    if e.status == "error":
+        info = _decode(e.value)
+        text = _error(e.value, full)
+        if e.kind == "retry" and isinstance(info, dict):
+            text = f"try {info.get('attempt')}, next at {_ts(info.get('next_at'))}: {text}"
+        return _cut(text, full)
+    return _cut("" if e.value is None else e.value, full)
+
+
+def _detail(r: RunRecord) -> str:
+    if r.state == "sleeping":
+        return f"until {_when(r.wake_at)}"
+    if r.state == "waiting":
+        return f"for signal {r.waiting_for}" + (f", timeout {_ts(r.wake_at)}" if r.wake_at else "")
+    if r.error:
+        return _error(r.error)
+    return "cancel requested" if r.cancel_requested and r.state in ACTIVE else ""
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in (headers, *rows))
+
+
+def _record_json(r: RunRecord) -> dict[str, Any]:
+    return {**dataclasses.asdict(r), "args": _decode(r.args), "result": _decode(r.result),
+            "error": _decode(r.error)}
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    return {**dataclasses.asdict(e), "value": _decode(e.value)}
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# ---- subcommands ---------------------------------------------------------------------------
+
+def cmd_runs(store: Store, a: argparse.Namespace) -> int:
+    states = [s for v in a.state or () for s in v.split(",") if s] or None
+    for s in states or ():
+        if s not in STATES:
+            raise CLIError(f"unknown state {s!r}; states are {', '.join(STATES)}")
+    runs = store.runs(states=states, workflow=a.workflow, limit=a.limit, offset=a.offset)
+    tails = {r.run_id: (store.journal(r.run_id) or [None])[-1] for r in runs}
+    if a.json:
+        _print_json([{**_record_json(r), "last_entry": (t := tails[r.run_id]) and _entry_json(t)}
+                     for r in runs])
+        return 0
+    now, rows = time.time(), []
+    for r in runs:
+        t = tails[r.run_id]
+        step = f"#{t.slot} {t.kind} {t.name}".rstrip() if t else "-"
+        rows.append((r.run_id, r.state, r.workflow, _span(now - r.created), step,
+                     _cut(_detail(r), a.full)))
+    print(_table(("RUN", "STATE", "WORKFLOW", "AGE", "LAST STEP", "DETAIL"), rows)
+          if rows else "no runs match")
+    if len(runs) == a.limit:
+        print(f"(more may follow: --offset {a.offset + a.limit})", file=sys.stderr)
+    return 0
+
+
+def cmd_show(store: Store, a: argparse.Namespace) -> int:
+    r = get_run(store, a.run_id)
+    journal, signals = store.journal(r.run_id), store.signals(r.run_id)
+    if a.json:
+        _print_json({"run": _record_json(r), "journal": [_entry_json(e) for e in journal],
+                     "signals": [{**dataclasses.asdict(s), "payload": _decode(s.payload)}
+                                 for s in signals]})
+        return 0
+    unowned = "none: the next worker to start picks it up" if r.state in ACTIVE else "-"
+    head = [("run", r.run_id), ("workflow", r.workflow),
+            ("state", r.state + (" (cancel requested)" if r.cancel_requested else "")),
+            ("owner", r.owner or unowned), ("created", _when(r.created)),
+            ("updated", _when(r.updated)), ("args", _cut(r.args, a.full))]
+    if r.wake_at is not None:
+        head.append(("wakes at", _when(r.wake_at)))
+    if r.waiting_for:
+        head.append(("waiting for", f"signal {r.waiting_for}"))
+    if r.resumes:
+        head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
+    if r.result is not None:
+        head.append(("result", _cut(r.result, a.full)))
+    if r.error:  # never truncated: for a blocked run this is the non-determinism diff
+        head.append(("blocked" if r.state == "blocked" else "error", _error(r.error, a.full)))
+    head.append(("signals", f"{len(signals)} queued" if signals else "none queued"))
+    for key, value in head:
+        print(f"{key + ':':<13}{value}")
+    for s in signals:
+        print(f"  #{s.id} {s.name!r} sent {_ts(s.sent)}: {_cut(s.payload, a.full)}")
+    print(f"\njournal ({len(journal)} entries):" if journal else "\njournal: empty")
+    if journal:
+        print(_table(("POS", "SEQ", "KIND", "NAME", "STATUS", "TOOK", "RESULT/ERROR"), [
+            (str(e.slot), str(e.seq), e.kind, e.name or "-", e.status,
+             _span(e.ended - e.started), _outcome(e, a.full)) for e in journal]))
+    return 0
+
+
+def cmd_signal(store: Store, a: argparse.Namespace) -> int:
+    check_name("signal name", a.name)
+    try:
+        text = JSONCodec().encode(None if a.payload is None else json.loads(a.payload))
+    except ValueError as exc:  # JSONDecodeError and the codec's refusals (NaN, ...)
+        raise CLIError(f"bad JSON payload {_cut(a.payload, False)!r}: {exc} (quote it for the "
+                       f"shell, e.g. '{{\"approved\": true}}')") from None
+    if len(text.encode()) > MAX_PAYLOAD:
+        raise CLIError(f"payload is {len(text.encode())} bytes encoded, over the limit of "
+                       f"{MAX_PAYLOAD}; pass a reference to the data instead")
+    store.deliver(check_name("run_id", a.run_id), a.name, text)
+    print(f"signal {a.name!r} queued for run {a.run_id!r} ({get_run(store, a.run_id).state})")
+    return 0
+
+
+def cmd_cancel(store: Store, a: argparse.Namespace) -> int:
+    r = store.cancel(check_name("run_id", a.run_id))
+    if r.state in FINISHED:
+        print(f"run {r.run_id!r} is already {r.state}; nothing changed")
+    else:
+        where = "its worker raises" if r.owner else "no worker holds it now; the next one raises"
+        print(f"cancel requested for run {r.run_id!r} ({r.state}): {where} Cancelled in the "
+              f"workflow at its current yield")
+    return 0
+
+
+def cmd_resume(store: Store, a: argparse.Namespace) -> int:
+    r = get_run(store, a.run_id)
+    if r.state in FINISHED:
+        raise CLIError(f"run {r.run_id!r} is {r.state}; only unfinished runs can be resumed")
+    interp = load_app(store, a.app)
+    try:
+        # Interpreter has no public "resume one run" yet: claim it here and hand it to the
+        # interpreter exactly as recover() would, then drive it until it must wait.
+        dead = [o for o in store.owners() if o != interp.worker_id and is_dead(o)]
+        claims = store.claim(interp.worker_id, dead=dead, blocked=True, run_ids=[r.run_id])
+        if not claims:
+            raise CLIError(f"run {r.run_id!r} ({r.state}) is held by the live worker {r.owner}; "
+                           f"it goes on there")
+        interp._adopt_one(claims[0])
+        end = time.monotonic() + a.timeout
+        while time.monotonic() < end and not _settled(interp, r.run_id):
+            time.sleep(0.02)
+    finally:
+        interp.shutdown(a.timeout)
+    r = get_run(store, r.run_id)
+    print(f"run {r.run_id!r} is {r.state}" + (f": {d}" if (d := _detail(r)) else ""))
+    return 1 if r.state == "blocked" else 0
+
+
+def _settled(interp: Interpreter, run_id: str) -> bool:
+    """The run finished, blocked, or waits for time or a signal (as shutdown() judges it)."""
+    run = interp._runs.get(run_id)
+    return run is None or not (run.scheduled or any(m.running for m in run.members))
+
+
+def cmd_worker(store: Store, a: argparse.Namespace) -> int:
+    interp = load_app(store, a.app)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    interp.recover()
+    log.info("worker %s serving %s; stop with SIGINT or SIGTERM", interp.worker_id, a.app)
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping: running steps may finish (up to %gs), then every run is parked", a.grace)
+    interp.shutdown(a.grace)
+    log.info("stopped; the next worker's recover() resumes the parked runs")
+    return 0
+
+
+# ---- entry point ---------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS,
+                        help=f"sqlite:///path.db, path.db or postgresql://... (default: ${ENV})")
+    p = argparse.ArgumentParser(prog="replaygen", description="See and steer replaygen runs.")
+    p.add_argument("--store", default=os.environ.get(ENV), help=common._actions[0].help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=text, description=text)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("runs", cmd_runs, "list runs, newest first")
+    sp.add_argument("--state", action="append", help="only these states (repeat, or a,b)")
+    sp.add_argument("--workflow", help="only runs of this workflow")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--offset", type=int, default=0)
+    sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
+    sp.add_argument("run_id")
+    for sp in (sub.choices["runs"], sp):
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--full", action="store_true", help="do not truncate values")
+    sp = add("signal", cmd_signal, "queue a signal for a run")
+    sp.add_argument("run_id")
+    sp.add_argument("name")
+    sp.add_argument("payload", nargs="?", metavar="JSON", help="the payload (default: null)")
+    add("cancel", cmd_cancel, "raise Cancelled inside a run").add_argument("run_id")
+    sp = add("resume", cmd_resume, "retry a blocked (or unowned) run with the current code")
+    sp.add_argument("run_id")
+    sp.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="the workflows")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to drive the run")
+    sp = add("worker", cmd_worker, "serve workflows until SIGINT/SIGTERM")
+    sp.add_argument("app", metavar="MODULE[:ATTR]",
+                    help="ATTR (default: workflows) is a list/dict of workflows or a "
+                         "function(store) returning an Interpreter")
+    sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
+    sp.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.command == "worker":
+            logging.basicConfig(level=a.log_level.upper(),
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        store = open_store(a.store, create=a.command == "worker")
+        try:
+            return int(a.func(store, a))
+        finally:
+            if a.command not in ("worker", "resume"):  # their threads may still read it
+                store.close()
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `replaygen runs | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    except Exception as exc:
+        if os.environ.get("REPLAYGEN_DEBUG"):
+            raise
+        text = str(exc) if isinstance(exc, ReplaygenError) else f"{type(exc).__name__}: {exc}"
+        print("replaygen: error: " + " ".join(text.split()), file=sys.stderr)
+        return 1
