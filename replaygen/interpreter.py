@@ -343,11 +343,13 @@ class Interpreter:
         with the current code); from now on also adopt runs whose owner dies. Returns their ids."""
         if self._closed:
             raise ReplaygenError("this Interpreter is shut down")
-        ids = self._adopt(blocked=True, workflows=None)
+        claims = self._claim(blocked=True, workflows=None)
+        self._emit("recovered", count=len(claims))  # claimed, not yet resumed
+        for claim in claims:
+            self._adopt_one(claim)
         self._adopting = True
-        self._emit("recovered", count=len(ids))
-        log.info("recovered %d runs", len(ids))
-        return ids
+        log.info("recovered %d runs", len(claims))
+        return [c.run.run_id for c in claims]
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking work, let running steps finish (up to ``timeout`` s), and release every
@@ -452,17 +454,15 @@ class Interpreter:
 
     # ---- claiming and the actor ---------------------------------------------
 
-    def _adopt(self, *, blocked: bool, workflows: Iterable[str] | None) -> list[str]:
+    def _claim(self, *, blocked: bool, workflows: Iterable[str] | None) -> list[Claim]:
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
-        ids: list[str] = []
+        claims: list[Claim] = []
         while True:
-            claims = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=500,
-                                       workflows=None if workflows is None else list(workflows))
-            for claim in claims:
-                ids.append(claim.run.run_id)
-                self._adopt_one(claim)
-            if len(claims) < 500:
-                return ids
+            batch = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=500,
+                                      workflows=None if workflows is None else list(workflows))
+            claims += batch
+            if len(batch) < 500:
+                return claims
 
     def _adopt_one(self, claim: Claim) -> None:
         try:
@@ -952,7 +952,8 @@ class Interpreter:
                     if self._adopting:
                         adopt = 0.0
                 if self._adopting and now >= adopt and not self._closed:
-                    self._adopt(blocked=False, workflows=self._workflows)
+                    for claim in self._claim(blocked=False, workflows=self._workflows):
+                        self._adopt_one(claim)
                     adopt = now + min(1.0, self._lease / 4)
             except Exception as exc:
                 log.warning("watcher: %s; retrying", exc)
