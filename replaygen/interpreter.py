@@ -23,6 +23,7 @@ import functools
 import heapq
 import inspect
 import itertools
+import json
 import logging
 import queue
 import random
@@ -233,6 +234,16 @@ class Interpreter:
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = 2 * 1024 * 1024,
         observer: Observer | None = None,
     ) -> None:
+        missing = [m for m in ("create", "commit", "claim", "watch") if not hasattr(store, m)]
+        if missing:
+            raise UsageError(f"{store!r} is not a store (it has no {', '.join(missing)}); pass e.g. "
+                             f"SQLiteStore('runs.db') or MemoryStore()")
+        if callable(workflows):
+            raise UsageError(f"workflows must be a list or dict of workflows, got the lone "
+                             f"function {workflows!r}; write workflows=[{workflows.__name__}]")
+        if concurrency < 1 or lease <= 0 or max_resumes < 0 or max_payload < 1:
+            raise UsageError(f"need concurrency >= 1, lease > 0, max_resumes >= 0, max_payload >= 1; "
+                             f"got {concurrency}, {lease}, {max_resumes}, {max_payload}")
         self._store, self._clock = store, clock or SystemClock()
         self._codec: Codec = codec or JSONCodec()
         self._lease, self._max_resumes, self._max_payload = lease, max_resumes, max_payload
@@ -408,8 +419,10 @@ class Interpreter:
                          f"{sorted(self._workflows) or 'none'}")
 
     def _same_args(self, old: str, new: str) -> bool:
+        # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
         try:
-            return bool(self._codec.decode(old) == self._codec.decode(new))
+            a, b = (json.dumps(self._codec.decode(t), sort_keys=True, default=repr) for t in (old, new))
+            return a == b
         except Exception:
             return old == new
 

@@ -124,7 +124,8 @@ class Store(Protocol):
     ) -> list[Claim]:
         """Take over unfinished runs that no live worker owns (unowned, owner in ``dead``, or
         owner's lease lapsed), bumping their fence. ``blocked`` includes blocked runs. A run
-        whose previous owner died while it was pending or running has ``resumes`` incremented."""
+        whose previous owner died while it was pending or running has ``resumes`` incremented;
+        a blocked run (retried with new code) has it reset to 0."""
         ...
 
     def owners(self) -> list[str]:
@@ -263,9 +264,8 @@ class MemoryStore:
                 ):
                     continue
                 died_working = run.owner is not None and run.state in ("pending", "running")
-                run = replace(
-                    run, owner=owner, fence=run.fence + 1, resumes=run.resumes + died_working
-                )
+                resumes = 0 if run.state == "blocked" else run.resumes + died_working
+                run = replace(run, owner=owner, fence=run.fence + 1, resumes=resumes)
                 self._runs[run.run_id] = run
                 out.append(Claim(run, list(self._journals[run.run_id])))
             return out

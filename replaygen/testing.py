@@ -46,7 +46,7 @@ def replay(
     """Drive ``workflow(*args, **kwargs)`` with answers from a fake journal.
 
     ``journal`` is a list answering by position (each Do and Wait, and each
-    member of an All, takes one) or a dict answering Dos by step name.
+    member of an All, Sleeps included, takes one) or a dict answering Dos by step name.
     ``signals`` answers Waits by signal name, ``sleeps`` answers Sleeps in order
     (they pass by themselves when not given), ``versions`` gives Version values
     by change id (default: ``max``). An exception as an answer is raised:
@@ -58,10 +58,10 @@ def replay(
     position, slept = 0, 0
     trace = Trace()
 
-    def answer(cmd: Command) -> Any:
+    def answer(cmd: Command, member: bool) -> Any:
         nonlocal position, slept
         found: Any = _NONE
-        if isinstance(cmd, Sleep):
+        if isinstance(cmd, Sleep) and not (member and by_position):
             found = sleeps[slept] if slept < len(sleeps) else None
             slept += 1
         elif by_position and position < len(journal):
@@ -69,6 +69,8 @@ def replay(
             position += 1
         elif isinstance(cmd, Do) and not by_position:
             found = journal.get(cmd.name, _NONE)  # type: ignore[union-attr]
+        if found is _NONE and isinstance(cmd, Sleep):  # a Sleep passes by itself
+            found = None
         if found is _NONE and isinstance(cmd, Wait) and signals is not None:
             found = signals.get(cmd.signal, _NONE)
         if found is _NONE or isinstance(found, BaseException):
@@ -106,7 +108,7 @@ def replay(
             trace.error = UsageError(f"the workflow yielded {describe(cmd)}, which is not a command")
             return trace
         members = cmd.commands if isinstance(cmd, All) else (cmd,)
-        answers = [answer(m) for m in members]
+        answers = [answer(m, isinstance(cmd, All)) for m in members]
         if any(a is _NONE for a in answers):
             trace.pending = cmd
             gen.close()

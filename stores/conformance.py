@@ -131,6 +131,17 @@ def test_resumes_count_only_deaths_while_working(store: Store) -> None:
     assert store.get("working").resumes == 0  # type: ignore[union-attr]
 
 
+def test_retrying_a_blocked_run_starts_its_crash_loop_count_afresh(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "running")])
+    for i, owner in enumerate("BCD"):  # three deaths in a row without progress
+        [claim] = store.claim(owner, dead=["A", "B", "C"][: i + 1])
+    assert claim.run.resumes == 3
+    store.commit([Write("r", "D", claim.run.fence, "blocked", error="{}", release=True)])
+    [claim] = store.claim("E", blocked=True)
+    assert claim.run.resumes == 0
+
+
 def test_claim_filters_by_state_workflow_ids_and_limit(store: Store) -> None:
     for i in range(5):
         store.create(f"r{i}", "wf" if i < 4 else "other", "{}", "A")

@@ -230,8 +230,9 @@ class SQLiteStore:
         def tx(c: sqlite3.Connection) -> list[Claim]:
             ids = json.dumps([r[0] for r in c.execute(sql + " ORDER BY created LIMIT ?", params)])
             c.execute(
-                f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = resumes + "
-                f"(owner IS NOT NULL AND state IN ('pending', 'running')) WHERE run_id IN {_IN}",
+                f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = CASE WHEN state = 'blocked' "
+                f"THEN 0 ELSE resumes + (owner IS NOT NULL AND state IN ('pending', 'running')) END "
+                f"WHERE run_id IN {_IN}",
                 (owner, ids))
             journals: dict[str, list[Entry]] = {}
             for row in c.execute(
