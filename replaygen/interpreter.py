@@ -46,7 +46,7 @@ from .errors import (
 )
 from .journal import FINAL, Journal, describe
 from .observe import Event, Observer, StepInfo, _current
-from .store import Claim, Entry, RunRecord, Store, Write
+from .store import FINISHED, Claim, Entry, RunRecord, Store, Write
 
 log = logging.getLogger("replaygen")
 Workflow = Callable[..., Generator[Any, Any, Any]]
@@ -205,7 +205,7 @@ class _Run:
         self.slot = 0       # first slot of the current yield
         self.live = False   # the current yield needed live work (so a pending cancel applies)
         self.mailbox: deque[Callable[[], None]] = deque()
-        self.scheduled = self.gone = False
+        self.scheduled = self.gone = self.finishing = False
 
 
 class _Outcome:
@@ -294,6 +294,9 @@ class Interpreter:
                 log.info("run %s started (workflow %s)", run_id, name)
                 return run_id
         if old.workflow == name and self._same_args(old.args, args_text):
+            if old.owner == self.worker_id and old.state not in FINISHED and run_id not in self._runs:
+                # Our create() committed though it was reported as failed: run it now.
+                self._adopt_one(Claim(old, self._store.journal(run_id)))
             return run_id
         raise UsageError(
             f"run {run_id!r} already exists as {old.workflow}({old.args}); this start() asked for "
@@ -514,7 +517,8 @@ class Interpreter:
             try:
                 action()
             except _Lost:
-                log.warning("run %s was taken over by another worker; stopped here", run.id)
+                if not (run.finishing and self._finished(run.id)):  # else our own write landed
+                    log.warning("run %s was taken over by another worker; stopped here", run.id)
                 self._forget(run)
             except _Abandon:
                 self._forget(run)
@@ -530,6 +534,13 @@ class Interpreter:
                 finally:
                     self._forget(run)
                 raise
+
+    def _finished(self, run_id: str) -> bool:
+        try:
+            record = self._store.get(run_id)
+        except Exception:
+            return False
+        return record is not None and record.state in FINISHED
 
     def _contain(self, run: _Run, exc: Exception) -> None:
         if not isinstance(exc, ReplaygenError):
@@ -932,6 +943,7 @@ class Interpreter:
                 state, outcome = "failed", exc
         if state != "completed":
             error = self._encode(_errinfo(outcome), "error")
+        run.finishing = True
         self._write(run, state, result=result, error=error, release=True)
         if state == "failed":
             log.warning("run %s failed: %r", run.id, outcome)

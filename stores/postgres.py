@@ -1,0 +1,696 @@
+"""PostgresStore: several workers on several machines sharing one PostgreSQL database.
+
+Needs psycopg 3 (``pip install 'replaygen[postgres]'``). Everything lives in one
+schema (``replaygen`` unless told otherwise), so several applications can share a
+database. The store creates and versions that schema itself, under an advisory
+lock, so any number of workers may start at once.
+
+How the guarantees are kept:
+
+- Claiming is ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... RETURNING``:
+  two workers never claim the same run, and neither waits for the other.
+- Ownership is leased: ``workers(owner, lease_until)`` is renewed by heartbeats and
+  judged by the database's clock only, never by a client's.
+- Every write is fenced (``WHERE run_id AND owner AND fence``): a worker that
+  stalled past its lease and comes back finds its writes refused.
+- Wake-ups go through ``LISTEN``/``NOTIFY`` on a dedicated connection; a
+  notification carries a kind and a run id, never a payload.
+- A transient failure (server restarted or unreachable, connection dropped,
+  serialization failure, deadlock, disk full) raises ``StoreUnavailable``; the
+  broken connections are dropped and the next call reconnects. A write whose
+  outcome is unknown (the connection died around COMMIT) is recognised when the
+  interpreter retries it, so it is neither applied twice nor mistaken for a loss.
+
+Values are stored as TEXT, byte-exact (not JSONB, which would rewrite them). The
+DSN's password never appears in a log line, an error or a repr.
+
+This module must never import the interpreter: it implements ``replaygen.store.Store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
+
+try:
+    import psycopg
+    from psycopg import conninfo as _conninfo
+    from psycopg import sql
+    from psycopg.pq import TransactionStatus
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "replaygen.stores.postgres needs psycopg 3: pip install 'replaygen[postgres]'"
+    ) from exc
+
+from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
+from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
+
+__all__ = ["PostgresStore", "SCHEMA_VERSION"]
+
+T = TypeVar("T")
+log = logging.getLogger("replaygen")
+
+SCHEMA_VERSION = 1
+"""The layout this code writes; a schema recorded with a higher version is refused."""
+
+_NOW = "extract(epoch FROM statement_timestamp())::float8"  # the database's clock
+_RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
+                "wake_at, waiting_for, cancel_requested, resumes")
+_ENTRY_COLUMNS = "seq, slot, kind, name, status, value, started, ended"
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {runs} (
+    id bigserial UNIQUE,                 -- insertion order: claims oldest first, runs() newest
+    run_id text PRIMARY KEY,
+    workflow text NOT NULL,
+    args text NOT NULL,
+    state text NOT NULL,
+    owner text,
+    fence bigint NOT NULL,
+    created float8 NOT NULL,
+    updated float8 NOT NULL,
+    result text,
+    error text,
+    wake_at float8,
+    waiting_for text,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    cancel_seen boolean NOT NULL DEFAULT false,
+    resumes integer NOT NULL DEFAULT 0,
+    next_seq integer NOT NULL DEFAULT 0, -- the journal's length: appends must start here
+    token text                           -- which create/claim took the run (for unsure outcomes)
+);
+CREATE INDEX IF NOT EXISTS {runs_owner} ON {runs} (owner);
+CREATE INDEX IF NOT EXISTS {runs_state} ON {runs} (state, id);
+CREATE TABLE IF NOT EXISTS {journal} (
+    run_id text NOT NULL REFERENCES {runs} (run_id),
+    seq integer NOT NULL,
+    slot integer NOT NULL,
+    kind text NOT NULL,
+    name text NOT NULL,
+    status text NOT NULL,
+    value text,
+    started float8 NOT NULL,
+    ended float8 NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS {signals} (
+    id bigserial PRIMARY KEY,
+    run_id text NOT NULL REFERENCES {runs} (run_id),
+    name text NOT NULL,
+    payload text NOT NULL,
+    sent float8 NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {signals_run} ON {signals} (run_id, id);
+CREATE TABLE IF NOT EXISTS {workers} (
+    owner text PRIMARY KEY,
+    lease_until timestamptz NOT NULL
+);
+"""
+
+# Failures that may pass: connection lost or refused, server shutting down or starting,
+# serialization failure, deadlock, disk full, ... (psycopg files them all under these).
+_TRANSIENT = (psycopg.OperationalError,)
+
+
+def _record(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(*row)  # _RUN_COLUMNS is RunRecord's field order
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(*row)
+
+
+class _Connections:
+    """A small pool: at most ``size`` connections, made on demand, each used by one thread
+    at a time. A connection that failed is closed, never handed out again."""
+
+    def __init__(self, conninfo: str, size: int) -> None:
+        self._conninfo = conninfo
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()  # guards _idle and _closed
+        self._slots = threading.BoundedSemaphore(size)
+        self._closed = False
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._conninfo, autocommit=True)
+
+    def take(self) -> tuple[psycopg.Connection[Any], bool]:
+        """A connection and whether it was reused (it may have died since)."""
+        self._slots.acquire()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ReplaygenError("this PostgresStore is closed")
+                conn = self._idle.pop() if self._idle else None
+            return (conn, True) if conn is not None else (self.connect(), False)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def give(self, conn: psycopg.Connection[Any], broken: bool) -> None:
+        try:
+            if broken:
+                # After a failure the other idle connections are most likely dead too
+                # (a restarted server): drop them all, so one call fails, not one per connection.
+                with self._lock:
+                    doomed, self._idle = [conn, *self._idle], []
+                for c in doomed:
+                    _close_quietly(c)
+                return
+            with self._lock:
+                if not self._closed and conn.info.transaction_status == TransactionStatus.IDLE:
+                    self._idle.append(conn)
+                    return
+            _close_quietly(conn)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for c in idle:
+            _close_quietly(c)
+
+
+def _close_quietly(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+class PostgresStore:
+    """A durable store in a PostgreSQL database, shared by any number of workers.
+
+    ``dsn`` is a libpq connection string or URI. ``schema`` names the schema that holds
+    the store's tables (created if missing), so several applications can share one
+    database. ``pool_size`` bounds this store's connections, besides the one that
+    listens for notifications. ``connect_timeout`` (seconds) applies unless the DSN sets it.
+
+    Raises ``StoreUnavailable`` when the server cannot be reached, and ``ReplaygenError``
+    when the schema was written by a newer version of replaygen.
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "replaygen", pool_size: int = 4,
+                 connect_timeout: float = 5.0, application_name: str = "replaygen") -> None:
+        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63 \
+                or "\x00" in schema:
+            raise ReplaygenError(f"schema must be a name of 1 to 63 bytes, got {schema!r}")
+        if pool_size < 1:
+            raise ReplaygenError(f"pool_size must be at least 1, got {pool_size!r}")
+        params = _parse(dsn)
+        self._password = str(params.get("password") or "")
+        shown = dict(params, password="***") if "password" in params else params
+        self.dsn = _conninfo.make_conninfo("", **shown)
+        """The DSN with its password replaced by ``***`` (safe to print)."""
+        self.schema = schema
+        params.setdefault("connect_timeout", str(max(1, round(connect_timeout))))
+        params.setdefault("application_name", application_name)
+        # Notice a peer that vanished (partition, dead host) instead of blocking forever.
+        for key, value in (("keepalives", "1"), ("keepalives_idle", "10"),
+                           ("keepalives_interval", "5"), ("keepalives_count", "3"),
+                           ("tcp_user_timeout", "30000")):
+            params.setdefault(key, value)
+        self._info = _conninfo.make_conninfo("", **params)
+        self._pool = _Connections(self._info, pool_size)
+        # Tokens of creates and claims whose outcome is unknown, by owner: a run one of them
+        # took is owned by that worker, which does not know it; its next claim() takes it back.
+        self._unsure: dict[str, set[str]] = {}
+        self._unsure_lock = threading.Lock()
+        self._cv = threading.Condition()  # guards _epoch and _listener
+        self._epoch = 0
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._listening = threading.Event()  # set once the first LISTEN is in place
+        channel = f"replaygen.{schema}"
+        if len(channel.encode()) > 63:  # PostgreSQL truncates longer channel names
+            channel = "replaygen." + hashlib.sha256(schema.encode()).hexdigest()[:40]
+        self._channel = channel
+        self._q = _queries(schema)
+        try:
+            self._call(self._setup)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @staticmethod
+    def drop_schema(dsn: str, schema: str = "replaygen") -> None:
+        """Delete ``schema`` and every run, journal and signal in it (tests, uninstalling).
+        Irreversible; stop every worker using it first. A missing schema is no error."""
+        params = _parse(dsn)
+        try:
+            with psycopg.connect(_conninfo.make_conninfo("", **params), autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(schema)))
+        except psycopg.OperationalError as exc:
+            secret = str(params.get("password") or "")
+            text = " ".join(str(exc).split())
+            raise StoreUnavailable(f"cannot drop schema {schema!r}: "
+                                   f"{text.replace(secret, '***') if secret else text}") from None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.dsn!r}, schema={self.schema!r})"
+
+    # ---- plumbing -------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """One line, without the password (libpq messages span lines; none should hold it)."""
+        text = " ".join(text.split())
+        return text.replace(self._password, "***") if self._password else text
+
+    def _call(self, fn: Callable[[psycopg.Connection[Any]], T], *, idempotent: bool = False,
+              unsure: tuple[str, str] | None = None) -> T:
+        """Run ``fn`` on a pooled connection, turning transient failures into StoreUnavailable.
+        An idempotent call that failed on a reused (possibly stale) connection is retried once
+        on a fresh one; ``unsure`` is a token to remember when the outcome is unknown."""
+        for attempt in (1, 2):
+            try:
+                conn, reused = self._pool.take()
+            except _TRANSIENT as exc:
+                raise self._unavailable(exc) from None
+            try:
+                result = fn(conn)
+            except _TRANSIENT as exc:
+                self._pool.give(conn, broken=True)
+                if idempotent and reused and attempt == 1:
+                    continue
+                if unsure is not None:
+                    with self._unsure_lock:
+                        self._unsure.setdefault(unsure[0], set()).add(unsure[1])
+                raise self._unavailable(exc) from None
+            except psycopg.DataError as exc:
+                self._pool.give(conn, broken=conn.broken)
+                raise ReplaygenError(
+                    f"PostgreSQL refused a value: {self._scrub(str(exc))} (TEXT cannot hold a NUL "
+                    f"character; a custom codec must not produce one)") from None
+            except BaseException:
+                self._pool.give(conn, broken=conn.broken)
+                raise
+            self._pool.give(conn, broken=False)
+            return result
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        what = type(exc).__name__
+        state = getattr(exc, "sqlstate", None)
+        message = self._scrub(str(exc)) or "no detail"
+        return StoreUnavailable(
+            f"PostgreSQL ({self.dsn}, schema {self.schema!r}) is unavailable: {what}"
+            f"{f' [{state}]' if state else ''}: {message}")
+
+    def _setup(self, conn: psycopg.Connection[Any]) -> None:
+        q = self._q
+        with conn.transaction():
+            # Serialises concurrent first starts: CREATE ... IF NOT EXISTS alone can still race.
+            key = int.from_bytes(hashlib.sha256(f"replaygen:{self.schema}".encode()).digest()[:8],
+                                 "big", signed=True)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+            conn.execute(q["create_schema"])
+            conn.execute(q["create_meta"])
+            row = conn.execute(q["version"]).fetchone()
+            found = None if row is None else row[0]
+            if found is not None and (not found.isdigit() or int(found) > SCHEMA_VERSION):
+                raise ReplaygenError(
+                    f"schema {self.schema!r} in {self.dsn} was written by a newer replaygen "
+                    f"(schema version {found}; this one knows up to {SCHEMA_VERSION}). Upgrade "
+                    f"replaygen on this worker, or use another schema.")
+            conn.execute(q["create_tables"])
+            if found is None:
+                conn.execute(q["set_version"], [str(SCHEMA_VERSION)])
+
+    def _notify(self, conn: psycopg.Connection[Any], kind: str, run_id: str = "") -> None:
+        # Delivered at commit, to every listener (this process's included). Ids only.
+        conn.execute("SELECT pg_notify(%s, %s)", [self._channel, f"{kind} {run_id}".strip()])
+        self._bump()
+
+    def _bump(self) -> None:
+        with self._cv:
+            self._epoch += 1
+            self._cv.notify_all()
+
+    # ---- the protocol ------------------------------------------------------------
+
+    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
+        token = uuid.uuid4().hex
+
+        def tx(conn: psycopg.Connection[Any]) -> RunRecord | None:
+            with conn.transaction():
+                made = conn.execute(self._q["create"], [run_id, workflow, args, owner, token])
+                if made.fetchone() is not None:
+                    self._notify(conn, "create", run_id)
+                    return None
+                row = conn.execute(self._q["get"], [run_id]).fetchone()
+                assert row is not None, "runs are never deleted"
+                return _record(row)
+        return self._call(tx, unsure=(owner, token))
+
+    def get(self, run_id: str) -> RunRecord | None:
+        row = self._call(lambda c: c.execute(self._q["get"], [run_id]).fetchone(), idempotent=True)
+        return None if row is None else _record(row)
+
+    def journal(self, run_id: str) -> list[Entry]:
+        rows = self._call(lambda c: c.execute(self._q["journal"], [run_id]).fetchall(),
+                          idempotent=True)
+        return [_entry(r) for r in rows]
+
+    def signals(self, run_id: str) -> list[Signal]:
+        rows = self._call(lambda c: c.execute(self._q["signals"], [run_id]).fetchall(),
+                          idempotent=True)
+        return [Signal(*r) for r in rows]
+
+    def commit(self, writes: Sequence[Write]) -> list[bool]:
+        if not writes:
+            return []
+
+        def tx(conn: psycopg.Connection[Any]) -> list[bool]:
+            done = [False] * len(writes)
+            with conn.transaction():
+                for batch in _rounds(writes):
+                    self._apply(conn, writes, batch, done)
+                for i, w in enumerate(writes):
+                    if done[i] and w.release and w.state in ACTIVE:  # claimable by others now
+                        self._notify(conn, "release", w.run_id)
+            return done
+        return self._call(tx)
+
+    def _apply(self, conn: psycopg.Connection[Any], writes: Sequence[Write], batch: list[int],
+               done: list[bool]) -> None:
+        """Apply writes to distinct runs: one fenced UPDATE, one INSERT, one DELETE."""
+        q, ws = self._q, [writes[i] for i in batch]
+        for w in ws:
+            for k, e in enumerate(w.entries):
+                if e.seq != w.entries[0].seq + k:
+                    raise ValueError(f"run {w.run_id!r}: journal seqs of one write are not "
+                                     f"consecutive ({[x.seq for x in w.entries]})")
+        first = [w.entries[0].seq if w.entries else 0 for w in ws]
+        rows = conn.execute(q["commit"], [
+            [w.run_id for w in ws], [w.owner for w in ws], [w.fence for w in ws],
+            [w.state for w in ws], [w.wake_at for w in ws], [w.waiting_for for w in ws],
+            [w.result for w in ws], [w.error for w in ws], [w.release for w in ws],
+            [w.cancel_seen for w in ws], first, [len(w.entries) for w in ws],
+        ]).fetchall()
+        applied = {run_id for (run_id,) in rows}
+        fresh = [w for w in ws if w.run_id in applied]
+        for i, w in zip(batch, ws, strict=True):
+            if w.run_id in applied:
+                done[i] = True
+            else:
+                done[i] = self._already_applied(conn, w)
+        entries = [(w.run_id, e) for w in fresh for e in w.entries]
+        if entries:
+            try:
+                conn.execute(q["append"], [
+                    [r for r, _ in entries], [e.seq for _, e in entries],
+                    [e.slot for _, e in entries], [e.kind for _, e in entries],
+                    [e.name for _, e in entries], [e.status for _, e in entries],
+                    [e.value for _, e in entries], [e.started for _, e in entries],
+                    [e.ended for _, e in entries],
+                ])
+            except psycopg.errors.UniqueViolation:  # guarded by next_seq; a corrupt journal
+                raise ValueError("journal seq already taken (the journal and next_seq of a run "
+                                 "disagree)") from None
+        consumed = [(w.run_id, w.consume) for w in fresh if w.consume is not None]
+        if consumed:
+            gone = {row[0] for row in conn.execute(q["consume"], [
+                [r for r, _ in consumed], [s for _, s in consumed]]).fetchall()}
+            for run_id, signal in consumed:
+                if signal not in gone:
+                    raise ValueError(f"run {run_id!r}: signal {signal} is not queued")
+
+    def _already_applied(self, conn: psycopg.Connection[Any], w: Write) -> bool:
+        """A write the fenced UPDATE refused: stale fence (False), an exact repeat of a write
+        that did commit although its caller saw the connection fail (True), or a seq the
+        journal does not continue from (ValueError, as MemoryStore)."""
+        if not w.entries:
+            return False
+        row = conn.execute(self._q["lock"], [w.run_id]).fetchone()
+        if row is None or row[0] != w.owner or row[1] != w.fence:
+            return False
+        next_seq, first = row[2], w.entries[0].seq
+        if next_seq == first + len(w.entries):
+            held = conn.execute(self._q["entries"],
+                                [w.run_id, first, next_seq]).fetchall()
+            if [_entry(r) for r in held] == list(w.entries):
+                return True
+        raise ValueError(f"run {w.run_id!r}: journal seq {first} already taken or skipped "
+                         f"(the journal holds {next_seq} entries)")
+
+    def claim(
+        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
+        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+    ) -> list[Claim]:
+        states = list(ACTIVE + ("blocked",) if blocked else ACTIVE)
+        token = uuid.uuid4().hex
+        with self._unsure_lock:
+            unsure = list(self._unsure.get(owner, ()))
+
+        def tx(conn: psycopg.Connection[Any]) -> list[Claim]:
+            with conn.transaction():
+                rows = conn.execute(self._q["claim"], {
+                    "owner": owner, "token": token, "states": states, "dead": list(dead),
+                    "ids": None if run_ids is None else list(run_ids),
+                    "wfs": None if workflows is None else list(workflows),
+                    "unsure": unsure, "limit": limit,
+                }).fetchall()
+                rows.sort(key=lambda r: r[0])
+                journals: dict[str, list[Entry]] = {r[1]: [] for r in rows}
+                if rows:
+                    for row in conn.execute(self._q["journals"], [list(journals)]):
+                        journals[row[0]].append(_entry(row[1:]))
+            return [Claim(_record(r[1:]), journals[r[1]]) for r in rows]
+        claims = self._call(tx, unsure=(owner, token))
+        if unsure:  # any run those tokens took is claimed afresh now
+            with self._unsure_lock:
+                self._unsure[owner].difference_update(unsure)
+        return claims
+
+    def owners(self) -> list[str]:
+        rows = self._call(lambda c: c.execute(self._q["owners"]).fetchall(), idempotent=True)
+        return sorted(r[0] for r in rows)
+
+    def heartbeat(self, owner: str, lease: float) -> None:
+        self._call(lambda c: c.execute(self._q["heartbeat"], [owner, float(lease)]),
+                   idempotent=True)
+
+    def release(self, owner: str) -> None:
+        def tx(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(self._q["drop_worker"], [owner])
+                conn.execute(self._q["release"], [owner])
+                self._notify(conn, "release")
+        self._call(tx, idempotent=True)
+
+    def deliver(self, run_id: str, name: str, payload: str) -> None:
+        def tx(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                # FOR SHARE: the run cannot finish between this check and the insert.
+                row = conn.execute(self._q["share"], [run_id]).fetchone()
+                if row is None:
+                    raise RunNotFound(f"cannot deliver {name!r}: no run {run_id!r} in this store")
+                if row[0] in FINISHED:
+                    raise RunFinished(
+                        f"cannot deliver {name!r}: run {run_id!r} is already {row[0]}")
+                conn.execute(self._q["deliver"], [run_id, name, payload])
+                self._notify(conn, "signal", run_id)
+        self._call(tx)
+
+    def cancel(self, run_id: str) -> RunRecord:
+        def tx(conn: psycopg.Connection[Any]) -> RunRecord:
+            with conn.transaction():
+                row = conn.execute(self._q["cancel"], [run_id, list(FINISHED)]).fetchone()
+                if row is not None:
+                    self._notify(conn, "cancel", run_id)
+                    return _record(row)
+                row = conn.execute(self._q["get"], [run_id]).fetchone()
+                if row is None:
+                    raise RunNotFound(f"cannot cancel: no run {run_id!r} in this store")
+                return _record(row)
+        return self._call(tx, idempotent=True)
+
+    def wakeups(self, owner: str) -> list[tuple[str, bool]]:
+        rows = self._call(lambda c: c.execute(self._q["wakeups"], [owner]).fetchall(),
+                          idempotent=True)
+        return [(r[0], r[1]) for r in rows]
+
+    def watch(self, token: object, timeout: float) -> object:
+        with self._cv:
+            start = self._listener is None and not self._stop.is_set()
+            if start:
+                self._listener = threading.Thread(target=self._listen, daemon=True,
+                                                  name="replaygen-pg-listen")
+                self._listener.start()
+        if start:  # so that what happens after this call returns is never missed
+            self._listening.wait(2.0)
+        with self._cv:
+            self._cv.wait_for(lambda: self._epoch != token, timeout)
+            return self._epoch
+
+    def _listen(self) -> None:
+        """Keep one connection LISTENing; every notification (and every reconnect, since
+        notifications may have been missed meanwhile) moves the watch token on."""
+        delay, failing = 0.1, False
+        while not self._stop.is_set():
+            try:
+                with self._pool.connect() as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    if failing:
+                        log.warning("PostgreSQL (%s): listening for notifications again", self.dsn)
+                    delay, failing = 0.1, False
+                    if self._listening.is_set():
+                        self._bump()
+                    self._listening.set()
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self._bump()
+            except Exception as exc:
+                if not failing:
+                    log.warning("PostgreSQL (%s): lost the notification connection (%s); "
+                                "reconnecting", self.dsn, self._scrub(str(exc)))
+                failing = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def runs(
+        self, *, states: Collection[str] | None = None, workflow: str | None = None,
+        limit: int = 100, offset: int = 0,
+    ) -> list[RunRecord]:
+        params = {"states": None if states is None else list(states), "workflow": workflow,
+                  "limit": limit, "offset": offset}
+        rows = self._call(lambda c: c.execute(self._q["runs"], params).fetchall(),
+                          idempotent=True)
+        return [_record(r) for r in rows]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.close()
+        listener = self._listener
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(timeout=2.0)
+
+
+def _parse(dsn: str) -> dict[str, Any]:
+    if not isinstance(dsn, str):
+        raise ReplaygenError(f"dsn must be a str, got {type(dsn).__name__}")
+    try:
+        return dict(_conninfo.conninfo_to_dict(dsn))
+    except psycopg.Error:
+        # libpq's message quotes the string, password included: do not pass it on.
+        raise ReplaygenError(
+            "the PostgreSQL DSN cannot be parsed (not shown: it may hold a password); use "
+            "'postgresql://user:password@host:port/dbname' or 'host=... dbname=...'") from None
+
+
+def _rounds(writes: Sequence[Write]) -> list[list[int]]:
+    """Split indices so that no round holds two writes of one run (they apply in order)."""
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for i, w in enumerate(writes):
+        n = seen.get(w.run_id, 0)
+        seen[w.run_id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(i)
+    return rounds
+
+
+def _queries(schema: str) -> dict[str, sql.Composed]:
+    s = sql.Identifier(schema)
+    names = {
+        "schema": s,
+        **{t: sql.Identifier(schema, t) for t in ("meta", "runs", "journal", "signals", "workers")},
+        # index names live in the table's schema and must not be schema-qualified
+        **{i: sql.Identifier(i) for i in ("runs_owner", "runs_state", "signals_run")},
+    }
+    text = {
+        "create_schema": "CREATE SCHEMA IF NOT EXISTS {schema}",
+        "create_meta": "CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text NOT NULL)",
+        "version": "SELECT value FROM {meta} WHERE key = 'schema_version'",
+        "set_version": "INSERT INTO {meta} VALUES ('schema_version', %s)",
+        "create_tables": _TABLES,
+        "create": f"""
+            INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
+                                  token)
+            VALUES (%s, %s, %s, 'pending', %s, 1, {_NOW}, {_NOW}, %s)
+            ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
+        "get": f"SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE run_id = %s",
+        "share": "SELECT state FROM {runs} WHERE run_id = %s FOR SHARE",
+        "lock": "SELECT owner, fence, next_seq FROM {runs} WHERE run_id = %s FOR UPDATE",
+        "journal": f"SELECT {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = %s ORDER BY seq",
+        "journals": f"SELECT run_id, {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = ANY(%s) "
+                    f"ORDER BY run_id, seq",
+        "entries": f"SELECT {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = %s AND seq >= %s "
+                   f"AND seq < %s ORDER BY seq",
+        "signals": "SELECT id, name, payload, sent FROM {signals} WHERE run_id = %s ORDER BY id",
+        # The fence: a write applies only while its owner still holds the run at its fence,
+        # and its entries only where the journal ends (else _already_applied sorts it out).
+        "commit": f"""
+            UPDATE {{runs}} r SET state = w.state, updated = {_NOW}, wake_at = w.wake_at,
+                waiting_for = w.waiting_for, result = w.result, error = w.error,
+                resumes = CASE WHEN w.n > 0 THEN 0 ELSE r.resumes END,
+                owner = CASE WHEN w.release THEN NULL ELSE r.owner END,
+                cancel_seen = r.cancel_seen OR w.cancel_seen,
+                next_seq = r.next_seq + w.n
+            FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::float8[],
+                        %s::text[], %s::text[], %s::text[], %s::bool[], %s::bool[],
+                        %s::int[], %s::int[])
+                AS w(run_id, owner, fence, state, wake_at, waiting_for, result, error, release,
+                     cancel_seen, first, n)
+            WHERE r.run_id = w.run_id AND r.owner = w.owner AND r.fence = w.fence
+                AND (w.n = 0 OR r.next_seq = w.first)
+            RETURNING r.run_id""",
+        "append": f"""
+            INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
+            SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[],
+                                 %s::text[], %s::text[], %s::float8[], %s::float8[])""",
+        "consume": """
+            DELETE FROM {signals} s USING unnest(%s::text[], %s::bigint[]) AS c(run_id, id)
+            WHERE s.id = c.id AND s.run_id = c.run_id RETURNING s.id""",
+        "claim": f"""
+            WITH c AS (
+                SELECT r.run_id FROM {{runs}} r
+                WHERE r.state = ANY(%(states)s)
+                  AND (%(ids)s::text[] IS NULL OR r.run_id = ANY(%(ids)s::text[]))
+                  AND (%(wfs)s::text[] IS NULL OR r.workflow = ANY(%(wfs)s::text[]))
+                  AND (r.owner IS NULL
+                       OR (r.owner <> %(owner)s AND (r.owner = ANY(%(dead)s::text[])
+                           OR NOT EXISTS (SELECT 1 FROM {{workers}} l WHERE l.owner = r.owner
+                                          AND l.lease_until >= now())))
+                       OR (r.owner = %(owner)s AND r.token = ANY(%(unsure)s::text[])))
+                ORDER BY r.id LIMIT %(limit)s
+                FOR UPDATE OF r SKIP LOCKED)
+            UPDATE {{runs}} r SET owner = %(owner)s, fence = r.fence + 1, token = %(token)s,
+                resumes = CASE WHEN r.state = 'blocked' THEN 0
+                    ELSE r.resumes + CASE WHEN r.owner IS NOT NULL AND r.owner <> %(owner)s
+                    AND r.state IN ('pending', 'running') THEN 1 ELSE 0 END END
+            FROM c WHERE r.run_id = c.run_id
+            RETURNING r.id, {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}""",
+        "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL",
+        "heartbeat": """
+            INSERT INTO {workers} (owner, lease_until)
+            VALUES (%s, clock_timestamp() + %s * interval '1 second')
+            ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until""",
+        "drop_worker": "DELETE FROM {workers} WHERE owner = %s",
+        "release": "UPDATE {runs} SET owner = NULL WHERE owner = %s",
+        "deliver": f"INSERT INTO {{signals}} (run_id, name, payload, sent) "
+                   f"VALUES (%s, %s, %s, {_NOW})",
+        "cancel": f"""
+            UPDATE {{runs}} SET cancel_requested = true
+            WHERE run_id = %s AND state <> ALL(%s::text[]) AND NOT cancel_requested
+            RETURNING {_RUN_COLUMNS}""",
+        "wakeups": """
+            SELECT r.run_id, r.cancel_requested AND NOT r.cancel_seen FROM {runs} r
+            WHERE r.owner = %s AND ((r.cancel_requested AND NOT r.cancel_seen)
+                  OR EXISTS (SELECT 1 FROM {signals} s WHERE s.run_id = r.run_id))
+            ORDER BY r.id""",
+        "runs": f"""
+            SELECT {_RUN_COLUMNS} FROM {{runs}}
+            WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+              AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+            ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s""",
+    }
+    return {k: sql.SQL(v).format(**{n: names[n] for n in names if "{" + n + "}" in v})
+            for k, v in text.items()}
