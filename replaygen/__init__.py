@@ -11,12 +11,12 @@ from .errors import (
     Cancelled, CorruptRecord, NonDeterminismError, ReplaygenError, ResultTimeout, RunFinished,
     RunNotFound, StepFailed, StoreUnavailable, UsageError, WaitTimeout, WorkflowFailed,
 )
-from .interpreter import Clock, Interpreter, RunStatus, SystemClock
+from .interpreter import DEFAULT_MAX_PAYLOAD, Clock, Interpreter, RunStatus, SystemClock
 from .observe import Event, Observer, StepInfo, current_step
 from .store import MemoryStore, Store
 
 __all__ = [
-    "All", "Cancelled", "Clock", "Codec", "Command", "CorruptRecord", "Do", "Event",
+    "DEFAULT_MAX_PAYLOAD", "All", "Cancelled", "Clock", "Codec", "Command", "CorruptRecord", "Do", "Event",
     "Interpreter", "JSONCodec", "MemoryStore", "NonDeterminismError", "Observer",
     "ReplaygenError", "ResultTimeout", "Retry", "RunFinished", "RunNotFound", "RunStatus",
     "Sleep", "StepFailed", "StepInfo", "Store", "StoreUnavailable", "SystemClock", "UsageError",

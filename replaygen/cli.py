@@ -27,18 +27,17 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from ._identity import is_dead
 from .codec import JSONCodec
 from .commands import check_name
 from .errors import ReplaygenError, RunNotFound
-from .interpreter import Interpreter
+from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
 from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
-MAX_PAYLOAD = 2 * 1024 * 1024  # the Interpreter's default max_payload
 WIDTH = 60                     # widest value shown in a table cell, unless --full
+STORE_HELP = f"sqlite:///path.db, path.db or postgresql://... (default: ${ENV})"
 log = logging.getLogger("replaygen.cli")
 
 
@@ -55,12 +54,12 @@ def open_store(url: str | None, *, create: bool = False) -> Store:
         raise CLIError(f"no store given: pass --store sqlite:///path.db (or postgresql://...) "
                        f"or set ${ENV}")
     if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from .stores.postgres import PostgresStore
+        try:  # imported by name: psycopg is an optional extra
+            postgres = importlib.import_module("replaygen.stores.postgres")
         except ImportError as exc:
             raise CLIError(f"Postgres support is not available ({exc}); "
                            f"pip install 'replaygen[postgres]'") from None
-        return PostgresStore(url)  # type: ignore[no-any-return]
+        return cast(Store, postgres.PostgresStore(url))
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
@@ -72,8 +71,7 @@ def open_store(url: str | None, *, create: bool = False) -> Store:
     if not create and not os.path.exists(path):
         raise CLIError(f"no database at {os.path.abspath(path)!r}: check --store (a worker "
                        f"creates the file)")
-    from .stores.sqlite import SQLiteStore
-    return SQLiteStore(path)
+    return cast(Store, importlib.import_module("replaygen.stores.sqlite").SQLiteStore(path))
 
 
 def load_app(store: Store, spec: str) -> Interpreter:
@@ -179,8 +177,8 @@ def _detail(r: RunRecord) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in (headers, *rows))
 
 
@@ -190,11 +188,7 @@ def _record_json(r: RunRecord) -> dict[str, Any]:
 
 
 def _entry_json(e: Entry) -> dict[str, Any]:
-    return {**dataclasses.asdict(e), "value": _decode(e.value)}
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    return {**e._asdict(), "value": _decode(e.value)}
 
 
 # ---- subcommands ---------------------------------------------------------------------------
@@ -205,10 +199,10 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
         if s not in STATES:
             raise CLIError(f"unknown state {s!r}; states are {', '.join(STATES)}")
     runs = store.runs(states=states, workflow=a.workflow, limit=a.limit, offset=a.offset)
-    tails = {r.run_id: (store.journal(r.run_id) or [None])[-1] for r in runs}
+    tails = {r.run_id: next(reversed(store.journal(r.run_id)), None) for r in runs}
     if a.json:
-        _print_json([{**_record_json(r), "last_entry": (t := tails[r.run_id]) and _entry_json(t)}
-                     for r in runs])
+        print(json.dumps([{**_record_json(r), "last_entry": (t := tails[r.run_id]) and
+                            _entry_json(t)} for r in runs], indent=2, ensure_ascii=False))
         return 0
     now, rows = time.time(), []
     for r in runs:
@@ -227,9 +221,9 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
     r = get_run(store, a.run_id)
     journal, signals = store.journal(r.run_id), store.signals(r.run_id)
     if a.json:
-        _print_json({"run": _record_json(r), "journal": [_entry_json(e) for e in journal],
-                     "signals": [{**dataclasses.asdict(s), "payload": _decode(s.payload)}
-                                 for s in signals]})
+        print(json.dumps({"run": _record_json(r), "journal": [_entry_json(e) for e in journal],
+                          "signals": [{**dataclasses.asdict(s), "payload": _decode(s.payload)}
+                                      for s in signals]}, indent=2, ensure_ascii=False))
         return 0
     unowned = "none: the next worker to start picks it up" if r.state in ACTIVE else "-"
     head = [("run", r.run_id), ("workflow", r.workflow),
@@ -237,7 +231,7 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
             ("owner", r.owner or unowned), ("created", _when(r.created)),
             ("updated", _when(r.updated)), ("args", _cut(r.args, a.full))]
     if r.wake_at is not None:
-        head.append(("wakes at", _when(r.wake_at)))
+        head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
     if r.waiting_for:
         head.append(("waiting for", f"signal {r.waiting_for}"))
     if r.resumes:
@@ -266,9 +260,9 @@ def cmd_signal(store: Store, a: argparse.Namespace) -> int:
     except ValueError as exc:  # JSONDecodeError and the codec's refusals (NaN, ...)
         raise CLIError(f"bad JSON payload {_cut(a.payload, False)!r}: {exc} (quote it for the "
                        f"shell, e.g. '{{\"approved\": true}}')") from None
-    if len(text.encode()) > MAX_PAYLOAD:
+    if len(text.encode()) > DEFAULT_MAX_PAYLOAD:
         raise CLIError(f"payload is {len(text.encode())} bytes encoded, over the limit of "
-                       f"{MAX_PAYLOAD}; pass a reference to the data instead")
+                       f"{DEFAULT_MAX_PAYLOAD}; pass a reference to the data instead")
     store.deliver(check_name("run_id", a.run_id), a.name, text)
     print(f"signal {a.name!r} queued for run {a.run_id!r} ({get_run(store, a.run_id).state})")
     return 0
@@ -291,28 +285,12 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
         raise CLIError(f"run {r.run_id!r} is {r.state}; only unfinished runs can be resumed")
     interp = load_app(store, a.app)
     try:
-        # Interpreter has no public "resume one run" yet: claim it here and hand it to the
-        # interpreter exactly as recover() would, then drive it until it must wait.
-        dead = [o for o in store.owners() if o != interp.worker_id and is_dead(o)]
-        claims = store.claim(interp.worker_id, dead=dead, blocked=True, run_ids=[r.run_id])
-        if not claims:
-            raise CLIError(f"run {r.run_id!r} ({r.state}) is held by the live worker {r.owner}; "
-                           f"it goes on there")
-        interp._adopt_one(claims[0])
-        end = time.monotonic() + a.timeout
-        while time.monotonic() < end and not _settled(interp, r.run_id):
-            time.sleep(0.02)
+        interp.resume(r.run_id, a.timeout)
     finally:
         interp.shutdown(a.timeout)
     r = get_run(store, r.run_id)
     print(f"run {r.run_id!r} is {r.state}" + (f": {d}" if (d := _detail(r)) else ""))
     return 1 if r.state == "blocked" else 0
-
-
-def _settled(interp: Interpreter, run_id: str) -> bool:
-    """The run finished, blocked, or waits for time or a signal (as shutdown() judges it)."""
-    run = interp._runs.get(run_id)
-    return run is None or not (run.scheduled or any(m.running for m in run.members))
 
 
 def cmd_worker(store: Store, a: argparse.Namespace) -> int:
@@ -334,10 +312,9 @@ def cmd_worker(store: Store, a: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", default=argparse.SUPPRESS,
-                        help=f"sqlite:///path.db, path.db or postgresql://... (default: ${ENV})")
+    common.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
     p = argparse.ArgumentParser(prog="replaygen", description="See and steer replaygen runs.")
-    p.add_argument("--store", default=os.environ.get(ENV), help=common._actions[0].help)
+    p.add_argument("--store", default=os.environ.get(ENV), help=STORE_HELP)  # before COMMAND
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
@@ -352,9 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--offset", type=int, default=0)
     sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
     sp.add_argument("run_id")
-    for sp in (sub.choices["runs"], sp):
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
-        sp.add_argument("--full", action="store_true", help="do not truncate values")
+    for listing in (sub.choices["runs"], sp):
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
+        listing.add_argument("--full", action="store_true", help="do not truncate values")
     sp = add("signal", cmd_signal, "queue a signal for a run")
     sp.add_argument("run_id")
     sp.add_argument("name")
@@ -376,8 +353,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        if a.command == "worker":
-            logging.basicConfig(level=a.log_level.upper(),
+        if a.command in ("worker", "resume"):  # the engine logs under "replaygen"
+            logging.basicConfig(level=getattr(a, "log_level", "WARNING").upper(),
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         store = open_store(a.store, create=a.command == "worker")
         try:

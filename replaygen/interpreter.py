@@ -50,6 +50,8 @@ from .store import FINISHED, Claim, Entry, RunRecord, Store, Write
 
 log = logging.getLogger("replaygen")
 Workflow = Callable[..., Generator[Any, Any, Any]]
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+"""The largest encoded step result, argument list or signal payload, in bytes."""
 
 
 class Clock(Protocol):
@@ -231,7 +233,7 @@ class Interpreter:
     def __init__(
         self, store: Store, workflows: Iterable[Workflow] | Mapping[str, Workflow] = (), *,
         clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
-        lease: float = 10.0, max_resumes: int = 100, max_payload: int = 2 * 1024 * 1024,
+        lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
         observer: Observer | None = None,
     ) -> None:
         missing = [m for m in ("create", "commit", "claim", "watch") if not hasattr(store, m)]
@@ -365,6 +367,24 @@ class Interpreter:
         log.info("recovered %d runs", len(claims))
         return [c.run.run_id for c in claims]
 
+    def resume(self, run_id: str, timeout: float = 30.0) -> RunStatus:
+        """Retry one run here with the current code (a blocked run included), then wait up to
+        ``timeout`` s until it finishes, blocks again or parks. Raises if a live worker holds it."""
+        record = self._record(run_id)
+        if record.state not in FINISHED and record.owner != self.worker_id:
+            claims = self._claim(blocked=True, workflows=None, run_ids=[run_id])
+            if not claims:
+                raise ReplaygenError(f"run {run_id!r} is held by the live worker {record.owner}; "
+                                     f"it goes on there")
+            self._adopt_one(claims[0])
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self._busy(self._runs.get(run_id)):
+            time.sleep(0.01)
+        return self.status(run_id)
+
+    def _busy(self, run: _Run | None) -> bool:
+        return run is not None and (run.scheduled or any(m.running for m in run.members))
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking work, let running steps finish (up to ``timeout`` s), and release every
         run so the next recover(), here or on another worker, resumes it. Keeps the store open."""
@@ -375,9 +395,7 @@ class Interpreter:
         self._adopting = False
         self._emit("shutdown")
         end = time.monotonic() + timeout
-        while time.monotonic() < end and any(
-            r.scheduled or any(m.running for m in r.members) for r in list(self._runs.values())
-        ):
+        while time.monotonic() < end and any(map(self._busy, list(self._runs.values()))):
             time.sleep(0.01)
         self._stopped = True
         try:
@@ -470,12 +488,14 @@ class Interpreter:
 
     # ---- claiming and the actor ---------------------------------------------
 
-    def _claim(self, *, blocked: bool, workflows: Iterable[str] | None) -> list[Claim]:
+    def _claim(self, *, blocked: bool, workflows: Iterable[str] | None,
+               run_ids: list[str] | None = None) -> list[Claim]:
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
         claims: list[Claim] = []
         while True:
             batch = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=500,
-                                      workflows=None if workflows is None else list(workflows))
+                                      workflows=None if workflows is None else list(workflows),
+                                      run_ids=run_ids)
             claims += batch
             if len(batch) < 500:
                 return claims
@@ -655,6 +675,8 @@ class Interpreter:
             raise CorruptRecord(f"run {run.id!r}: its stored arguments cannot be read ({exc!r}); "
                                 f"the run is blocked until the row is repaired") from None
         self._emit("run_started", run)
+        if run.journal.next_seq:
+            log.info("run %s resumed (%d journal entries to replay)", run.id, run.journal.next_seq)
         try:
             run.gen = fn(*args, **kwargs)
         except Exception as exc:  # wrong arguments for the function
@@ -947,6 +969,8 @@ class Interpreter:
         self._write(run, state, result=result, error=error, release=True)
         if state == "failed":
             log.warning("run %s failed: %r", run.id, outcome)
+        else:
+            log.info("run %s %s", run.id, state)
         self._emit("run_finished", run, state=state, error=None if error is None else repr(outcome))
         self._forget(run)
 

@@ -2286,3 +2286,41 @@ def test_a_lone_workflow_instead_of_a_list_is_refused_clearly(store: MemoryStore
 
     with pytest.raises(ReplaygenError, match="list"):
         Interpreter(store, wf, clock=clock).shutdown()  # type: ignore[arg-type]
+
+
+# ---- resume(): retry one run with the current code -----------------------------------------
+
+
+def _shape_a(n: int) -> Any:
+    yield Do("a", int, n)
+    yield Wait("go")
+    return n
+
+
+def _shape_b(n: int) -> Any:
+    yield Do("b", int, n)
+    return n
+
+
+def test_resume_retries_one_blocked_run_with_fixed_code(interp: Make, reach: Any) -> None:
+    first = interp({"wf": _shape_a})
+    run_id = first.start("wf", 1)
+    reach(first, run_id, "waiting")
+    first.shutdown()
+    broken = interp({"wf": _shape_b})
+    assert broken.resume(run_id).state == "blocked"
+    broken.shutdown()
+    fixed = interp({"wf": _shape_a})
+    assert fixed.resume(run_id).state == "waiting"
+    fixed.deliver(run_id, "go")
+    assert fixed.result(run_id, timeout=5) == 1
+
+
+def test_resume_refuses_a_run_a_live_worker_holds(interp: Make, reach: Any) -> None:
+    owner = interp({"wf": _shape_a})
+    run_id = owner.start("wf", 1)
+    reach(owner, run_id, "waiting")
+    with pytest.raises(ReplaygenError, match="live worker"):
+        interp({"wf": _shape_a}).resume(run_id)
+    with pytest.raises(RunNotFound):
+        owner.resume("no-such-run")

@@ -1,0 +1,1 @@
+"""Runnable replaygen examples; each module exposes ``workflows`` for ``replaygen worker``."""
