@@ -11,7 +11,7 @@ from replaygen._identity import is_dead, new_owner_id
 
 def _with(owner: str, **changes: str) -> str:
     host, boot, ns, pid, started, nonce = owner.split("|")
-    fields = dict(host=host, boot=boot, ns=ns, pid=pid, started=started, nonce=nonce, **changes)
+    fields = {**dict(host=host, boot=boot, ns=ns, pid=pid, started=started, nonce=nonce), **changes}
     return "|".join(fields[k] for k in ("host", "boot", "ns", "pid", "started", "nonce"))
 
 
