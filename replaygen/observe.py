@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import uuid
 from contextvars import ContextVar
+from typing import NamedTuple
 from dataclasses import dataclass
 
 from .errors import ReplaygenError
@@ -48,8 +49,7 @@ class Event:
 Observer = Callable[[Event], None]
 
 
-@dataclass(frozen=True)
-class StepInfo:
+class StepInfo(NamedTuple):  # a tuple: one is built per step
     """What a running step knows about itself (see ``current_step``)."""
 
     run_id: str

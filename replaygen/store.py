@@ -76,8 +76,7 @@ class Claim:
     journal: list[Entry]
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(NamedTuple):  # a tuple: one is built per journaled step
     """One atomic, fenced state change of one run: append entries and update the run row."""
 
     run_id: str
