@@ -1,0 +1,175 @@
+"""A worker process: ``python -m crash.worker --store SPEC --dir DIR [--kill JSON] ...``
+
+Boots like a real service (``recover()`` first), starts every run of the
+scenario's plan (``start`` is idempotent, so a restarted worker just resumes),
+and exits 0 once every run is finished. ``--kill`` installs an observer that
+SIGKILLs this very process at the n-th matching engine event: a real kill at an
+exact, named point. ``--break`` deliberately breaks the engine, in this process
+only, to prove that the harness notices.
+
+Exit codes: 0 every run finished; 3 shut down gracefully (``--shutdown-after``);
+4 every run finished or blocked, some blocked; 2 harness error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+_kills_path: str | None = None
+
+
+def note_kill(what: str, run: str | None = None, step: str | None = None,
+              pos: int | None = None, **extra: Any) -> None:
+    """Record (fsynced) where this process is about to be killed, for the report."""
+    if _kills_path is None:
+        return
+    line = json.dumps({"pid": os.getpid(), "at": what, "run": run, "step": step, "pos": pos,
+                       "t": time.time(), **extra})
+    fd = os.open(_kills_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Killer:
+    """Observer: at the n-th event matching (kind, step, state), SIGKILL (or SIGSTOP) this process."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec, self.seen, self.lock = spec, 0, threading.Lock()
+        self.commits = 0
+        self.commit_event = threading.Event()
+        self.shutdown_after: int | None = None
+
+    def __call__(self, ev: Any) -> None:
+        if ev.kind == "step_committed" and self.shutdown_after is not None:
+            with self.lock:
+                self.commits += 1
+                if self.commits >= self.shutdown_after:
+                    self.commit_event.set()
+        s = self.spec
+        if not s or ev.kind != s.get("event"):
+            return
+        if s.get("step") not in (None, ev.step) or s.get("state") not in (None, ev.state):
+            return
+        with self.lock:
+            self.seen += 1
+            hit = self.seen == s.get("n", 1)
+        if not hit:
+            return
+        action = s.get("action", "kill")
+        note_kill(ev.kind, ev.run_id, ev.step, ev.position, state=ev.state, action=action)
+        if action == "hold":
+            # Hold this thread here; the harness then SIGSTOPs the whole process from outside
+            # (a long GC pause, a frozen VM) until its lease lapses, and later continues it.
+            release = os.path.join(os.path.dirname(_kills_path or "."), "release")
+            while not os.path.exists(release):
+                time.sleep(0.002)
+            note_kill("released", ev.run_id, ev.step, ev.position)
+            return
+        sig = signal.SIGKILL
+        delay = s.get("delay", 0)
+        if delay:
+            threading.Timer(delay, os.kill, (os.getpid(), sig)).start()
+        else:
+            os.kill(os.getpid(), sig)
+
+
+def apply_break(mode: str | None, store: Any) -> Any:
+    """Deliberately break the engine inside this process (never the real code on disk)."""
+    if not mode:
+        return store
+    from replaygen.interpreter import Interpreter
+    if mode == "early-commit":
+        # Journal every step's entry *before* calling the step function (a placeholder result),
+        # the classic bug a crash exposes: replay then trusts an entry for work never done.
+        original = Interpreter._run_step
+
+        def _run_step(self: Any, run: Any, i: int, attempt: int) -> Any:
+            m = run.members[i]
+            self._write(run, "running", [(run.slot + i, "do", m.cmd.name, "ok", "null",
+                                          self._clock.now())])
+            return original(self, run, i, attempt)
+
+        Interpreter._run_step = _run_step  # type: ignore[method-assign]
+        return store
+    if mode == "no-fence":
+        # The store's commit ignores owner and fence: every write is re-stamped with whatever
+        # owner/fence the run has now, so a worker that lost its lease can still append.
+        commit = store.commit
+
+        def unfenced(writes: Any) -> Any:
+            fixed = []
+            for w in writes:
+                rec = store.get(w.run_id)
+                if rec is not None and rec.owner is not None:
+                    # Write is a NamedTuple today, was a dataclass: re-stamp it either way.
+                    w = w._replace(owner=rec.owner, fence=rec.fence) if hasattr(w, "_replace") \
+                        else replace(w, owner=rec.owner, fence=rec.fence)
+                fixed.append(w)
+            return commit(fixed)
+
+        store.commit = unfenced
+        return store
+    raise SystemExit(f"unknown --break mode {mode!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _kills_path
+    ap = argparse.ArgumentParser(prog="python -m crash.worker")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--kill", default="")
+    ap.add_argument("--break", dest="broken", default="")
+    ap.add_argument("--lease", type=float, default=10.0)
+    ap.add_argument("--shutdown-after", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
+                        format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
+
+    from replaygen import Interpreter
+    from . import plans
+    from .stores import open_store
+
+    _kills_path = os.path.join(args.dir, "kills.log")
+    spec = json.loads(args.kill) if args.kill else {}
+    plans.configure(os.path.join(args.dir, "effects.log"),
+                    spec if spec.get("event") == "in_step" else None)
+    store = apply_break(args.broken, open_store(args.store))
+    killer = Killer({} if spec.get("event") == "in_step" else spec)
+    if args.shutdown_after:
+        killer.shutdown_after = args.shutdown_after
+    interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease)
+    interp.recover()
+    runs = plans.load_runs(os.path.join(args.dir, "plan.json"))
+    for run_id, ops in runs:
+        interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)
+    while True:
+        states = [store.get(run_id).state for run_id, _ in runs]
+        if all(s in ("completed", "failed", "cancelled") for s in states):
+            interp.shutdown(timeout=10)
+            return 0
+        if all(s in ("completed", "failed", "cancelled", "blocked") for s in states):
+            interp.shutdown(timeout=10)
+            return 4
+        if args.shutdown_after and killer.commit_event.is_set():
+            interp.shutdown(timeout=30)
+            return 3
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
