@@ -542,6 +542,9 @@ class Interpreter:
                 self._forget(run)
             except _Abandon:
                 self._forget(run)
+            except StoreUnavailable as exc:  # a read failed: re-examine the yield later
+                log.warning("run %s waits for the store: %s", run.id, exc)
+                threading.Timer(1.0, self._post, (run, partial(self._continue, run))).start()
             except Exception as exc:
                 self._contain(run, exc)
             except BaseException:

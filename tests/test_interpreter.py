@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -2324,3 +2325,27 @@ def test_resume_refuses_a_run_a_live_worker_holds(interp: Make, reach: Any) -> N
         interp({"wf": _shape_a}).resume(run_id)
     with pytest.raises(RunNotFound):
         owner.resume("no-such-run")
+
+
+def test_a_failing_store_read_leaves_a_waiting_run_resumable(interp: Make, reach: Any,
+                                                              store: MemoryStore) -> None:
+    def wf() -> Any:
+        return (yield Wait("go"))
+
+    worker = interp([wf])
+    run_id = worker.start(wf)
+    reach(worker, run_id, "waiting")
+    real = store.signals
+    failing = {"on": True}
+
+    def signals(rid: str) -> Any:
+        if failing["on"]:
+            raise StoreUnavailable("disk I/O error")
+        return real(rid)
+
+    store.signals = signals  # type: ignore[method-assign]
+    worker.deliver(run_id, "go", 5)
+    time.sleep(0.2)
+    assert worker.status(run_id).state == "waiting"  # neither blocked nor failed
+    failing["on"] = False
+    assert worker.result(run_id, timeout=5) == 5
