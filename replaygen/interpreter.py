@@ -988,6 +988,7 @@ class Interpreter:
     def _watch(self) -> None:
         token: object = None
         beat = adopt = sweep = 0.0
+        failing = False
         while not self._stopped:
             try:
                 new = self._store.watch(token, min(1.0, self._lease / 3))
@@ -1007,8 +1008,11 @@ class Interpreter:
                     for claim in self._claim(blocked=False, workflows=self._workflows):
                         self._adopt_one(claim)
                     adopt = now + min(1.0, self._lease / 4)
+                failing = False
             except Exception as exc:
-                log.warning("watcher: %s; retrying", exc)
+                if not failing:  # one line per outage, not one per retry
+                    log.warning("cannot watch the store (%s); retrying until it is back", exc)
+                failing = True
                 time.sleep(0.5)
 
 
