@@ -307,6 +307,8 @@ class Interpreter:
 
     def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise UsageError(f"timeout must be seconds (a number) or None, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             record = self._record(run_id)
