@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
 from replaygen import All, Cancelled, Do, Sleep, StepFailed, Version, Wait, WaitTimeout
 from replaygen.testing import replay
