@@ -225,7 +225,7 @@ def test_a_write_replayed_after_an_unknown_outcome_counts_once(store: PostgresSt
     assert store.commit([w]) == [True]
     assert len(store.journal("r")) == 2
     with pytest.raises(ValueError):  # not the same entries: a real conflict
-        store.commit([dataclasses.replace(w, entries=(_entry(0, 0, '"other"'), _entry(1, 1)))])
+        store.commit([w._replace(entries=(_entry(0, 0, '"other"'), _entry(1, 1)))])
 
 
 # ---- fencing and claiming ---------------------------------------------------------------
