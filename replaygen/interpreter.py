@@ -210,6 +210,27 @@ class _Run:
         self.scheduled = self.gone = self.finishing = False
 
 
+_LEAD = object()  # a follower woken to lead the next group commit
+
+
+class _Pending:
+    """A write waiting in the group-commit queue; ``wake`` is released when it is done."""
+
+    __slots__ = ("write", "result", "wake")
+
+    def __init__(self, write: Write) -> None:
+        self.write, self.wake = write, threading.Lock()
+        self.result: Any = None
+        self.wake.acquire()
+
+    def answer(self) -> bool:
+        if isinstance(self.result, StoreUnavailable):
+            raise StoreUnavailable(str(self.result))
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return bool(self.result)
+
+
 class _Outcome:
     __slots__ = ("started", "value", "error", "interrupt")
 
@@ -262,8 +283,9 @@ class Interpreter:
         self._runs: dict[str, _Run] = {}
         self._waiters: dict[str, threading.Event] = {}
         self._closed = self._stopped = self._adopting = False
-        self._commit_cv = threading.Condition()  # guards the group-commit queue
-        self._queue: list[list[Any]] = []
+        self._starting = 0
+        self._commit_lock = threading.Lock()  # guards the group-commit queue and its leader flag
+        self._queue: list[_Pending] = []
         self._committing = False
         self._outage_since: float | None = None
         self._pool = _Pool(concurrency)
@@ -288,13 +310,19 @@ class Interpreter:
         with self._start_lock:
             if self._closed:
                 raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
-            old = self._store.create(run_id, name, args_text, self.worker_id)
-            if old is None:
+            self._starting += 1  # shutdown() waits for starts in flight
+        try:  # the insert shares the group commit of other runs' steps
+            if self._commit_grouped(Write(run_id, self.worker_id, 1, "pending",
+                                          create=(name, args_text))):
                 now = time.time()
                 record = RunRecord(run_id, name, args_text, "pending", self.worker_id, 1, now, now)
                 self._adopt_one(Claim(record, []))
                 log.info("run %s started (workflow %s)", run_id, name)
                 return run_id
+        finally:
+            with self._start_lock:
+                self._starting -= 1
+        old = self._record(run_id)
         if old.workflow == name and self._same_args(old.args, args_text):
             if old.owner == self.worker_id and old.state not in FINISHED and run_id not in self._runs:
                 # Our create() committed though it was reported as failed: run it now.
@@ -397,7 +425,8 @@ class Interpreter:
         self._adopting = False
         self._emit("shutdown")
         end = time.monotonic() + timeout
-        while time.monotonic() < end and any(map(self._busy, list(self._runs.values()))):
+        while time.monotonic() < end and (self._starting or any(
+                map(self._busy, list(self._runs.values())))):
             time.sleep(0.01)
         self._stopped = True
         try:
@@ -633,26 +662,31 @@ class Interpreter:
             return ok
 
     def _commit_grouped(self, write: Write) -> bool:
-        mine: list[Any] = [write, None]
-        with self._commit_cv:
-            self._queue.append(mine)
-            while mine[1] is None:
-                if self._committing:
-                    self._commit_cv.wait()
-                    continue
-                batch, self._queue, self._committing = self._queue, [], True
-                self._commit_cv.release()
-                try:
-                    results = self._commit_batch([w for w, _ in batch])
-                finally:
-                    self._commit_cv.acquire()
-                    self._committing = False
-                for item, result in zip(batch, results, strict=True):
-                    item[1] = result
-                self._commit_cv.notify_all()
-        if isinstance(mine[1], BaseException):
-            raise StoreUnavailable(str(mine[1])) if isinstance(mine[1], StoreUnavailable) else mine[1]
-        return bool(mine[1])
+        # Leader-follower group commit: the first writer commits everything queued by then;
+        # the others sleep on their own lock (no thundering herd) and, if writes queued up
+        # meanwhile, the first of them is woken to lead the next transaction.
+        me = _Pending(write)
+        with self._commit_lock:
+            self._queue.append(me)
+            lead, self._committing = not self._committing, True
+        if not lead:
+            me.wake.acquire()
+            if me.result is not _LEAD:
+                return me.answer()
+        with self._commit_lock:
+            batch, self._queue = self._queue, []
+        for item, result in zip(batch, self._commit_batch([p.write for p in batch]), strict=True):
+            item.result = result
+        with self._commit_lock:
+            if self._queue:
+                self._queue[0].result = _LEAD
+                self._queue[0].wake.release()
+            else:
+                self._committing = False
+        for item in batch:
+            if item is not me:
+                item.wake.release()
+        return me.answer()
 
     def _commit_batch(self, writes: list[Write]) -> list[Any]:
         try:

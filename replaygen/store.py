@@ -94,6 +94,10 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     """The run's cancel request is now journaled; stop reporting it in wakeups()."""
     release: bool = False
     """Give up ownership (the run finished, is blocked, or is parked for any worker)."""
+    create: tuple[str, str] | None = None
+    """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence``,
+    unless a run with this id exists (then the write is refused). Lets ``start()`` share
+    the group commit of other runs' steps."""
 
 
 class Store(Protocol):
@@ -188,13 +192,9 @@ class MemoryStore:
 
     def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
         with self._lock:
-            if run_id in self._runs:
-                return self._runs[run_id]
-            now = time.time()
-            self._runs[run_id] = RunRecord(run_id, workflow, args, "pending", owner, 1, now, now)
-            self._journals[run_id] = []
-            self._signals[run_id] = []
-            return None
+            if self._apply(Write(run_id, owner, 1, "pending", create=(workflow, args))):
+                return None
+            return self._runs[run_id]
 
     def get(self, run_id: str) -> RunRecord | None:
         with self._lock:
@@ -215,6 +215,8 @@ class MemoryStore:
             return [self._apply(w) for w in writes]
 
     def _check(self, w: Write) -> None:
+        if w.create:
+            return
         run = self._runs.get(w.run_id)
         if run is None or run.owner != w.owner or run.fence != w.fence:
             return
@@ -225,6 +227,13 @@ class MemoryStore:
             raise ValueError(f"run {w.run_id!r}: signal {w.consume} is not queued")
 
     def _apply(self, w: Write) -> bool:
+        if w.create:
+            if w.run_id in self._runs:
+                return False
+            now = time.time()
+            self._runs[w.run_id] = RunRecord(w.run_id, *w.create, w.state, w.owner, w.fence, now, now)
+            self._journals[w.run_id], self._signals[w.run_id] = [], []
+            return True
         run = self._runs.get(w.run_id)
         if run is None or run.owner != w.owner or run.fence != w.fence:
             return False

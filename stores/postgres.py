@@ -369,8 +369,16 @@ class PostgresStore:
         def tx(conn: psycopg.Connection[Any]) -> list[bool]:
             done = [False] * len(writes)
             with conn.transaction():
+                for i, w in enumerate(writes):
+                    if w.create:
+                        done[i] = conn.execute(self._q["create"], [
+                            w.run_id, *w.create, w.owner, uuid.uuid4().hex]).fetchone() is not None
+                        if done[i]:
+                            self._notify(conn, "create", w.run_id)
                 for batch in _rounds(writes):
-                    self._apply(conn, writes, batch, done)
+                    batch = [i for i in batch if not writes[i].create]
+                    if batch:
+                        self._apply(conn, writes, batch, done)
                 for i, w in enumerate(writes):
                     if done[i] and w.release and w.state in ACTIVE:  # claimable by others now
                         self._notify(conn, "release", w.run_id)

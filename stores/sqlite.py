@@ -183,6 +183,12 @@ class SQLiteStore:
         def tx(c: sqlite3.Connection) -> list[bool]:
             now, done = time.time(), []
             for w in writes:
+                if w.create:
+                    done.append(c.execute(
+                        "INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, "
+                        "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+                        (w.run_id, *w.create, w.state, w.owner, w.fence, now, now)).rowcount == 1)
+                    continue
                 # Name only the columns that change: touching an indexed column (owner)
                 # costs an index write on every step.
                 sets = "state = ?, updated = ?, wake_at = ?, waiting_for = ?, result = ?, error = ?"
