@@ -24,29 +24,44 @@ class Codec(Protocol):
         ...
 
 
-def _check(value: Any, path: str) -> None:
-    # json.dumps silently turns int keys into strings and accepts NaN; a value
-    # must come back as it went in, so refuse what JSON would change.
-    if value is None or isinstance(value, (str, bool, int)):
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
+class _Refused(Exception):
+    def __init__(self, error: Exception) -> None:
+        self.error, self.path = error, ""
+
+
+def _check(value: Any) -> None:
+    # json.dumps silently turns int keys into strings and accepts NaN; a value must come back
+    # as it went in, so refuse what JSON would change. The path is built only on refusal.
+    kind = type(value)
+    if kind in _PLAIN or (kind is float and math.isfinite(value)):
         return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{path} is {value!r}; JSON has no NaN or infinity")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
+    items: Any
+    if kind is dict or (kind not in (list, tuple) and isinstance(value, dict)):
+        for key in value:
             if not isinstance(key, str):
-                raise TypeError(
-                    f"{path} has the key {key!r} ({type(key).__name__}); JSON object keys must be str"
-                )
-            _check(item, f"{path}[{key!r}]")
+                raise _Refused(TypeError(f"has the key {key!r} ({type(key).__name__}); JSON "
+                                         f"object keys must be str"))
+        items = value.items()
+    elif kind in (list, tuple) or isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif isinstance(value, float):
+        raise _Refused(ValueError(f"is {value!r}; JSON has no NaN or infinity"))
+    elif isinstance(value, (str, int)):
+        return
     else:
-        raise TypeError(
-            f"{path} is a {type(value).__name__}, which JSON cannot store; use dict, list, str, "
-            f"int, float, bool or None (convert it in the step), or give the Interpreter a codec"
-        )
+        raise _Refused(TypeError(
+            f"is a {type(value).__name__}, which JSON cannot store; use dict, list, str, int, "
+            f"float, bool or None (convert it in the step), or give the Interpreter a codec"))
+    for key, item in items:
+        if type(item) not in _PLAIN:
+            try:
+                _check(item)
+            except _Refused as refused:
+                refused.path = f"[{key!r}]{refused.path}"
+                raise
 
 
 class JSONCodec:
@@ -54,7 +69,9 @@ class JSONCodec:
 
     def encode(self, value: Any) -> str:
         try:
-            _check(value, "the value")
+            _check(value)
+        except _Refused as refused:
+            raise type(refused.error)(f"the value{refused.path} {refused.error}") from None
         except RecursionError:
             raise ValueError("the value is nested too deeply (or contains itself)") from None
         return json.dumps(value, allow_nan=False, separators=(",", ":"))

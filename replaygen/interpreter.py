@@ -631,13 +631,17 @@ class Interpreter:
         now, seq = self._clock.now(), run.journal.next_seq
         made = [Entry(seq + i, slot, kind, name, status, value, started, now)
                 for i, (slot, kind, name, status, value, started) in enumerate(entries)]
+        # Most steps only append: then the run row need not be rewritten (a cheaper write).
+        keep = bool(made) and not fields and not run.resumes and \
+            run.written == (state, wake_at, waiting_for)
         write = Write(run.id, self.worker_id, run.fence, state, tuple(made), wake_at, waiting_for,
-                      **fields)
+                      keep=keep, **fields)
         if not self._commit(write):
             raise _Lost(run.id)
         for e in made:
             run.journal.append(e)
         run.written = (state, wake_at, waiting_for)
+        run.resumes = 0 if made else run.resumes
         return made
 
     def _commit(self, write: Write) -> bool:

@@ -94,6 +94,9 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     """The run's cancel request is now journaled; stop reporting it in wakeups()."""
     release: bool = False
     """Give up ownership (the run finished, is blocked, or is parked for any worker)."""
+    keep: bool = False
+    """Only ``entries`` are new; the run row is unchanged (a store may skip rewriting it, but
+    must still check the fence)."""
     create: tuple[str, str] | None = None
     """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence``,
     unless a run with this id exists (then the write is refused). Lets ``start()`` share

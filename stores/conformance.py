@@ -75,6 +75,17 @@ def test_a_write_with_a_stale_fence_or_owner_is_refused_and_leaves_no_trace(stor
     assert store.commit([Write("missing", "A", 1, "running")]) == [False]
 
 
+def test_an_append_only_write_is_still_fenced(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "running", (_entry(0),))])
+    assert store.commit([Write("r", "A", 1, "running", (_entry(1), _entry(2)), keep=True),
+                         Write("r", "B", 1, "running", (_entry(3),), keep=True)]) == [True, False]
+    assert [e.seq for e in store.journal("r")] == [0, 1, 2]
+    [claim] = store.claim("C", dead=["A"])
+    assert store.commit([Write("r", "A", 1, "running", (_entry(3),), keep=True)]) == [False]
+    assert claim.journal == store.journal("r") and store.get("r").state == "running"  # type: ignore[union-attr]
+
+
 def test_a_duplicate_journal_position_is_impossible(store: Store) -> None:
     store.create("r", "wf", "{}", "A")
     store.commit([Write("r", "A", 1, "running", (_entry(0),))])

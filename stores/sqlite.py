@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, lease_until REAL NOT
 INSERT OR IGNORE INTO meta VALUES ('epoch', 0);
 """
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'epoch'"
-_IN = "(SELECT value FROM json_each(?))"  # a list parameter without a variable-count limit
+_IN = "(SELECT value FROM json_each(?))"
+_APPEND = ("INSERT INTO journal SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
+           "(SELECT 1 FROM runs WHERE run_id = ? AND owner = ? AND fence = ?)")  # a list parameter without a variable-count limit
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -188,6 +190,14 @@ class SQLiteStore:
                         "INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, "
                         "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
                         (w.run_id, *w.create, w.state, w.owner, w.fence, now, now)).rowcount == 1)
+                    continue
+                if w.keep:  # append only: the fence is checked, the run row left alone
+                    rows = [(w.run_id, e.seq, e.slot, e.kind, e.name, e.status, e.value, e.started,
+                             e.ended, w.run_id, w.owner, w.fence) for e in w.entries]
+                    inserted = sum(c.execute(_APPEND, row).rowcount for row in rows)
+                    done.append(inserted == len(rows))
+                    if inserted not in (0, len(rows)):
+                        raise sqlite3.IntegrityError(f"run {w.run_id!r}: fence changed mid-write")
                     continue
                 # Name only the columns that change: touching an indexed column (owner)
                 # costs an index write on every step.
