@@ -51,9 +51,9 @@ CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, lease_until REAL NOT
 INSERT OR IGNORE INTO meta VALUES ('epoch', 0);
 """
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'epoch'"
-_IN = "(SELECT value FROM json_each(?))"
+_IN = "(SELECT value FROM json_each(?))"  # a list parameter without a variable-count limit
 _APPEND = ("INSERT INTO journal SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
-           "(SELECT 1 FROM runs WHERE run_id = ? AND owner = ? AND fence = ?)")  # a list parameter without a variable-count limit
+           "(SELECT 1 FROM runs WHERE run_id = ? AND owner = ? AND fence = ?)")
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
