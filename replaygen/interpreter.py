@@ -666,20 +666,23 @@ class Interpreter:
             return ok
 
     def _commit_grouped(self, write: Write) -> bool:
-        # Leader-follower group commit: the first writer commits everything queued by then;
-        # the others sleep on their own lock (no thundering herd) and, if writes queued up
-        # meanwhile, the first of them is woken to lead the next transaction.
-        me = _Pending(write)
+        # Leader-follower group commit: a writer that finds no commit in progress commits at
+        # once; the others queue and sleep on their own lock (no thundering herd), and when a
+        # commit ends the first of them is woken to lead the next, taking all queued by then.
         with self._commit_lock:
-            self._queue.append(me)
-            lead, self._committing = not self._committing, True
-        if not lead:
+            me = _Pending(write) if self._committing else None
+            if me is not None:
+                self._queue.append(me)
+            self._committing = True
+        batch: list[_Pending] = []
+        if me is not None:
             me.wake.acquire()
             if me.result is not _LEAD:
                 return me.answer()
-        with self._commit_lock:
-            batch, self._queue = self._queue, []
-        for item, result in zip(batch, self._commit_batch([p.write for p in batch]), strict=True):
+            with self._commit_lock:
+                batch, self._queue = self._queue, []
+        results = self._commit_batch([p.write for p in batch] if batch else [write])
+        for item, result in zip(batch, results):  # batch is empty for an uncontended write
             item.result = result
         with self._commit_lock:
             if self._queue:
@@ -690,7 +693,12 @@ class Interpreter:
         for item in batch:
             if item is not me:
                 item.wake.release()
-        return me.answer()
+        if me is not None:
+            return me.answer()
+        if isinstance(results[0], BaseException):
+            raise StoreUnavailable(str(results[0])) if isinstance(results[0], StoreUnavailable) \
+                else results[0]
+        return bool(results[0])
 
     def _commit_batch(self, writes: list[Write]) -> list[Any]:
         try:

@@ -329,7 +329,7 @@ class SQLiteStore:
                         return epoch
                 if time.monotonic() >= end:
                     return token
-                time.sleep(0.005)
+                time.sleep(0.01)
         except sqlite3.Error as exc:
             raise self._fail(exc) from exc
 
