@@ -682,7 +682,7 @@ class Interpreter:
             with self._commit_lock:
                 batch, self._queue = self._queue, []
         results = self._commit_batch([p.write for p in batch] if batch else [write])
-        for item, result in zip(batch, results):  # batch is empty for an uncontended write
+        for item, result in zip(batch, results, strict=bool(batch)):  # no batch: uncontended
             item.result = result
         with self._commit_lock:
             if self._queue:
