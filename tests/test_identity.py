@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from replaygen._identity import is_dead, new_owner_id
 
@@ -33,9 +34,10 @@ def test_a_killed_but_unreaped_process_is_dead() -> None:
                   .rsplit(")", 1)[1].split()[19])
     assert not is_dead(owner)
     child.kill()  # a zombie until waited for: its /proc entry remains
-    for _ in range(100):
+    for _ in range(500):  # the kernel turns it into a zombie shortly after the signal
         if open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
             break
+        time.sleep(0.01)
     assert is_dead(owner)
     child.wait()
     assert is_dead(owner)
