@@ -223,12 +223,14 @@ class _Pending:
         self.result: Any = None
         self.wake.acquire()
 
-    def answer(self) -> bool:
-        if isinstance(self.result, StoreUnavailable):
-            raise StoreUnavailable(str(self.result))
-        if isinstance(self.result, BaseException):
-            raise self.result
-        return bool(self.result)
+
+def _answer(result: Any) -> bool:
+    """A write's outcome from a group commit: True, False (fence lost), or the error it met."""
+    if isinstance(result, StoreUnavailable):
+        raise StoreUnavailable(str(result))  # a fresh one per writer: they share the batch's
+    if isinstance(result, BaseException):
+        raise result
+    return bool(result)
 
 
 class _Outcome:
@@ -678,7 +680,7 @@ class Interpreter:
         if me is not None:
             me.wake.acquire()
             if me.result is not _LEAD:
-                return me.answer()
+                return _answer(me.result)
             with self._commit_lock:
                 batch, self._queue = self._queue, []
         results = self._commit_batch([p.write for p in batch] if batch else [write])
@@ -693,12 +695,7 @@ class Interpreter:
         for item in batch:
             if item is not me:
                 item.wake.release()
-        if me is not None:
-            return me.answer()
-        if isinstance(results[0], BaseException):
-            raise StoreUnavailable(str(results[0])) if isinstance(results[0], StoreUnavailable) \
-                else results[0]
-        return bool(results[0])
+        return _answer(results[0] if me is None else me.result)
 
     def _commit_batch(self, writes: list[Write]) -> list[Any]:
         try:

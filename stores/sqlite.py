@@ -154,17 +154,9 @@ class SQLiteStore:
     # ---- the Store protocol -----------------------------------------------------------
 
     def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
-        def tx(c: sqlite3.Connection) -> RunRecord | None:
-            now = time.time()
-            cur = c.execute(
-                "INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated) "
-                "VALUES (?, ?, ?, 'pending', ?, 1, ?, ?) ON CONFLICT (run_id) DO NOTHING",
-                (run_id, workflow, args, owner, now, now))
-            if cur.rowcount == 1:
-                return None
-            return _record(c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?",
-                                     (run_id,)).fetchone())
-        return self._tx(tx)
+        if self.commit([Write(run_id, owner, 1, "pending", create=(workflow, args))])[0]:
+            return None
+        return self.get(run_id)  # runs are never deleted, so it is there
 
     def get(self, run_id: str) -> RunRecord | None:
         rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
