@@ -104,6 +104,34 @@ def test_group_commit_applies_each_write_on_its_own_fence(store: Store) -> None:
     assert [len(store.journal(r)) for r in "abc"] == [1, 0, 1]
 
 
+def test_a_mixed_batch_applies_every_write_or_refuses_it_alone(store: Store) -> None:
+    for rid in ("a", "b", "c"):
+        store.create(rid, "wf", "{}", "A")
+    store.commit([Write("a", "A", 1, "running", (_entry(0),))])
+    # A start, a step, a finish with its last entry and a park, all at once.
+    assert store.commit([
+        Write("new", "A", 1, "pending", create=("wf", "[1]")),
+        Write("a", "A", 1, "running", (_entry(1),), keep=True),
+        Write("b", "A", 1, "completed", (_entry(0),), result="7", release=True),
+        Write("c", "A", 1, "sleeping", wake_at=5.0),
+    ]) == [True] * 4
+    assert [len(store.journal(r)) for r in ("a", "b", "c", "new")] == [2, 1, 0, 0]
+    b, c, new = store.get("b"), store.get("c"), store.get("new")
+    assert b is not None and (b.state, b.result, b.owner) == ("completed", "7", None)
+    assert c is not None and (c.state, c.wake_at) == ("sleeping", 5.0)
+    assert new is not None and (new.workflow, new.args, new.owner) == ("wf", "[1]", "A")
+    # A start of an existing run and a stale step are refused; the rest of the batch lands.
+    assert store.commit([
+        Write("a", "A", 1, "running", (_entry(2),), keep=True),
+        Write("new", "B", 1, "pending", create=("wf", "[2]")),
+        Write("c", "A", 7, "running", (_entry(0),), keep=True),
+        Write("c", "A", 1, "running", (_entry(0),)),
+    ]) == [True, False, False, True]
+    assert [len(store.journal(r)) for r in ("a", "c")] == [3, 1]
+    new = store.get("new")
+    assert new is not None and (new.args, new.owner) == ("[1]", "A")
+
+
 def test_runs_of_a_live_worker_are_not_claimed(store: Store) -> None:
     store.heartbeat("A", 30.0)
     store.create("r", "wf", "{}", "A")

@@ -52,6 +52,14 @@ INSERT OR IGNORE INTO meta VALUES ('epoch', 0);
 """
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'epoch'"
 _IN = "(SELECT value FROM json_each(?))"  # a list parameter without a variable-count limit
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # a journal row, then the owner and fence it needs
+_APPEND = ("INSERT INTO journal SELECT column1, column2, column3, column4, column5, column6, "
+           "column7, column8, column9 FROM (VALUES {}) WHERE EXISTS (SELECT 1 FROM runs "
+           "WHERE run_id = column1 AND owner = column10 AND fence = column11)")
+
+
+class _Refused(Exception):
+    """A write of a batch was refused: roll the batch back and apply it write by write."""
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -115,14 +123,17 @@ class SQLiteStore:
     def _fail(self, exc: sqlite3.Error) -> StoreUnavailable:
         return StoreUnavailable(f"SQLite store {self.path!r}: {exc}")
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one write transaction, retrying while another process holds the lock."""
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
+        """Run ``fn`` in one write transaction, retrying while another process holds the lock.
+        With ``begin=False``, ``fn`` is a single statement, a transaction of its own."""
         give_up = time.monotonic() + self._busy
         delay = 0.001
         with self._wlock:
             c = self._w
             while True:
                 try:
+                    if not begin:
+                        return fn(c)
                     c.execute("BEGIN IMMEDIATE")
                     try:
                         out = fn(c)
@@ -172,62 +183,86 @@ class SQLiteStore:
             "SELECT id, name, payload, sent FROM signals WHERE run_id = ? ORDER BY id", (run_id,))]
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        def tx(c: sqlite3.Connection) -> list[bool]:
-            now, done = time.time(), {}
-            # Append-only writes (most steps): one query checks every fence and one INSERT
-            # appends every entry. Each statement releases and retakes the GIL, so fewer
-            # statements keep a group commit short when many threads are busy.
-            keep = [i for i, w in enumerate(writes) if w.keep]
-            if keep:
-                fences = {r[0]: (r[1], r[2]) for r in c.execute(
-                    f"SELECT run_id, owner, fence FROM runs WHERE run_id IN {_IN}",
-                    (json.dumps([writes[i].run_id for i in keep]),))}
-                rows = []
-                for i in keep:
-                    w = writes[i]
-                    done[i] = fences.get(w.run_id) == (w.owner, w.fence)
-                    rows += [(w.run_id, *e) for e in w.entries] if done[i] else []
-                for at in range(0, len(rows), 100):  # 900 variables: safe on any SQLite
-                    part = rows[at:at + 100]
-                    c.execute("INSERT INTO journal VALUES " + ", ".join(
-                        ["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)), [x for r in part for x in r])
-            for i, w in enumerate(writes):
-                if i in done:
-                    continue
-                if w.create:
-                    done[i] = (c.execute(
-                        "INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, "
-                        "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
-                        (w.run_id, *w.create, w.state, w.owner, w.fence, now, now)).rowcount == 1)
-                    continue
-                # Name only the columns that change: touching an indexed column (owner)
-                # costs an index write on every step.
-                sets = "state = ?, updated = ?, wake_at = ?, waiting_for = ?, result = ?, error = ?"
-                if w.entries:
-                    sets += ", resumes = 0"
-                if w.cancel_seen:
-                    sets += ", cancel_seen = 1"
-                if w.release:
-                    sets += ", owner = NULL"
-                cur = c.execute(
-                    f"UPDATE runs SET {sets} WHERE run_id = ? AND owner = ? AND fence = ?",
-                    (w.state, now, w.wake_at, w.waiting_for, w.result, w.error, w.run_id, w.owner,
-                     w.fence))
-                if cur.rowcount != 1:
-                    done[i] = False
-                    continue
-                c.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                    (w.run_id, e.seq, e.slot, e.kind, e.name, e.status, e.value, e.started, e.ended)
-                    for e in w.entries])
-                if w.consume is not None and c.execute(
-                    "DELETE FROM signals WHERE id = ? AND run_id = ?", (w.consume, w.run_id)
-                ).rowcount != 1:
-                    raise sqlite3.IntegrityError(f"run {w.run_id!r}: signal {w.consume} is not queued")
-                if w.release:
-                    c.execute(_BUMP)
-                done[i] = True
-            return [done[i] for i in range(len(writes))]
-        return self._tx(tx)
+        # Each statement releases the GIL and must win it back from the engine's busy threads,
+        # so a batch is a handful of statements whatever its size: new runs in one INSERT, every
+        # journal row (each fenced by its run's owner and fence) in one INSERT, the rest per run.
+        # A batch in which any write is refused is rolled back and applied write by write.
+        if len(writes) == 1 and writes[0].keep:  # a lone step: one statement, no BEGIN/COMMIT
+            w = writes[0]
+            return [self._tx(lambda c: self._append(c, [w]) == len(w.entries), begin=False)]
+        try:
+            return self._tx(lambda c: self._commit_all(c, writes))
+        except _Refused:
+            return self._tx(lambda c: [self._commit_one(c, w, time.time()) for w in writes])
+
+    @staticmethod
+    def _append(c: sqlite3.Connection, writes: Sequence[Write]) -> int:
+        """Insert the writes' journal rows where the run's owner and fence match; the row count."""
+        rows = [(w.run_id, *e, w.owner, w.fence) for w in writes for e in w.entries]
+        done = 0
+        for at in range(0, len(rows), 80):  # 880 variables: under any SQLite's limit
+            part = rows[at:at + 80]
+            done += c.execute(_APPEND.format(", ".join([_ROW] * len(part))),
+                              [x for r in part for x in r]).rowcount
+        return done
+
+    def _commit_all(self, c: sqlite3.Connection, writes: Sequence[Write]) -> list[bool]:
+        now = time.time()
+        new = [(w.run_id, *w.create, w.state, w.owner, w.fence, now, now) for w in writes if w.create]
+        for at in range(0, len(new), 100):
+            part = new[at:at + 100]
+            if c.execute("INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, "
+                         "updated) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)) +
+                         " ON CONFLICT (run_id) DO NOTHING",
+                         [x for r in part for x in r]).rowcount != len(part):
+                raise _Refused
+        # Journal rows before the run rows: a release below clears the owner they are fenced by.
+        old = [w for w in writes if not w.create]
+        if self._append(c, old) != sum(len(w.entries) for w in old):
+            raise _Refused
+        for w in old:
+            if not w.keep and not self._update(c, w, now):
+                raise _Refused
+        if any(w.release for w in old):
+            c.execute(_BUMP)
+        return [True] * len(writes)
+
+    def _update(self, c: sqlite3.Connection, w: Write, now: float) -> bool:
+        """The fenced update of the run row (and the signal it consumes); False if refused."""
+        # Name only the columns that change: touching an indexed column (owner)
+        # costs an index write on every step.
+        sets = "state = ?, updated = ?, wake_at = ?, waiting_for = ?, result = ?, error = ?"
+        if w.entries:
+            sets += ", resumes = 0"
+        if w.cancel_seen:
+            sets += ", cancel_seen = 1"
+        if w.release:
+            sets += ", owner = NULL"
+        if c.execute(f"UPDATE runs SET {sets} WHERE run_id = ? AND owner = ? AND fence = ?",
+                     (w.state, now, w.wake_at, w.waiting_for, w.result, w.error, w.run_id, w.owner,
+                      w.fence)).rowcount != 1:
+            return False
+        if w.consume is not None and c.execute(
+            "DELETE FROM signals WHERE id = ? AND run_id = ?", (w.consume, w.run_id)
+        ).rowcount != 1:
+            raise sqlite3.IntegrityError(f"run {w.run_id!r}: signal {w.consume} is not queued")
+        return True
+
+    def _commit_one(self, c: sqlite3.Connection, w: Write, now: float) -> bool:
+        if w.create:
+            return c.execute(
+                "INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+                (w.run_id, *w.create, w.state, w.owner, w.fence, now, now)).rowcount == 1
+        if w.keep:
+            return self._append(c, [w]) == len(w.entries)
+        if not self._update(c, w, now):
+            return False
+        c.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      [(w.run_id, *e) for e in w.entries])
+        if w.release:
+            c.execute(_BUMP)
+        return True
 
     def claim(
         self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
