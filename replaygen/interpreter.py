@@ -91,6 +91,9 @@ class _Abandon(Exception):
     """Shutdown gave up on a write during a store outage."""
 
 
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})  # results never awaitable
+
+
 def _errinfo(exc: BaseException) -> dict[str, str]:
     # Truncated so that an error always fits under the payload limit.
     return {"type": type(exc).__name__, "message": str(exc)[:10_000],
@@ -629,8 +632,8 @@ class Interpreter:
 
     def _write(self, run: _Run, state: str, entries: Iterable[tuple[int, str, str, str, str | None,
                float]] = (), *, wake_at: float | None = None, waiting_for: str | None = None,
-               **fields: Any) -> list[Entry]:
-        now, seq = self._clock.now(), run.journal.next_seq
+               now: float | None = None, **fields: Any) -> list[Entry]:
+        now, seq = self._clock.now() if now is None else now, run.journal.next_seq
         made = [Entry(seq + i, slot, kind, name, status, value, started, now)
                 for i, (slot, kind, name, status, value, started) in enumerate(entries)]
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
@@ -896,7 +899,8 @@ class Interpreter:
         if run.written[0] != "running":
             self._write(run, "running")
         info = StepInfo(run.id, cmd.name, slot, attempt)
-        self._emit("step_started", run, step=cmd.name, position=slot, attempt=attempt)
+        if self._observer is not None:
+            self._emit("step_started", run, step=cmd.name, position=slot, attempt=attempt)
         m.running = True
         if _is_async(cmd.fn):
             future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
@@ -913,7 +917,7 @@ class Interpreter:
         started, token = self._clock.now(), _current.set(info)
         try:
             value = cmd.fn(*cmd.args, **cmd.kwargs)
-            if inspect.isawaitable(value):
+            if type(value) not in _PLAIN and inspect.isawaitable(value):
                 value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
             return _Outcome(started, value)
         except Exception as exc:
@@ -957,8 +961,9 @@ class Interpreter:
         if outcome.interrupt is not None:
             raise outcome.interrupt
         now, error, retryable = self._clock.now(), outcome.error, outcome.error is not None
-        self._emit("step_returned", run, step=cmd.name, position=slot, attempt=attempt,
-                   duration=now - outcome.started, error=error and repr(error))
+        if self._observer is not None:
+            self._emit("step_returned", run, step=cmd.name, position=slot, attempt=attempt,
+                       duration=now - outcome.started, error=error and repr(error))
         if error is None:
             try:
                 text = self._encode(outcome.value, f"the result of step {cmd.name!r}")
@@ -979,9 +984,10 @@ class Interpreter:
             log.warning("run %s: step %r failed: %r", run.id, cmd.name, error)
             entry = (slot, "do", cmd.name, "error", self._encode(_errinfo(error), "error"),
                      outcome.started)
-        made = self._write(run, "running", [entry])[0]
-        self._emit("step_committed", run, step=cmd.name, position=slot, attempt=attempt,
-                   duration=now - outcome.started)
+        made = self._write(run, "running", [entry], now=now)[0]
+        if self._observer is not None:
+            self._emit("step_committed", run, step=cmd.name, position=slot, attempt=attempt,
+                       duration=now - outcome.started)
         return made
 
     def _version(self, run: _Run, cmd: Version) -> int:
