@@ -482,6 +482,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true",
                     help="instead of the suite, profile W1, W2 and W3 (tests/bench/profile_engine.py)")
     a = ap.parse_args(argv)
+    try:  # every measurement runs in a child process, which imports the installed replaygen
+        import replaygen.stores.sqlite  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"replaygen is not installed for {sys.executable} ({exc}): run "
+                         f"`pip install -e '.[postgres]'` in the checkout first") from None
     if a.profile:
         raise SystemExit(subprocess.call([sys.executable, str(HERE / "profile_engine.py")],
                                          cwd=str(ROOT)))
