@@ -63,7 +63,7 @@ class _Refused(Exception):
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(*row[:12], cancel_requested=bool(row[12]), resumes=row[13])
+    return RunRecord(*row[:12], cancel_requested=bool(row[12]), resumes=row[13])  # type: ignore[misc]
 
 
 class SQLiteStore:
