@@ -223,7 +223,7 @@ class SQLiteStore:
         for w in old:
             if not w.keep and not self._update(c, w, now):
                 raise _Refused
-        if any(w.release for w in old):
+        if any(w.release and w.state in ACTIVE for w in old):  # claimable: tell the watchers
             c.execute(_BUMP)
         return [True] * len(writes)
 
@@ -260,7 +260,7 @@ class SQLiteStore:
             return False
         c.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       [(w.run_id, *e) for e in w.entries])
-        if w.release:
+        if w.release and w.state in ACTIVE:
             c.execute(_BUMP)
         return True
 
