@@ -632,8 +632,8 @@ class Interpreter:
 
     def _write(self, run: _Run, state: str, entries: Iterable[tuple[int, str, str, str, str | None,
                float]] = (), *, wake_at: float | None = None, waiting_for: str | None = None,
-               now: float | None = None, **fields: Any) -> list[Entry]:
-        now, seq = self._clock.now() if now is None else now, run.journal.next_seq
+               **fields: Any) -> list[Entry]:
+        now, seq = self._clock.now(), run.journal.next_seq  # ended: when the entry is written
         made = [Entry(seq + i, slot, kind, name, status, value, started, now)
                 for i, (slot, kind, name, status, value, started) in enumerate(entries)]
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
@@ -984,7 +984,7 @@ class Interpreter:
             log.warning("run %s: step %r failed: %r", run.id, cmd.name, error)
             entry = (slot, "do", cmd.name, "error", self._encode(_errinfo(error), "error"),
                      outcome.started)
-        made = self._write(run, "running", [entry], now=now)[0]
+        made = self._write(run, "running", [entry])[0]
         if self._observer is not None:
             self._emit("step_committed", run, step=cmd.name, position=slot, attempt=attempt,
                        duration=now - outcome.started)
