@@ -91,7 +91,7 @@ class _Abandon(Exception):
     """Shutdown gave up on a write during a store outage."""
 
 
-_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})  # results never awaitable
+_NOT_AWAITABLE = frozenset({dict, list, str, int, float, bool, type(None)})
 
 
 def _errinfo(exc: BaseException) -> dict[str, str]:
@@ -917,7 +917,7 @@ class Interpreter:
         started, token = self._clock.now(), _current.set(info)
         try:
             value = cmd.fn(*cmd.args, **cmd.kwargs)
-            if type(value) not in _PLAIN and inspect.isawaitable(value):
+            if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
                 value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
             return _Outcome(started, value)
         except Exception as exc:

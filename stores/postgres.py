@@ -373,9 +373,9 @@ class PostgresStore:
             applied = self._call(lambda conn: self._commit_one_statement(conn, writes))
             done = [w.run_id in applied for w in writes]
             rest = [i for i, ok in enumerate(done) if not ok]
-            for i, ok in zip(rest, self._commit_tx([writes[i] for i in rest]) if rest else [],
-                             strict=True):
-                done[i] = ok
+            if rest:
+                for i, ok in zip(rest, self._commit_tx([writes[i] for i in rest]), strict=True):
+                    done[i] = ok
             return done
         return self._commit_tx(writes)
 

@@ -193,7 +193,7 @@ class SQLiteStore:
         try:
             return self._tx(lambda c: self._commit_all(c, writes))
         except _Refused:
-            return self._tx(lambda c: [self._commit_one(c, w, time.time()) for w in writes])
+            return self._tx(lambda c: [self._commit_one(c, w) for w in writes])
 
     @staticmethod
     def _append(c: sqlite3.Connection, writes: Sequence[Write]) -> int:
@@ -248,21 +248,13 @@ class SQLiteStore:
             raise sqlite3.IntegrityError(f"run {w.run_id!r}: signal {w.consume} is not queued")
         return True
 
-    def _commit_one(self, c: sqlite3.Connection, w: Write, now: float) -> bool:
-        if w.create:
-            return c.execute(
-                "INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
-                (w.run_id, *w.create, w.state, w.owner, w.fence, now, now)).rowcount == 1
-        if w.keep:
-            return self._append(c, [w]) == len(w.entries)
-        if not self._update(c, w, now):
+    def _commit_one(self, c: sqlite3.Connection, w: Write) -> bool:
+        # A lone write is refused before it writes anything (its rows and its run row are
+        # fenced by the same owner and fence), so others in the transaction are untouched.
+        try:
+            return self._commit_all(c, [w])[0]
+        except _Refused:
             return False
-        c.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      [(w.run_id, *e) for e in w.entries])
-        if w.release and w.state in ACTIVE:
-            c.execute(_BUMP)
-        return True
 
     def claim(
         self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
