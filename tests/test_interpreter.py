@@ -1957,23 +1957,32 @@ def crash_loop(store: MemoryStore, run: str, first_owner: str, deaths: int) -> N
         owner = f"dead-worker-{n}"
 
 
-def test_a_run_resumed_too_often_without_progress_is_blocked_naming_the_step(
-        interp: Make, store: MemoryStore, gate: Any, reach: Any) -> None:
+def crash_looped(interp: Make, store: MemoryStore, gate: Any, result: str,
+                 prepare: bool = False) -> tuple[Any, str, Any]:
+    """A run whose step 'explode' is in flight (until ``release`` is set, then it returns
+    ``result``), made to look as if three workers in a row died in it: (wf, run, release)."""
     entered, release = gate(), gate()
 
     def explode() -> str:
         entered.set()
         release.wait(PATIENCE)
-        return "survived"
+        return result
 
     def wf() -> Any:
-        yield Do("prepare", echo, 1)
+        if prepare:
+            yield Do("prepare", echo, 1)
         return (yield Do("explode", explode))
 
     doomed = interp([wf])
     run = doomed.start(wf)
     assert entered.wait(PATIENCE)
     crash_loop(store, run, doomed.worker_id, deaths=3)
+    return wf, run, release
+
+
+def test_a_run_resumed_too_often_without_progress_is_blocked_naming_the_step(
+        interp: Make, store: MemoryStore, gate: Any, reach: Any) -> None:
+    wf, run, _ = crash_looped(interp, store, gate, "survived", prepare=True)
     survivor = interp([wf], max_resumes=2)
     survivor.recover()
     status = reach(survivor, run, "blocked")
@@ -1982,20 +1991,7 @@ def test_a_run_resumed_too_often_without_progress_is_blocked_naming_the_step(
 
 def test_a_run_resumed_within_the_limit_goes_on(interp: Make, store: MemoryStore, gate: Any,
                                                 reach: Any) -> None:
-    entered, release = gate(), gate()
-
-    def explode() -> str:
-        entered.set()
-        release.wait(PATIENCE)
-        return "survived"
-
-    def wf() -> Any:
-        return (yield Do("explode", explode))
-
-    doomed = interp([wf])
-    run = doomed.start(wf)
-    assert entered.wait(PATIENCE)
-    crash_loop(store, run, doomed.worker_id, deaths=3)
+    wf, run, release = crash_looped(interp, store, gate, "survived")
     survivor = interp([wf], max_resumes=5)
     survivor.recover()
     release.set()
@@ -2027,20 +2023,7 @@ def test_graceful_restarts_do_not_count_as_a_crash_loop(interp: Make, restart: A
 def test_a_crash_looped_run_resumes_when_recovered_after_the_fix(
         interp: Make, restart: Any, store: MemoryStore, gate: Any, reach: Any,
         eventually: Any) -> None:
-    entered, release = gate(), gate()
-
-    def explode() -> str:
-        entered.set()
-        release.wait(PATIENCE)
-        return "fixed"
-
-    def wf() -> Any:
-        return (yield Do("explode", explode))
-
-    doomed = interp([wf])
-    run = doomed.start(wf)
-    assert entered.wait(PATIENCE)
-    crash_loop(store, run, doomed.worker_id, deaths=3)
+    wf, run, release = crash_looped(interp, store, gate, "fixed")
     survivor = interp([wf], max_resumes=2)
     survivor.recover()
     reach(survivor, run, "blocked")
