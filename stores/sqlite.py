@@ -52,14 +52,66 @@ INSERT OR IGNORE INTO meta VALUES ('epoch', 0);
 """
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'epoch'"
 _IN = "(SELECT value FROM json_each(?))"  # a list parameter without a variable-count limit
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # a journal row, then the owner and fence it needs
-_APPEND = ("INSERT INTO journal SELECT column1, column2, column3, column4, column5, column6, "
-           "column7, column8, column9 FROM (VALUES {}) WHERE EXISTS (SELECT 1 FROM runs "
-           "WHERE run_id = column1 AND owner = column10 AND fence = column11)")
+# A batch of writes is one INSERT into this view: each row is one change ("op"), applied in
+# order by the trigger for its op, so the whole batch is one statement, one transaction and
+# one release of the GIL (each sqlite3 call releases it, and under load winning it back costs
+# more than the statement). A refused row aborts the statement, undoing all of it.
+_BATCH_COLUMNS = ("op, run_id, owner, fence, state, seq, slot, kind, name, status, value, "
+                  "started, ended, wake_at, waiting_for, result, error, flags, consume")
+_ROW = "(" + ", ".join(["?"] * 19) + ")"
+_ROWS = 50  # rows per statement: 950 variables, under any SQLite's limit of 999
+_REFUSED = "replaygen: refused"
+_FENCED = "WHERE run_id = NEW.run_id AND owner = NEW.owner AND fence = NEW.fence"
+_REFUSE = f"SELECT RAISE(ABORT, '{_REFUSED}') WHERE changes() = 0"
+_UPDATE = ("UPDATE runs SET state = NEW.state, updated = NEW.ended, wake_at = NEW.wake_at, "
+           "waiting_for = NEW.waiting_for, result = NEW.result, error = NEW.error, "
+           "resumes = CASE WHEN NEW.flags & 1 THEN 0 ELSE resumes END, "
+           "cancel_seen = CASE WHEN NEW.flags & 2 THEN 1 ELSE cancel_seen END")
+_BATCH = f"""
+CREATE TEMP VIEW batch ({_BATCH_COLUMNS}) AS SELECT {", ".join(["NULL"] * 19)} WHERE 0;
+CREATE TEMP TRIGGER batch_create INSTEAD OF INSERT ON batch WHEN NEW.op = 'create' BEGIN
+    INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated)
+    VALUES (NEW.run_id, NEW.name, NEW.value, NEW.state, NEW.owner, NEW.fence, NEW.ended,
+            NEW.ended) ON CONFLICT (run_id) DO NOTHING;
+    {_REFUSE}; END;
+CREATE TEMP TRIGGER batch_entry INSTEAD OF INSERT ON batch WHEN NEW.op = 'entry' BEGIN
+    INSERT INTO journal SELECT NEW.run_id, NEW.seq, NEW.slot, NEW.kind, NEW.name, NEW.status,
+        NEW.value, NEW.started, NEW.ended WHERE EXISTS (SELECT 1 FROM runs {_FENCED});
+    {_REFUSE}; END;
+CREATE TEMP TRIGGER batch_update INSTEAD OF INSERT ON batch WHEN NEW.op = 'update' BEGIN
+    {_UPDATE} {_FENCED}; {_REFUSE}; END;
+CREATE TEMP TRIGGER batch_release INSTEAD OF INSERT ON batch WHEN NEW.op = 'release' BEGIN
+    {_UPDATE}, owner = NULL {_FENCED}; {_REFUSE}; END;
+CREATE TEMP TRIGGER batch_consume INSTEAD OF INSERT ON batch WHEN NEW.op = 'consume' BEGIN
+    DELETE FROM signals WHERE id = NEW.consume AND run_id = NEW.run_id;
+    SELECT RAISE(ABORT, 'replaygen: signal not queued') WHERE changes() = 0; END;
+CREATE TEMP TRIGGER batch_bump INSTEAD OF INSERT ON batch WHEN NEW.op = 'bump' BEGIN
+    {_BUMP}; END;
+"""
 
 
 class _Refused(Exception):
     """A write of a batch was refused: roll the batch back and apply it write by write."""
+
+
+_NO_RUN = (None,) * 18
+
+
+def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
+    """The rows of the batch view (columns ``_BATCH_COLUMNS``) that apply one write."""
+    run = (w.run_id, w.owner, w.fence)
+    if w.create:
+        return [("create", *run, w.state, None, None, None, w.create[0], None, w.create[1], None,
+                 now, None, None, None, None, 0, None)]
+    rows: list[tuple[Any, ...]] = [("entry", *run, None, *e, None, None, None, None, 0, None)
+                                   for e in w.entries]
+    if not w.keep:  # the entries (fenced by the owner) go before a release clears it
+        rows.append(("release" if w.release else "update", *run, w.state, *(None,) * 7, now,
+                     w.wake_at, w.waiting_for, w.result, w.error,
+                     bool(w.entries) | w.cancel_seen << 1, None))
+        if w.consume is not None:
+            rows.append(("consume", *run, *(None,) * 14, w.consume))
+    return rows
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -86,6 +138,7 @@ class SQLiteStore:
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._local = threading.local()
         self._w = self._connect()
+        self._w.executescript(_BATCH)
         self._r = self._connect()
         self._tx(self._migrate)
 
@@ -183,78 +236,43 @@ class SQLiteStore:
             "SELECT id, name, payload, sent FROM signals WHERE run_id = ? ORDER BY id", (run_id,))]
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        # Each statement releases the GIL and must win it back from the engine's busy threads,
-        # so a batch is a handful of statements whatever its size: new runs in one INSERT, every
-        # journal row (each fenced by its run's owner and fence) in one INSERT, the rest per run.
-        # A batch in which any write is refused is rolled back and applied write by write.
-        if len(writes) == 1 and writes[0].keep:  # a lone step: one statement, no BEGIN/COMMIT
-            w = writes[0]
-            return [self._tx(lambda c: self._append(c, [w]) == len(w.entries), begin=False)]
-        try:
-            return self._tx(lambda c: self._commit_all(c, writes))
-        except _Refused:
-            return self._tx(lambda c: [self._commit_one(c, w) for w in writes])
+        now = time.time()
+        rows = [row for w in writes for row in _rows(w, now)]
+        if any(w.release and w.state in ACTIVE for w in writes):  # claimable: tell the watchers
+            rows.append(("bump", *_NO_RUN))
+        try:  # one statement, its own transaction, unless the batch needs several
+            self._tx(lambda c: self._apply(c, rows), begin=len(rows) > _ROWS)
+            return [True] * len(writes)
+        except _Refused:  # rolled back whole: apply the writes one by one
+            return self._tx(lambda c: [self._apply_one(c, w, now) for w in writes])
+        except sqlite3.IntegrityError as exc:
+            if "signal not queued" not in str(exc):
+                raise
+            consumed = ", ".join(f"{w.consume} (run {w.run_id!r})" for w in writes if w.consume)
+            raise sqlite3.IntegrityError(f"signal {consumed} is not queued") from None
 
     @staticmethod
-    def _append(c: sqlite3.Connection, writes: Sequence[Write]) -> int:
-        """Insert the writes' journal rows where the run's owner and fence match; the row count."""
-        rows = [(w.run_id, *e, w.owner, w.fence) for w in writes for e in w.entries]
-        done = 0
-        for at in range(0, len(rows), 80):  # 880 variables: under any SQLite's limit
-            part = rows[at:at + 80]
-            done += c.execute(_APPEND.format(", ".join([_ROW] * len(part))),
-                              [x for r in part for x in r]).rowcount
-        return done
-
-    def _commit_all(self, c: sqlite3.Connection, writes: Sequence[Write]) -> list[bool]:
-        now = time.time()
-        new = [(w.run_id, *w.create, w.state, w.owner, w.fence, now, now) for w in writes if w.create]
-        for at in range(0, len(new), 100):
-            part = new[at:at + 100]
-            if c.execute("INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, "
-                         "updated) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)) +
-                         " ON CONFLICT (run_id) DO NOTHING",
-                         [x for r in part for x in r]).rowcount != len(part):
-                raise _Refused
-        # Journal rows before the run rows: a release below clears the owner they are fenced by.
-        old = [w for w in writes if not w.create]
-        if self._append(c, old) != sum(len(w.entries) for w in old):
-            raise _Refused
-        for w in old:
-            if not w.keep and not self._update(c, w, now):
-                raise _Refused
-        if any(w.release and w.state in ACTIVE for w in old):  # claimable: tell the watchers
-            c.execute(_BUMP)
-        return [True] * len(writes)
-
-    def _update(self, c: sqlite3.Connection, w: Write, now: float) -> bool:
-        """The fenced update of the run row (and the signal it consumes); False if refused."""
-        # Name only the columns that change: touching an indexed column (owner)
-        # costs an index write on every step.
-        sets = "state = ?, updated = ?, wake_at = ?, waiting_for = ?, result = ?, error = ?"
-        if w.entries:
-            sets += ", resumes = 0"
-        if w.cancel_seen:
-            sets += ", cancel_seen = 1"
-        if w.release:
-            sets += ", owner = NULL"
-        if c.execute(f"UPDATE runs SET {sets} WHERE run_id = ? AND owner = ? AND fence = ?",
-                     (w.state, now, w.wake_at, w.waiting_for, w.result, w.error, w.run_id, w.owner,
-                      w.fence)).rowcount != 1:
-            return False
-        if w.consume is not None and c.execute(
-            "DELETE FROM signals WHERE id = ? AND run_id = ?", (w.consume, w.run_id)
-        ).rowcount != 1:
-            raise sqlite3.IntegrityError(f"run {w.run_id!r}: signal {w.consume} is not queued")
-        return True
-
-    def _commit_one(self, c: sqlite3.Connection, w: Write) -> bool:
-        # A lone write is refused before it writes anything (its rows and its run row are
-        # fenced by the same owner and fence), so others in the transaction are untouched.
+    def _apply(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         try:
-            return self._commit_all(c, [w])[0]
+            for at in range(0, len(rows), _ROWS):
+                part = rows[at:at + _ROWS]
+                c.execute(f"INSERT INTO batch ({_BATCH_COLUMNS}) VALUES " +
+                          ", ".join([_ROW] * len(part)), [x for r in part for x in r])
+        except sqlite3.IntegrityError as exc:
+            if _REFUSED in str(exc):
+                raise _Refused from None
+            raise
+
+    def _apply_one(self, c: sqlite3.Connection, w: Write, now: float) -> bool:
+        c.execute("SAVEPOINT one")  # a refused write leaves no trace, even one of many statements
+        try:
+            self._apply(c, _rows(w, now))
+            return True
         except _Refused:
+            c.execute("ROLLBACK TO one")
             return False
+        finally:
+            c.execute("RELEASE one")
 
     def claim(
         self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
