@@ -25,6 +25,8 @@ class Codec(Protocol):
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # built once: dumps() with
+# options builds a new encoder per call
 
 
 class _Refused(Exception):
@@ -74,7 +76,7 @@ class JSONCodec:
             raise type(refused.error)(f"the value{refused.path} {refused.error}") from None
         except RecursionError:
             raise ValueError("the value is nested too deeply (or contains itself)") from None
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(value)
 
     def decode(self, text: str) -> Any:
         return json.loads(text)
