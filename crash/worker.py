@@ -97,9 +97,9 @@ def apply_break(mode: str | None, store: Any) -> Any:
 
         def _run_step(self: Any, run: Any, i: int, attempt: int) -> Any:
             m = run.members[i]
-            self._write(run, "running", [(run.slot + i, "do", m.cmd.name, "ok", "null",
-                                          self._clock.now())])
-            return original(self, run, i, attempt)
+            yield from self._write(run, "running", [(run.slot + i, "do", m.cmd.name, "ok", "null",
+                                                     self._clock.now())])
+            return (yield from original(self, run, i, attempt))
 
         Interpreter._run_step = _run_step  # type: ignore[method-assign]
         return store

@@ -4,16 +4,21 @@ A fresh run and a recovered run take the same path: replay answers commands
 from the journal until it runs out, then the same loop executes live.
 
 Threads (this module owns them all):
-- a bounded pool runs each busy run as an actor: one thread at a time per
-  run, fed by the run's mailbox; a lone synchronous step runs inline there;
-- an event loop thread runs ``async def`` steps;
+- one driver runs the engine's code for every run (each run an actor fed by
+  its mailbox) and, inline, each lone synchronous step that has been quick;
+  the engine's code is a generator that yields each write, so the driver
+  turns every ready run until it waits for a write, then commits them all
+  in one transaction (group commit) and goes on. No run goes past a command
+  before its entry is durable, and a quick step costs no thread hand-off;
+- a bounded pool runs the steps that have been slow (over ``_INLINE``) and
+  the steps of an ``All``; an event loop thread runs ``async def`` steps;
+- a watchdog hands the driver role to a new thread when a turn runs long
+  (a step slow for the first time, heavy workflow code): the old thread
+  finishes that turn and leaves, so no run waits long behind another;
 - a timer thread wakes sleeping runs and retry backoffs;
 - a watcher thread renews the lease, learns of signals and cancels sent by
   other processes, and adopts runs whose owner died.
-Parked runs (sleeping, waiting) hold no thread. Every store write goes
-through ``_commit``, which groups concurrent writes of many runs into one
-transaction (group commit); no run goes past a command before its entry is
-durable.
+Parked runs (sleeping, waiting) hold no thread.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import random
 import threading
 import time
 import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -91,6 +95,16 @@ class _Abandon(Exception):
     """Shutdown gave up on a write during a store outage."""
 
 
+_Act = Generator[Write, Any, Any]
+"""The engine's own code for a run is a generator too: it yields each write and is resumed
+with the commit's answer, so one driver thread interleaves many runs and commits their
+writes together."""
+_INLINE = 0.001
+"""A synchronous step whose recent calls took less than this (seconds) runs on the driver;
+a slower one runs on the pool, so that it holds no other run up."""
+_SLOW_TURN = 0.005
+"""Seconds a turn (a step inline, or workflow code) may hold the driver before a new thread
+takes over the other runs."""
 _NOT_AWAITABLE = frozenset({dict, list, str, int, float, bool, type(None)})
 
 
@@ -195,8 +209,8 @@ class _Member:
 
 
 class _Run:
-    """In-memory state of one run this worker owns. Touched only by its actor thread,
-    except ``cancel`` (set by any thread) and the mailbox (under the interpreter's lock)."""
+    """In-memory state of one run this worker owns. Touched only by its actor (on one thread
+    at a time), except ``cancel`` (set by any thread) and the mailbox (under the lock)."""
 
     def __init__(self, record: RunRecord, journal: Journal) -> None:
         self.id, self.workflow, self.fence = record.run_id, record.workflow, record.fence
@@ -209,7 +223,9 @@ class _Run:
         self.members: list[_Member] = []
         self.slot = 0       # first slot of the current yield
         self.live = False   # the current yield needed live work (so a pending cancel applies)
-        self.mailbox: deque[Callable[[], None]] = deque()
+        self.mailbox: deque[Callable[[], _Act]] = deque()
+        self.actor: _Act | None = None  # the mailbox action under way, paused at a write
+        self.reply: Any = None          # the commit's answer to that write: bool or exception
         self.scheduled = self.gone = self.finishing = False
 
 
@@ -217,13 +233,13 @@ _LEAD = object()  # a follower woken to lead the next group commit
 
 
 class _Pending:
-    """A write waiting in the group-commit queue; ``wake`` is released when it is done."""
+    """Writes waiting in the group-commit queue; ``wake`` is released when they are done."""
 
-    __slots__ = ("write", "result", "wake")
+    __slots__ = ("writes", "results", "wake")
 
-    def __init__(self, write: Write) -> None:
-        self.write, self.wake = write, threading.Lock()
-        self.result: Any = None
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes, self.wake = writes, threading.Lock()
+        self.results: Any = None
         self.wake.acquire()
 
 
@@ -289,6 +305,15 @@ class Interpreter:
         self._waiters: dict[str, threading.Event] = {}
         self._closed = self._stopped = self._adopting = False
         self._starting = 0
+        self._wake = threading.Condition(self._lock)           # the driver waits for work
+        self._watchdog_cv = threading.Condition(self._lock)    # the watchdog waits for a turn
+        self._ready: deque[_Run] = deque()                     # runs with work to do
+        self._pending: list[tuple[_Run, Write]] = []           # their writes, to commit
+        self._driver: object = None
+        self._turns, self._in_turn, self._idle = 0, False, True
+        self._slots = concurrency                              # for synchronous steps
+        self._cost: dict[int, float] = {}                      # step function -> its duration
+        self._slot_queue: deque[tuple[_Run, _Member]] = deque()
         self._commit_lock = threading.Lock()  # guards the group-commit queue and its leader flag
         self._queue: list[_Pending] = []
         self._committing = False
@@ -301,6 +326,9 @@ class Interpreter:
         self._store.heartbeat(self.worker_id, lease)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
+        threading.Thread(target=self._watchdog, daemon=True, name="replaygen-watchdog").start()
+        with self._lock:
+            self._promote()
 
     # ---- public API ---------------------------------------------------------
 
@@ -309,7 +337,8 @@ class Interpreter:
         """Start a run and return its id once it is durable. Starting an existing ``run_id``
         with the same workflow and arguments returns it; with others it raises."""
         name = self._workflow_name(workflow)
-        run_id = uuid.uuid4().hex if run_id is None else check_name("run_id", run_id)
+        # getrandbits: os.urandom would give up the GIL and wait to win it back from the driver
+        run_id = f"{random.getrandbits(128):032x}" if run_id is None else check_name("run_id", run_id)
         args_text = self._encode({"args": list(args), "kwargs": kwargs},
                                  f"the arguments of workflow {name!r}")
         with self._start_lock:
@@ -317,8 +346,8 @@ class Interpreter:
                 raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
             self._starting += 1  # shutdown() waits for starts in flight
         try:  # the insert shares the group commit of other runs' steps
-            if self._commit_grouped(Write(run_id, self.worker_id, 1, "pending",
-                                          create=(name, args_text))):
+            if _answer(self._commit_grouped([Write(run_id, self.worker_id, 1, "pending",
+                                                   create=(name, args_text))])[0]):
                 now = time.time()
                 record = RunRecord(run_id, name, args_text, "pending", self.worker_id, 1, now, now)
                 self._adopt_one(Claim(record, []))
@@ -379,7 +408,7 @@ class Interpreter:
     def deliver(self, run_id: str, signal: str, payload: Any = None) -> None:
         """Queue a signal for the run; durable before this returns."""
         check_name("signal name", signal)
-        text = self._encode(payload, f"the payload of signal {signal!r}")
+        text = self._encode(payload, "the payload of signal {!r}", signal)
         self._store.deliver(check_name("run_id", run_id), signal, text)
         self._hint(run_id, False)
 
@@ -433,7 +462,10 @@ class Interpreter:
         while time.monotonic() < end and (self._starting or any(
                 map(self._busy, list(self._runs.values())))):
             time.sleep(0.01)
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
+            self._wake.notify_all()
+            self._watchdog_cv.notify()
         try:
             self._store.release(self.worker_id)
         except Exception as exc:  # the lease lapses on its own
@@ -502,18 +534,21 @@ class Interpreter:
         except Exception as exc:
             raise CorruptRecord(f"run {run_id!r}: the stored result cannot be decoded: {exc}") from None
 
-    def _encode(self, value: Any, what: str) -> str:
+    def _encode(self, value: Any, what: str, *names: str) -> str:
+        """Encode ``value``; ``what`` (formatted with ``names``) names it in the error."""
         try:
             text = self._codec.encode(value)
+            size = len(text) if text.isascii() else len(text.encode())
+            if size <= self._max_payload:
+                return text
         except (TypeError, ValueError) as exc:
+            what = what.format(*names) if names else what
             raise UsageError(f"{what} cannot be stored: {exc}") from None
-        size = len(text) if text.isascii() else len(text.encode())
-        if size > self._max_payload:
-            log.warning("%s is %d bytes encoded, over the limit of %d", what, size, self._max_payload)
-            raise UsageError(f"{what} is {size} bytes encoded, over the limit of "
-                             f"{self._max_payload} bytes; keep large data elsewhere and pass a "
-                             f"reference (or raise max_payload)")
-        return text
+        what = what.format(*names) if names else what
+        log.warning("%s is %d bytes encoded, over the limit of %d", what, size, self._max_payload)
+        raise UsageError(f"{what} is {size} bytes encoded, over the limit of {self._max_payload} "
+                         f"bytes; keep large data elsewhere and pass a reference (or raise "
+                         f"max_payload)")
 
     def _emit(self, kind: str, run: _Run | None = None, **fields: Any) -> None:
         if self._observer is not None:
@@ -539,7 +574,7 @@ class Interpreter:
     def _adopt_one(self, claim: Claim) -> None:
         try:
             journal = Journal(claim.run.run_id, claim.journal)
-            action: Callable[[_Run], None] = self._begin
+            action: Callable[[_Run], _Act] = self._begin
         except CorruptRecord as exc:
             journal, action = Journal(claim.run.run_id, []), partial(_raise, exc)
         run = _Run(claim.run, journal)
@@ -553,7 +588,7 @@ class Interpreter:
             run.cancel = run.cancel or cancel
             self._post(run, partial(self._continue, run))
 
-    def _post(self, run: _Run, action: Callable[[], None]) -> None:
+    def _post(self, run: _Run, action: Callable[[], _Act]) -> None:
         with self._lock:
             if run.gone:
                 return
@@ -561,38 +596,121 @@ class Interpreter:
             if run.scheduled:
                 return
             run.scheduled = True
-        self._pool.submit(partial(self._process, run))
+            self._ready.append(run)
+            self._wake.notify()
 
-    def _process(self, run: _Run) -> None:
+    def _drive(self, me: object) -> None:
+        """The driver: turns ready runs until each waits for a write, then commits all their
+        writes at once. One thread holds the role; the watchdog hands it to a new thread when
+        a turn runs long (a slow step), and this one leaves once that turn is over."""
+        try:
+            while True:
+                with self._lock:
+                    while self._driver is me and not (self._stopped or self._ready or self._pending):
+                        self._idle = True
+                        self._wake.wait()
+                    if self._driver is not me or self._stopped:
+                        return
+                    if self._idle:
+                        self._idle = False
+                        self._watchdog_cv.notify()
+                    batch: list[tuple[_Run, Write]] = []
+                    if self._ready:
+                        run = self._ready.popleft()
+                        self._turns += 1
+                        self._in_turn = True
+                    else:
+                        batch, self._pending = self._pending, []
+                if batch:
+                    results = self._commit([w for _, w in batch])
+                    with self._lock:
+                        for (run, _), result in zip(batch, results, strict=True):
+                            run.reply = result
+                            self._ready.append(run)
+                    continue
+                write = self._turn(run)
+                # Nothing else to do (one run alone, as a sequential job is): commit, go on.
+                while write is not None and self._driver is me and not (self._ready or self._pending):
+                    self._in_turn = False  # read without the lock: the watchdog only samples
+                    run.reply = self._commit([write])[0]
+                    self._turns, self._in_turn = self._turns + 1, True
+                    write = self._turn(run)
+                with self._lock:
+                    if self._driver is me:
+                        self._in_turn = False
+                    if write is not None:
+                        self._pending.append((run, write))
+                        self._wake.notify()  # a new driver may be idle
+        except BaseException:
+            with self._lock:  # an interrupt ends this thread: let a new driver take over
+                if self._driver is me:
+                    self._promote()
+            raise
+
+    def _promote(self) -> None:
+        """Make a new thread the driver (called under the lock)."""
+        self._driver = me = object()
+        self._in_turn = self._idle = False
+        self._watchdog_cv.notify()  # it may be waiting for an idle driver to get busy
+        threading.Thread(target=self._drive, args=(me,), daemon=True, name="replaygen-driver").start()
+
+    def _watchdog(self) -> None:
+        with self._lock:
+            while not self._stopped:
+                if self._idle:
+                    self._watchdog_cv.wait()
+                    continue
+                turn = self._turns
+                self._watchdog_cv.wait(_SLOW_TURN)
+                if self._in_turn and self._turns == turn and not self._stopped:
+                    self._promote()  # the driver is stuck in one turn (a slow step)
+
+    def _turn(self, run: _Run) -> Write | None:
+        """Run the run's actor until it yields a write (returned) or has nothing left to do."""
+        reply, run.reply = run.reply, None
         while True:
-            with self._lock:
-                if run.gone or not run.mailbox:
-                    run.scheduled = False
-                    return
-                action = run.mailbox.popleft()
+            actor = run.actor
+            if actor is None:
+                with self._lock:
+                    if run.gone or not run.mailbox:
+                        run.scheduled = False
+                        return None
+                    action = run.mailbox.popleft()
+                actor = run.actor = self._guarded(run, action)
             try:
-                action()
-            except _Lost:
-                if not (run.finishing and self._finished(run.id)):  # else our own write landed
-                    log.warning("run %s was taken over by another worker; stopped here", run.id)
-                self._forget(run)
-            except _Abandon:
-                self._forget(run)
-            except StoreUnavailable as exc:  # a read failed: re-examine the yield later
-                log.warning("run %s waits for the store: %s", run.id, exc)
-                threading.Timer(1.0, self._post, (run, partial(self._continue, run))).start()
-            except Exception as exc:
-                self._contain(run, exc)
+                return actor.throw(reply) if isinstance(reply, BaseException) else actor.send(reply)
+            except StopIteration:
+                run.actor = reply = None
             except BaseException:
-                # An interrupt is not a failure: leave the run resumable and let it propagate.
-                log.error("run %s interrupted; it stays resumable (recover() resumes it)", run.id)
+                run.actor = None
                 with self._lock:
                     run.scheduled = False
-                try:
-                    self._write(run, run.written[0], release=True)
-                finally:
-                    self._forget(run)
                 raise
+
+    def _guarded(self, run: _Run, action: Callable[[], _Act]) -> _Act:
+        try:
+            yield from action()
+        except _Lost:
+            if not (run.finishing and self._finished(run.id)):  # else our own write landed
+                log.warning("run %s was taken over by another worker; stopped here", run.id)
+            self._forget(run)
+        except _Abandon:
+            self._forget(run)
+        except StoreUnavailable as exc:  # a read failed: re-examine the yield later
+            log.warning("run %s waits for the store: %s", run.id, exc)
+            threading.Timer(1.0, self._post, (run, partial(self._continue, run))).start()
+        except Exception as exc:
+            yield from self._contain(run, exc)
+        except GeneratorExit:  # the actor was dropped (shutdown)
+            raise
+        except BaseException:
+            # An interrupt is not a failure: leave the run resumable and let it propagate.
+            log.error("run %s interrupted; it stays resumable (recover() resumes it)", run.id)
+            try:
+                yield from self._write(run, run.written[0], release=True)
+            finally:
+                self._forget(run)
+            raise
 
     def _finished(self, run_id: str) -> bool:
         try:
@@ -601,11 +719,11 @@ class Interpreter:
             return False
         return record is not None and record.state in FINISHED
 
-    def _contain(self, run: _Run, exc: Exception) -> None:
+    def _contain(self, run: _Run, exc: Exception) -> _Act:
         if not isinstance(exc, ReplaygenError):
             log.error("internal error while handling run %s", run.id, exc_info=exc)
         try:
-            self._block(run, exc)
+            yield from self._block(run, exc)
         except Exception:
             log.exception("could not block run %s; it stays claimed until its lease lapses", run.id)
             self._forget(run)
@@ -632,7 +750,7 @@ class Interpreter:
 
     def _write(self, run: _Run, state: str, entries: Iterable[tuple[int, str, str, str, str | None,
                float]] = (), *, wake_at: float | None = None, waiting_for: str | None = None,
-               **fields: Any) -> list[Entry]:
+               **fields: Any) -> Generator[Write, Any, list[Entry]]:
         now, seq = self._clock.now(), run.journal.next_seq  # ended: when the entry is written
         made = [Entry(seq + i, slot, kind, name, status, value, started, now)
                 for i, (slot, kind, name, status, value, started) in enumerate(entries)]
@@ -641,7 +759,7 @@ class Interpreter:
             run.written == (state, wake_at, waiting_for)
         write = Write(run.id, self.worker_id, run.fence, state, tuple(made), wake_at, waiting_for,
                       keep=keep, **fields)
-        if not self._commit(write):
+        if not (yield write):  # the driver commits it with other runs' writes
             raise _Lost(run.id)
         for e in made:
             run.journal.append(e)
@@ -649,56 +767,57 @@ class Interpreter:
         run.resumes = 0 if made else run.resumes
         return made
 
-    def _commit(self, write: Write) -> bool:
-        """Commit one write together with whatever other runs are writing now; while the store
-        is unavailable, retry with backoff (the run waits; nothing is failed or lost)."""
+    def _commit(self, writes: list[Write]) -> list[Any]:
+        """Commit the writes together with whatever else is being written now; while the store
+        is unavailable, retry with backoff (the runs wait; nothing is failed or lost)."""
+        results = self._commit_grouped(writes)
         delay = 0.05
-        while True:
-            try:
-                ok = self._commit_grouped(write)
-            except StoreUnavailable as exc:
-                if self._stopped:
-                    raise _Abandon() from exc
-                if self._outage_since is None:
-                    self._outage_since = time.monotonic()
-                    log.error("store unavailable (%s); runs wait and retry until it is back", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self._outage_since is not None:
-                self._outage_since = None
-                log.warning("store available again; runs resume")
-            return ok
+        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
+            if self._stopped:
+                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.error("store unavailable (%s); runs wait and retry until it is back", results[again[0]])
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            for i, result in zip(again, self._commit_grouped([writes[i] for i in again]),
+                                 strict=True):
+                results[i] = result
+        if self._outage_since is not None:
+            self._outage_since = None
+            log.warning("store available again; runs resume")
+        return results
 
-    def _commit_grouped(self, write: Write) -> bool:
+    def _commit_grouped(self, writes: list[Write]) -> list[Any]:
         # Leader-follower group commit: a writer that finds no commit in progress commits at
         # once; the others queue and sleep on their own lock (no thundering herd), and when a
         # commit ends the first of them is woken to lead the next, taking all queued by then.
         with self._commit_lock:
-            me = _Pending(write) if self._committing else None
+            me = _Pending(writes) if self._committing else None
             if me is not None:
                 self._queue.append(me)
             self._committing = True
         batch: list[_Pending] = []
         if me is not None:
             me.wake.acquire()
-            if me.result is not _LEAD:
-                return _answer(me.result)
+            if me.results is not _LEAD:
+                return me.results  # type: ignore[no-any-return]
             with self._commit_lock:
                 batch, self._queue = self._queue, []
-        results = self._commit_batch([p.write for p in batch] if batch else [write])
-        for item, result in zip(batch, results, strict=bool(batch)):  # no batch: uncontended
-            item.result = result
+        results = self._commit_batch([w for p in batch for w in p.writes] if batch else writes)
+        at = 0
+        for item in batch:
+            item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
         with self._commit_lock:
             if self._queue:
-                self._queue[0].result = _LEAD
+                self._queue[0].results = _LEAD
                 self._queue[0].wake.release()
             else:
                 self._committing = False
         for item in batch:
             if item is not me:
                 item.wake.release()
-        return _answer(results[0] if me is None else me.result)
+        return results if me is None else me.results
 
     def _commit_batch(self, writes: list[Write]) -> list[Any]:
         try:
@@ -713,7 +832,7 @@ class Interpreter:
 
     # ---- driving a run --------------------------------------------------------
 
-    def _begin(self, run: _Run) -> None:
+    def _begin(self, run: _Run) -> _Act:
         fn = self._workflows.get(run.workflow)
         if fn is None:
             raise _Blocked(f"run {run.id!r} is of workflow {run.workflow!r}, which this "
@@ -731,10 +850,10 @@ class Interpreter:
         try:
             run.gen = fn(*args, **kwargs)
         except Exception as exc:  # wrong arguments for the function
-            return self._finish(run, "failed", exc)
-        self._advance(run, None, None)
+            return (yield from self._finish(run, "failed", exc))
+        yield from self._advance(run, None, None)
 
-    def _advance(self, run: _Run, value: Any, error: BaseException | None) -> None:
+    def _advance(self, run: _Run, value: Any, error: BaseException | None) -> _Act:
         """Resume the generator and keep answering until the run must wait for something."""
         gen = run.gen
         assert gen is not None
@@ -742,9 +861,10 @@ class Interpreter:
             try:
                 cmd = gen.throw(error) if error is not None else gen.send(value)
             except StopIteration as stop:
-                return self._finish(run, "completed", stop.value)
+                return (yield from self._finish(run, "completed", stop.value))
             except Exception as exc:
-                return self._finish(run, "cancelled" if isinstance(exc, Cancelled) else "failed", exc)
+                state = "cancelled" if isinstance(exc, Cancelled) else "failed"
+                return (yield from self._finish(run, state, exc))
             value = error = None
             if type(cmd) is Do:  # fast path of replay: a lone step with just its result
                 entries = run.journal.slots.get(run.slot)
@@ -754,33 +874,33 @@ class Interpreter:
                     value = run.journal.decode(entries[0], self._codec)
                     continue
             if isinstance(cmd, Version):
-                value = self._version(run, cmd)
+                value = yield from self._version(run, cmd)
                 continue
             if not isinstance(cmd, (Do, Sleep, Wait, All)):
-                return self._finish(run, "failed", UsageError(
+                return (yield from self._finish(run, "failed", UsageError(
                     f"the workflow yielded {describe(cmd)}, which is not a command; yield Do, "
-                    f"Sleep, Wait, Version or All"))
+                    f"Sleep, Wait, Version or All")))
             run.cmd, run.live = cmd, False
             run.members = [_Member(m) for m in (cmd.commands if isinstance(cmd, All) else (cmd,))]
-            answer = self._settle(run)
+            answer = yield from self._settle(run)
             if answer is None:
                 return
             value, error = answer
 
-    def _continue(self, run: _Run) -> None:
+    def _continue(self, run: _Run) -> _Act:
         """Re-examine the current yield after a wake-up (timer, signal, cancel, step done)."""
         if run.members and not self._closed:
-            answer = self._settle(run)
+            answer = yield from self._settle(run)
             if answer is not None:
-                self._advance(run, *answer)
+                yield from self._advance(run, *answer)
 
-    def _settle(self, run: _Run) -> tuple[Any, BaseException | None] | None:
+    def _settle(self, run: _Run) -> Generator[Write, Any, tuple[Any, BaseException | None] | None]:
         """Answer the current yield from the journal or by live work, or park; None = not yet."""
         if run.journal.cancelled_at(run.slot):
             return self._answered(run, None, Cancelled(f"run {run.id!r} was cancelled"))
         for i, m in enumerate(run.members):
             if not m.done and not m.running:
-                self._resolve(run, i)
+                yield from self._resolve(run, i)
         members, cancel = run.members, run.cancel and not run.journal.cancelled
         if all(m.done for m in members):
             if not (cancel and run.live):
@@ -791,10 +911,10 @@ class Interpreter:
         if any(m.running for m in members):
             return None
         if cancel:
-            self._write(run, "running", [(run.slot, "cancel", "", "", None, self._clock.now())],
-                        cancel_seen=True)
+            yield from self._write(run, "running", [(run.slot, "cancel", "", "", None,
+                                   self._clock.now())], cancel_seen=True)
             return self._answered(run, None, Cancelled(f"run {run.id!r} was cancelled"))
-        self._park(run)
+        yield from self._park(run)
         return None
 
     def _answered(self, run: _Run, value: Any, error: BaseException | None) -> tuple[Any, Any]:
@@ -805,7 +925,7 @@ class Interpreter:
         run.members, run.cmd = [], None
         return value, error
 
-    def _park(self, run: _Run) -> None:
+    def _park(self, run: _Run) -> _Act:
         pending = [m for m in run.members if not m.done]
         waits = [m.cmd.signal for m in pending if isinstance(m.cmd, Wait)]
         state = "waiting" if waits else "sleeping" if any(
@@ -813,7 +933,7 @@ class Interpreter:
         wake_at = min((m.deadline for m in pending if m.deadline is not None), default=None)
         want = (state, wake_at, ",".join(waits) or None)
         if want != run.written:
-            self._write(run, state, wake_at=wake_at, waiting_for=want[2])
+            yield from self._write(run, state, wake_at=wake_at, waiting_for=want[2])
         if state != "running":
             self._emit("run_parked", run, state=state, position=run.slot)
 
@@ -823,25 +943,25 @@ class Interpreter:
         m.deadline = deadline
         m.timer = self._timers.at(deadline, partial(self._post, run, partial(self._continue, run)))
 
-    def _resolve(self, run: _Run, i: int) -> None:
+    def _resolve(self, run: _Run, i: int) -> _Act:
         """Answer member ``i`` from the journal, or start (or keep waiting for) its live work."""
         m, slot, j = run.members[i], run.slot + i, run.journal
         cmd = m.cmd
         entries = j.match(slot, cmd)
         final = entries[-1] if entries and entries[-1].kind in FINAL else None
-        now = self._clock.now()
         # No new live work while shutting down or while a cancel waits to be raised.
         halt = self._closed or (run.cancel and not j.cancelled)
         if isinstance(cmd, Do):
             if final is None:
-                info = j.decode(entries[-1], self._codec) if entries else {}
-                if now < info.get("next_at", 0.0):
-                    return self._wake_at(run, m, info["next_at"])
+                if entries:  # a retry's entry: its backoff may still run
+                    next_at = j.decode(entries[-1], self._codec).get("next_at", 0.0)
+                    if self._clock.now() < next_at:
+                        return self._wake_at(run, m, next_at)
                 if halt:
                     return
-                final = self._run_step(run, i, len(entries) + 1)
+                final = yield from self._run_step(run, i, len(entries) + 1)
                 if final is None:  # in flight elsewhere, or a retry was journaled
-                    return None if m.running else self._resolve(run, i)
+                    return None if m.running else (yield from self._resolve(run, i))
             if final.status == "ok":
                 return m.settle(j.decode(final, self._codec))
             info = j.decode(final, self._codec)
@@ -850,13 +970,14 @@ class Interpreter:
         run.live = run.live or final is None
         if halt and final is None:
             return None
+        now = self._clock.now()
         if isinstance(cmd, Sleep):
             if final is None:
                 single = len(run.members) == 1
                 deadline = now + cmd.seconds
-                self._write(run, "sleeping" if single else run.written[0],
-                            [(slot, "sleep", "", "ok", repr(deadline), now)],
-                            wake_at=deadline if single else run.written[1])
+                yield from self._write(run, "sleeping" if single else run.written[0],
+                                       [(slot, "sleep", "", "ok", repr(deadline), now)],
+                                       wake_at=deadline if single else run.written[1])
             else:
                 deadline = float(j.decode(final, self._codec))
             return m.settle() if now >= deadline else self._wake_at(run, m, deadline)
@@ -868,25 +989,26 @@ class Interpreter:
         timeout_at = float(j.decode(entries[0], self._codec)) if entries else None
         if timeout_at is None and cmd.timeout is not None:
             timeout_at = now + cmd.timeout
-            self._write(run, run.written[0], [(slot, "timer", cmd.signal, "ok", repr(timeout_at), now)],
-                        wake_at=run.written[1], waiting_for=run.written[2])
+            yield from self._write(run, run.written[0], [(slot, "timer", cmd.signal, "ok",
+                                   repr(timeout_at), now)], wake_at=run.written[1],
+                                   waiting_for=run.written[2])
         signal = next((s for s in self._store.signals(run.id) if s.name == cmd.signal), None)
         if signal is not None:
-            self._write(run, "running", [(slot, "wait", cmd.signal, "ok", signal.payload, now)],
-                        consume=signal.id)
+            yield from self._write(run, "running", [(slot, "wait", cmd.signal, "ok",
+                                   signal.payload, now)], consume=signal.id)
             self._emit("signal_taken", run, step=cmd.signal, position=slot)
             return m.settle(j.decode(j.slots[slot][-1], self._codec))
         if timeout_at is not None and now >= timeout_at:
-            self._write(run, "running", [(slot, "wait", cmd.signal, "timeout", None, now)])
+            yield from self._write(run, "running", [(slot, "wait", cmd.signal, "timeout", None, now)])
             return m.settle(error=WaitTimeout(cmd.signal))
         if timeout_at is not None:
-            self._wake_at(run, m, timeout_at)
-        else:
-            m.deadline = None
+            return self._wake_at(run, m, timeout_at)
+        m.deadline = None
 
-    def _run_step(self, run: _Run, i: int, attempt: int) -> Entry | None:
-        """Start try ``attempt`` of a Do member. A lone synchronous step runs inline and its
-        entry is returned; other steps run on the pool or event loop and report back."""
+    def _run_step(self, run: _Run, i: int, attempt: int) -> Generator[Write, Any, Entry | None]:
+        """Start try ``attempt`` of a Do member. A lone synchronous step that has been quick
+        runs inline (on the driver) and its entry is returned; other steps run on the pool or
+        event loop and report back. A synchronous step takes one of ``concurrency`` slots."""
         m, slot = run.members[i], run.slot + i
         cmd = m.cmd
         assert isinstance(cmd, Do)
@@ -895,26 +1017,56 @@ class Interpreter:
                 f"run {run.id!r} was resumed {run.resumes} times without progress; each time its "
                 f"worker died in step {cmd.name!r} (position {slot}). Blocked so that it cannot "
                 f"take every worker down: fix the step, then call recover()")
+        # A synchronous step holds one of `concurrency` slots while it runs; without a free
+        # one the run waits (still pending if it was), but holds none across its first write.
+        sync = not _is_async(cmd.fn)
+        if sync and not self._take_slot(run, m, peek=run.written[0] != "running"):
+            return None
         run.live = True
         if run.written[0] != "running":
-            self._write(run, "running")
+            yield from self._write(run, "running")
+            if sync and not self._take_slot(run, m):
+                return None
         info = StepInfo(run.id, cmd.name, slot, attempt)
         if self._observer is not None:
             self._emit("step_started", run, step=cmd.name, position=slot, attempt=attempt)
         m.running = True
-        if _is_async(cmd.fn):
+        if not sync:
             future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
             future.add_done_callback(lambda f: self._post(
                 run, partial(self._step_done_later, run, i, attempt, f.result())))
             return None
-        if len(run.members) > 1:
+        if len(run.members) > 1 or self._cost.get(_cost_key(cmd.fn), 0.0) > _INLINE:
             self._pool.submit(lambda: self._post(run, partial(
                 self._step_done_later, run, i, attempt, self._call(cmd, info))))
             return None
-        return self._step_done(run, i, attempt, self._call(cmd, info))
+        return (yield from self._step_done(run, i, attempt, self._call(cmd, info)))
+
+    def _take_slot(self, run: _Run, m: _Member, peek: bool = False) -> bool:
+        """Take a slot (or with ``peek`` only see that one is free); else queue for one."""
+        with self._lock:
+            if self._slots:
+                self._slots -= not peek
+                return True
+            self._slot_queue.append((run, m))
+            m.running = True  # until a slot frees
+            return False
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._slots += 1
+            while self._slot_queue and self._slot_queue[0][0].gone:
+                self._slot_queue.popleft()
+            waiter = self._slot_queue.popleft() if self._slot_queue else None
+        if waiter is not None:
+            self._post(waiter[0], partial(self._slot_freed, *waiter))
+
+    def _slot_freed(self, run: _Run, m: _Member) -> _Act:
+        m.running = False
+        yield from self._continue(run)
 
     def _call(self, cmd: Do[Any], info: StepInfo) -> _Outcome:
-        started, token = self._clock.now(), _current.set(info)
+        started, token, t0 = self._clock.now(), _current.set(info), time.perf_counter()
         try:
             value = cmd.fn(*cmd.args, **cmd.kwargs)
             if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
@@ -926,6 +1078,9 @@ class Interpreter:
             return _Outcome(started, interrupt=exc)
         finally:
             _current.reset(token)
+            self._free_slot()
+            took, key = time.perf_counter() - t0, _cost_key(cmd.fn)
+            self._cost[key] = (self._cost.get(key, took) + took) / 2  # recent calls count most
 
     async def _acall(self, cmd: Do[Any], info: StepInfo) -> _Outcome:
         if self._asem is None:
@@ -948,11 +1103,12 @@ class Interpreter:
                                  name="replaygen-async").start()
             return self._aloop
 
-    def _step_done_later(self, run: _Run, i: int, attempt: int, outcome: _Outcome) -> None:
-        self._step_done(run, i, attempt, outcome)
-        self._continue(run)
+    def _step_done_later(self, run: _Run, i: int, attempt: int, outcome: _Outcome) -> _Act:
+        yield from self._step_done(run, i, attempt, outcome)
+        yield from self._continue(run)
 
-    def _step_done(self, run: _Run, i: int, attempt: int, outcome: _Outcome) -> Entry | None:
+    def _step_done(self, run: _Run, i: int, attempt: int,
+                   outcome: _Outcome) -> Generator[Write, Any, Entry | None]:
         """Journal a try's outcome: the final entry, or a retry entry when another try is due."""
         m, slot = run.members[i], run.slot + i
         cmd = m.cmd
@@ -960,21 +1116,23 @@ class Interpreter:
         m.running = False
         if outcome.interrupt is not None:
             raise outcome.interrupt
-        now, error, retryable = self._clock.now(), outcome.error, outcome.error is not None
+        error, retryable = outcome.error, outcome.error is not None
         if self._observer is not None:
             self._emit("step_returned", run, step=cmd.name, position=slot, attempt=attempt,
-                       duration=now - outcome.started, error=error and repr(error))
+                       duration=self._clock.now() - outcome.started, error=error and repr(error))
         if error is None:
             try:
-                text = self._encode(outcome.value, f"the result of step {cmd.name!r}")
+                text = self._encode(outcome.value, "the result of step {!r}", cmd.name)
             except UsageError as exc:
                 error = exc
         if error is None:
             entry = (slot, "do", cmd.name, "ok", text, outcome.started)
         elif retryable and cmd.retry and attempt < cmd.retry.attempts and cmd.retry.retries(error):
+            now = self._clock.now()
             next_at = now + cmd.retry.delay(attempt, random.random())
             value = self._encode({**_errinfo(error), "attempt": attempt, "next_at": next_at}, "error")
-            self._write(run, "running", [(slot, "retry", cmd.name, "error", value, outcome.started)])
+            yield from self._write(run, "running", [(slot, "retry", cmd.name, "error", value,
+                                   outcome.started)])
             log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
                         run.id, cmd.name, attempt, cmd.retry.attempts, next_at - now, error)
             self._emit("step_retrying", run, step=cmd.name, position=slot, attempt=attempt,
@@ -984,13 +1142,13 @@ class Interpreter:
             log.warning("run %s: step %r failed: %r", run.id, cmd.name, error)
             entry = (slot, "do", cmd.name, "error", self._encode(_errinfo(error), "error"),
                      outcome.started)
-        made = self._write(run, "running", [entry])[0]
+        made = (yield from self._write(run, "running", [entry]))[0]
         if self._observer is not None:
             self._emit("step_committed", run, step=cmd.name, position=slot, attempt=attempt,
-                       duration=now - outcome.started)
+                       duration=made.ended - outcome.started)
         return made
 
-    def _version(self, run: _Run, cmd: Version) -> int:
+    def _version(self, run: _Run, cmd: Version) -> Generator[Write, Any, int]:
         marker = run.journal.versions.get(cmd.change_id)
         if marker is not None:
             value = run.journal.decode(marker, self._codec)
@@ -1001,11 +1159,12 @@ class Interpreter:
             return value
         # Entries at or past this point mean the run was written by code without this call.
         value = cmd.min if run.journal.end > run.slot else cmd.max
-        self._write(run, run.written[0], [(run.slot, "version", cmd.change_id, "ok", str(value),
-                    self._clock.now())], wake_at=run.written[1], waiting_for=run.written[2])
+        yield from self._write(run, run.written[0], [(run.slot, "version", cmd.change_id, "ok",
+                               str(value), self._clock.now())], wake_at=run.written[1],
+                               waiting_for=run.written[2])
         return value
 
-    def _finish(self, run: _Run, state: str, outcome: Any) -> None:
+    def _finish(self, run: _Run, state: str, outcome: Any) -> _Act:
         if run.journal.end > run.slot:
             held = [e for s in range(run.slot, run.journal.end) for e in run.journal.slots.get(s, ())]
             verb = "returned" if state == "completed" else f"raised {type(outcome).__name__}"
@@ -1020,7 +1179,7 @@ class Interpreter:
         if state != "completed":
             error = self._encode(_errinfo(outcome), "error")
         run.finishing = True
-        self._write(run, state, result=result, error=error, release=True)
+        yield from self._write(run, state, result=result, error=error, release=True)
         if state == "failed":
             log.warning("run %s failed: %r", run.id, outcome)
         else:
@@ -1028,8 +1187,8 @@ class Interpreter:
         self._emit("run_finished", run, state=state, error=None if error is None else repr(outcome))
         self._forget(run)
 
-    def _block(self, run: _Run, exc: Exception) -> None:
-        self._write(run, "blocked", error=self._encode(_errinfo(exc), "error"), release=True)
+    def _block(self, run: _Run, exc: Exception) -> _Act:
+        yield from self._write(run, "blocked", error=self._encode(_errinfo(exc), "error"), release=True)
         log.warning("run %s blocked: %s", run.id, exc)
         self._emit("run_blocked", run, error=str(exc))
         self._forget(run)
@@ -1067,6 +1226,14 @@ class Interpreter:
                 time.sleep(0.5)
 
 
+def _cost_key(fn: Any) -> int:
+    """Steps made by one piece of code (one ``def`` or lambda, or one class) share a key, so
+    that the map stays as small as the program however many closures it makes."""
+    while isinstance(fn, partial):
+        fn = fn.func
+    return id(getattr(fn, "__code__", None) or type(fn))
+
+
 @functools.lru_cache(maxsize=1024)
 def _is_async_cached(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
@@ -1083,5 +1250,5 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _raise(exc: Exception, run: _Run) -> None:
+def _raise(exc: Exception, run: _Run) -> _Act:
     raise exc

@@ -1,8 +1,8 @@
 """Observation: events the interpreter reports, and what a step can learn about itself.
 
 Observers are plain callables taking an ``Event``; use them for metrics,
-tracing or tests. They run on the interpreter's threads, so keep them quick;
-an exception from an observer is logged and ignored.
+tracing or tests. Most run on the engine's driver thread, which runs every
+run, so keep them quick; an exception from an observer is logged and ignored.
 """
 
 from __future__ import annotations
