@@ -27,7 +27,6 @@ from bench_common import emit, noop, now, os_threads, rss_mib  # noqa: E402
 
 from replaygen import Do, Interpreter, Sleep, Wait  # noqa: E402
 
-CFG: dict[str, Any] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 MARK: dict[str, float] = {}
 
 
@@ -398,4 +397,5 @@ MODES = {"floor": mode_floor, "w1": mode_w1, "w2": mode_w2, "w3-crash": mode_w3_
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    MODES[CFG["mode"]](CFG)
+    cfg = json.loads(sys.argv[1])  # parsed here only: profile_engine imports this module
+    MODES[cfg["mode"]](cfg)

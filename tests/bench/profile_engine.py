@@ -105,15 +105,15 @@ def fsync_floor(directory: str, n: int = 300) -> float:
 # ---- profiling every engine thread ----------------------------------------------------------
 
 PROFILES: list[cProfile.Profile] = []
-_orig_work = ri._Pool._work
+_orig_drive = ri.Interpreter._drive
 
 
-def _profiled_work(self: Any) -> None:
-    p = cProfile.Profile()
+def _profiled_drive(self: Any, me: object) -> None:
+    p = cProfile.Profile()  # each driver thread (one, unless a turn ran long) its own
     PROFILES.append(p)
     p.enable()
     try:
-        _orig_work(self)
+        _orig_drive(self, me)
     finally:
         p.disable()
 
@@ -121,7 +121,7 @@ def _profiled_work(self: Any) -> None:
 def hot_spots(title: str, main: cProfile.Profile | None, top: int) -> None:
     profiles = [p for p in PROFILES] + ([main] if main else [])
     for p in profiles:
-        p.disable()  # idle pool threads keep their profiler enabled; stats need it stopped
+        p.disable()  # an idle driver keeps its profiler enabled; stats need it stopped
     stats = pstats.Stats(profiles[0])
     for p in profiles[1:]:
         stats.add(p)
@@ -270,7 +270,7 @@ def main() -> None:
     w2(tmp, "NORMAL", a.top, profile=False)
     w3(tmp, "FULL", a.steps, a.top, profile=False)
     w3(tmp, "NORMAL", a.steps, a.top, profile=False)
-    ri._Pool._work = _profiled_work  # type: ignore[method-assign]
+    ri.Interpreter._drive = _profiled_drive  # type: ignore[method-assign]
     w1(tmp, "NORMAL", a.steps, a.top, profile=True)
     w2(tmp, "NORMAL", a.top, profile=True)
     w3(tmp, "NORMAL", a.steps, a.top, profile=True)
