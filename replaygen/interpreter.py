@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import heapq
 import inspect
 import itertools
 import json
 import logging
+import os
 import queue
 import random
 import threading
@@ -299,6 +301,7 @@ class Interpreter:
         for name, fn in items:
             self._register(name, fn)
         self.worker_id = new_owner_id()
+        self._id_key, self._ids = os.urandom(32), itertools.count()
         self._lock = threading.Lock()        # guards _runs, _waiters and every run's mailbox
         self._start_lock = threading.Lock()  # orders start() against shutdown()
         self._runs: dict[str, _Run] = {}
@@ -337,8 +340,7 @@ class Interpreter:
         """Start a run and return its id once it is durable. Starting an existing ``run_id``
         with the same workflow and arguments returns it; with others it raises."""
         name = self._workflow_name(workflow)
-        # getrandbits: os.urandom would give up the GIL and wait to win it back from the driver
-        run_id = f"{random.getrandbits(128):032x}" if run_id is None else check_name("run_id", run_id)
+        run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
         args_text = self._encode({"args": list(args), "kwargs": kwargs},
                                  f"the arguments of workflow {name!r}")
         with self._start_lock:
@@ -506,6 +508,12 @@ class Interpreter:
             return self._names[workflow]
         raise UsageError(f"{workflow!r} is not a registered workflow; registered: "
                          f"{sorted(self._workflows) or 'none'}")
+
+    def _new_run_id(self) -> str:
+        # Unguessable as a uuid4, but a keyed hash of (pid, counter): os.urandom per start
+        # would give up the GIL and then wait for the busy driver to hand it back.
+        return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
+                               digest_size=16).hexdigest()
 
     def _same_args(self, old: str, new: str) -> bool:
         # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
