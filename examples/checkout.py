@@ -50,11 +50,12 @@ workflows = [checkout]
 
 
 def _progress(event: Event) -> None:
+    # Observers run on the engine's thread while main() prints too: one write per line.
     if event.kind == "run_parked":
         print(f"run {event.run_id} is {event.state}; kill this process now if you like, and run "
-              f"it again to resume", flush=True)
+              f"it again to resume\n", end="", flush=True)
     elif event.kind == "run_started":
-        print(f"run {event.run_id} running", flush=True)
+        print(f"run {event.run_id} running\n", end="", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
