@@ -120,11 +120,11 @@ class _Pool:
     """Daemon threads, started on demand up to ``size``; a stuck step never blocks process exit."""
 
     def __init__(self, size: int) -> None:
-        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._size, self._threads, self._lock = size, 0, threading.Lock()
 
-    def submit(self, fn: Callable[[], None]) -> None:
+    def submit(self, fn: Callable[[], object]) -> None:
         self._tasks.put(fn)
         if self._idle.acquire(blocking=False):
             return
@@ -153,15 +153,15 @@ class _Timers:
 
     def __init__(self, clock: Clock) -> None:
         self._clock, self._cv = clock, threading.Condition()
-        self._heap: list[tuple[float, int, list[Callable[[], None] | None]]] = []
+        self._heap: list[tuple[float, int, list[Callable[[], object] | None]]] = []
         self._ids, self._stopped = itertools.count(), False
         threading.Thread(target=self._run, daemon=True, name="replaygen-timers").start()
         subscribe = getattr(clock, "subscribe", None)
         if subscribe is not None:
             subscribe(self.kick)
 
-    def at(self, deadline: float, fn: Callable[[], None]) -> list[Callable[[], None] | None]:
-        handle: list[Callable[[], None] | None] = [fn]
+    def at(self, deadline: float, fn: Callable[[], object]) -> list[Callable[[], object] | None]:
+        handle: list[Callable[[], object] | None] = [fn]
         with self._cv:
             heapq.heappush(self._heap, (deadline, next(self._ids), handle))
             self._cv.notify()
@@ -179,7 +179,7 @@ class _Timers:
     def _run(self) -> None:
         while True:
             with self._cv:
-                due: list[Callable[[], None]] = []
+                due: list[Callable[[], object]] = []
                 while not due and not self._stopped:
                     now = self._clock.now()
                     while self._heap and self._heap[0][0] <= now:
@@ -197,17 +197,21 @@ class _Timers:
 class _Member:
     """One command of the current yield (a lone command, or one member of an All)."""
 
-    __slots__ = ("cmd", "done", "value", "error", "running", "timer", "deadline")
+    __slots__ = ("cmd", "done", "value", "error", "running", "timer", "deadline", "slot")
 
     def __init__(self, cmd: Command) -> None:
         self.cmd, self.done, self.running = cmd, False, False
+        self.slot = _NO_SLOT
         self.value: Any = None
         self.error: BaseException | None = None
-        self.timer: list[Callable[[], None] | None] | None = None
+        self.timer: list[Callable[[], object] | None] | None = None
         self.deadline: float | None = None
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         self.done, self.value, self.error, self.deadline = True, value, error, None
+
+
+_NO_SLOT, _QUEUED, _GRANTED = 0, 1, 2  # a step member's claim on a slot
 
 
 class _Run:
@@ -228,6 +232,7 @@ class _Run:
         self.mailbox: deque[Callable[[], _Act]] = deque()
         self.actor: _Act | None = None  # the mailbox action under way, paused at a write
         self.reply: Any = None          # the commit's answer to that write: bool or exception
+        self.turning = False            # the actor runs (so a GeneratorExit is not a close())
         self.scheduled = self.gone = self.finishing = False
 
 
@@ -315,7 +320,7 @@ class Interpreter:
         self._driver: object = None
         self._turns, self._in_turn, self._idle = 0, False, True
         self._slots = concurrency                              # for synchronous steps
-        self._cost: dict[int, float] = {}                      # step function -> its duration
+        self._cost: dict[object, float] = {}                   # step function -> its duration
         self._slot_queue: deque[tuple[_Run, _Member]] = deque()
         self._commit_lock = threading.Lock()  # guards the group-commit queue and its leader flag
         self._queue: list[_Pending] = []
@@ -468,6 +473,9 @@ class Interpreter:
             self._stopped = True
             self._wake.notify_all()
             self._watchdog_cv.notify()
+            pending, self._pending = self._pending, []
+        if pending:  # results that are in hand: keep them, so that those steps need not run again
+            self._commit_batch([w for _, w in pending])
         try:
             self._store.release(self.worker_id)
         except Exception as exc:  # the lease lapses on its own
@@ -596,16 +604,16 @@ class Interpreter:
             run.cancel = run.cancel or cancel
             self._post(run, partial(self._continue, run))
 
-    def _post(self, run: _Run, action: Callable[[], _Act]) -> None:
+    def _post(self, run: _Run, action: Callable[[], _Act]) -> bool:
         with self._lock:
             if run.gone:
-                return
+                return False
             run.mailbox.append(action)
-            if run.scheduled:
-                return
-            run.scheduled = True
-            self._ready.append(run)
-            self._wake.notify()
+            if not run.scheduled:
+                run.scheduled = True
+                self._ready.append(run)
+                self._wake.notify_all()
+            return True
 
     def _drive(self, me: object) -> None:
         """The driver: turns ready runs until each waits for a write, then commits all their
@@ -635,20 +643,29 @@ class Interpreter:
                         for (run, _), result in zip(batch, results, strict=True):
                             run.reply = result
                             self._ready.append(run)
+                        self._wake.notify_all()  # for a new driver, if this one was replaced
                     continue
                 write = self._turn(run)
                 # Nothing else to do (one run alone, as a sequential job is): commit, go on.
-                while write is not None and self._driver is me and not (self._ready or self._pending):
-                    self._in_turn = False  # read without the lock: the watchdog only samples
-                    run.reply = self._commit([write])[0]
-                    self._turns, self._in_turn = self._turns + 1, True
+                while write is not None and not (self._ready or self._pending or self._stopped):
+                    with self._lock:
+                        if self._driver is not me:
+                            break
+                        self._in_turn = False
+                    run.reply, write = self._commit([write])[0], None
+                    with self._lock:
+                        if self._driver is not me:
+                            self._ready.append(run)
+                            self._wake.notify_all()
+                            break
+                        self._turns, self._in_turn = self._turns + 1, True
                     write = self._turn(run)
                 with self._lock:
                     if self._driver is me:
                         self._in_turn = False
                     if write is not None:
                         self._pending.append((run, write))
-                        self._wake.notify()  # a new driver may be idle
+                        self._wake.notify_all()  # a new driver may be idle
         except BaseException:
             with self._lock:  # an interrupt ends this thread: let a new driver take over
                 if self._driver is me:
@@ -657,10 +674,16 @@ class Interpreter:
 
     def _promote(self) -> None:
         """Make a new thread the driver (called under the lock)."""
-        self._driver = me = object()
+        old, self._driver = self._driver, object()
+        try:
+            threading.Thread(target=self._drive, args=(self._driver,), daemon=True,
+                             name="replaygen-driver").start()
+        except RuntimeError as exc:  # no thread to be had: the old driver goes on after its turn
+            self._driver = old
+            log.error("cannot start a thread for the engine (%s); runs wait for the current one", exc)
+            return
         self._in_turn = self._idle = False
         self._watchdog_cv.notify()  # it may be waiting for an idle driver to get busy
-        threading.Thread(target=self._drive, args=(me,), daemon=True, name="replaygen-driver").start()
 
     def _watchdog(self) -> None:
         with self._lock:
@@ -685,15 +708,24 @@ class Interpreter:
                         return None
                     action = run.mailbox.popleft()
                 actor = run.actor = self._guarded(run, action)
+            run.turning = True
             try:
                 return actor.throw(reply) if isinstance(reply, BaseException) else actor.send(reply)
             except StopIteration:
                 run.actor = reply = None
+            except Exception:  # a bug of the engine's own: _guarded lets none through
+                log.exception("internal error in run %s; it stays claimed until this worker "
+                              "stops", run.id)
+                run.actor = None
+                self._forget(run)
+                return None
             except BaseException:
                 run.actor = None
                 with self._lock:
                     run.scheduled = False
                 raise
+            finally:
+                run.turning = False
 
     def _guarded(self, run: _Run, action: Callable[[], _Act]) -> _Act:
         try:
@@ -709,9 +741,9 @@ class Interpreter:
             threading.Timer(1.0, self._post, (run, partial(self._continue, run))).start()
         except Exception as exc:
             yield from self._contain(run, exc)
-        except GeneratorExit:  # the actor was dropped (shutdown)
-            raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, GeneratorExit) and not run.turning:
+                raise  # the actor was dropped while it waited for a commit (shutdown)
             # An interrupt is not a failure: leave the run resumable and let it propagate.
             log.error("run %s interrupted; it stays resumable (recover() resumes it)", run.id)
             try:
@@ -906,6 +938,8 @@ class Interpreter:
         """Answer the current yield from the journal or by live work, or park; None = not yet."""
         if run.journal.cancelled_at(run.slot):
             return self._answered(run, None, Cancelled(f"run {run.id!r} was cancelled"))
+        if run.cancel and not run.journal.cancelled:
+            self._withdraw(run)
         for i, m in enumerate(run.members):
             if not m.done and not m.running:
                 yield from self._resolve(run, i)
@@ -1051,27 +1085,48 @@ class Interpreter:
         return (yield from self._step_done(run, i, attempt, self._call(cmd, info)))
 
     def _take_slot(self, run: _Run, m: _Member, peek: bool = False) -> bool:
-        """Take a slot (or with ``peek`` only see that one is free); else queue for one."""
+        """Take a slot (with ``peek``, only see that one is free or granted); else queue."""
         with self._lock:
+            if m.slot == _GRANTED:
+                m.slot = _GRANTED if peek else _NO_SLOT
+                return True
             if self._slots:
                 self._slots -= not peek
                 return True
             self._slot_queue.append((run, m))
-            m.running = True  # until a slot frees
+            m.slot, m.running = _QUEUED, True  # until a slot is granted
             return False
 
     def _free_slot(self) -> None:
+        """Give a slot back: to the first waiter, which runs its step with it or passes it on."""
         with self._lock:
-            self._slots += 1
-            while self._slot_queue and self._slot_queue[0][0].gone:
-                self._slot_queue.popleft()
-            waiter = self._slot_queue.popleft() if self._slot_queue else None
-        if waiter is not None:
-            self._post(waiter[0], partial(self._slot_freed, *waiter))
+            while self._slot_queue:
+                run, m = self._slot_queue.popleft()
+                if not run.gone:
+                    m.slot = _GRANTED
+                    break
+            else:
+                self._slots += 1
+                return
+        if not self._post(run, partial(self._slot_granted, run, m)):
+            self._free_slot()  # the run is gone meanwhile
 
-    def _slot_freed(self, run: _Run, m: _Member) -> _Act:
+    def _slot_granted(self, run: _Run, m: _Member) -> _Act:
         m.running = False
-        yield from self._continue(run)
+        try:
+            yield from self._continue(run)
+        finally:
+            if m.slot == _GRANTED:  # unused (cancelled, or the engine is closing): pass it on
+                m.slot = _NO_SLOT
+                self._free_slot()
+
+    def _withdraw(self, run: _Run) -> None:
+        """A cancel is due: members queued for a slot stop waiting (they never started)."""
+        with self._lock:
+            for m in run.members:
+                if m.slot == _QUEUED:
+                    self._slot_queue.remove((run, m))
+                    m.slot, m.running = _NO_SLOT, False
 
     def _call(self, cmd: Do[Any], info: StepInfo) -> _Outcome:
         started, token, t0 = self._clock.now(), _current.set(info), time.perf_counter()
@@ -1234,12 +1289,13 @@ class Interpreter:
                 time.sleep(0.5)
 
 
-def _cost_key(fn: Any) -> int:
+def _cost_key(fn: Any) -> object:
     """Steps made by one piece of code (one ``def`` or lambda, or one class) share a key, so
     that the map stays as small as the program however many closures it makes."""
     while isinstance(fn, partial):
         fn = fn.func
-    return id(getattr(fn, "__code__", None) or type(fn))
+    code = getattr(fn, "__code__", None)
+    return id(code) if code is not None else (type(fn), getattr(fn, "__qualname__", None))
 
 
 @functools.lru_cache(maxsize=1024)

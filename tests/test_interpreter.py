@@ -481,6 +481,43 @@ def test_a_step_that_proved_slow_runs_off_the_driver_thread(interp: Make) -> Non
     assert threads[3].startswith("replaygen-driver"), threads
 
 
+def test_a_cancelled_run_stops_waiting_for_a_slot_and_the_slot_goes_to_the_next(
+        interp: Make, gate: Any, eventually: Any) -> None:
+    entered, release = gate(), gate()
+    calls: list[str] = []
+
+    def busy() -> None:
+        entered.set()
+        release.wait(PATIENCE)
+
+    def work(name: str) -> str:
+        calls.append(name)
+        return name
+
+    def holder() -> Any:
+        yield Do("busy", busy)
+
+    def wf(name: str) -> Any:
+        return (yield Do("work", work, name))
+
+    started: set[str | None] = set()
+    i = interp([holder, wf], concurrency=1,
+               observer=lambda e: started.add(e.run_id) if e.kind == "run_started" else None)
+    first = i.start(holder)
+    assert entered.wait(PATIENCE)
+    b, c = i.start(wf, "b"), i.start(wf, "c")
+    # Once a run has started, the turn that started it ends with its step queued for the slot.
+    eventually(lambda: {b, c} <= started, "both runs to queue for the slot")
+    i.cancel(b)
+    with pytest.raises(Cancelled):  # at once, not when the slot frees
+        i.result(b, timeout=PATIENCE)
+    assert i.status(c).state == "pending"
+    release.set()
+    assert i.result(c, timeout=PATIENCE) == "c"
+    assert i.result(first, timeout=PATIENCE) is None
+    assert calls == ["c"]
+
+
 def test_a_step_may_start_a_run_and_wait_for_its_result(interp: Make) -> None:
     engine: list[Interpreter] = []
 
@@ -2128,7 +2165,7 @@ def test_a_crash_looped_run_resumes_when_recovered_after_the_fix(
     assert fixed.status(run).state == "completed"
 
 
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit, GeneratorExit])
 def test_an_interrupt_from_a_step_propagates_and_the_run_stays_resumable(
         interp: Make, eventually: Any, monkeypatch: pytest.MonkeyPatch,
         interrupt: type[BaseException]) -> None:
