@@ -52,10 +52,12 @@ INSERT OR IGNORE INTO meta VALUES ('epoch', 0);
 """
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'epoch'"
 _IN = "(SELECT value FROM json_each(?))"  # a list parameter without a variable-count limit
-# A batch of writes is one INSERT into this view: each row is one change ("op"), applied in
-# order by the trigger for its op, so the whole batch is one statement, one transaction and
-# one release of the GIL (each sqlite3 call releases it, and under load winning it back costs
-# more than the statement). A refused row aborts the statement, undoing all of it.
+# A batch of writes is one INSERT into this view: each row is one change ("op"), applied by
+# the trigger for its op, so the whole batch is one statement, one transaction and one
+# release of the GIL (each sqlite3 call releases it, and under load winning it back costs
+# more than the statement). A refused row aborts the statement, undoing all of it. The rows
+# of one INSERT ... VALUES are applied in order (a write's entries before the release that
+# clears the owner they are fenced by); the conformance suite holds SQLite to that.
 _BATCH_COLUMNS = ("op, run_id, owner, fence, state, seq, slot, kind, name, status, value, "
                   "started, ended, wake_at, waiting_for, result, error, flags, consume")
 _ROW = "(" + ", ".join(["?"] * 19) + ")"
@@ -112,6 +114,11 @@ def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
         if w.consume is not None:
             rows.append(("consume", *run, *(None,) * 14, w.consume))
     return rows
+
+
+def _bump(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
+    """The row that wakes every watcher, if a write leaves a run claimable by any worker."""
+    return [("bump", *_NO_RUN)] if any(w.release and w.state in ACTIVE for w in writes) else []
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -238,13 +245,12 @@ class SQLiteStore:
     def commit(self, writes: Sequence[Write]) -> list[bool]:
         now = time.time()
         rows = [row for w in writes for row in _rows(w, now)]
-        if any(w.release and w.state in ACTIVE for w in writes):  # claimable: tell the watchers
-            rows.append(("bump", *_NO_RUN))
-        try:  # one statement, its own transaction, unless the batch needs several
-            self._tx(lambda c: self._apply(c, rows), begin=len(rows) > _ROWS)
-            return [True] * len(writes)
-        except _Refused:  # rolled back whole: apply the writes one by one
-            return self._tx(lambda c: [self._apply_one(c, w, now) for w in writes])
+        try:
+            try:  # one statement, its own transaction, unless the batch needs several
+                self._tx(lambda c: self._apply(c, rows + _bump(writes)), begin=len(rows) >= _ROWS)
+                return [True] * len(writes)
+            except _Refused:  # rolled back whole: apply the writes one by one
+                return self._tx(lambda c: self._apply_each(c, writes, now))
         except sqlite3.IntegrityError as exc:
             if "signal not queued" not in str(exc):
                 raise
@@ -263,16 +269,20 @@ class SQLiteStore:
                 raise _Refused from None
             raise
 
-    def _apply_one(self, c: sqlite3.Connection, w: Write, now: float) -> bool:
-        c.execute("SAVEPOINT one")  # a refused write leaves no trace, even one of many statements
-        try:
-            self._apply(c, _rows(w, now))
-            return True
-        except _Refused:
-            c.execute("ROLLBACK TO one")
-            return False
-        finally:
-            c.execute("RELEASE one")
+    def _apply_each(self, c: sqlite3.Connection, writes: Sequence[Write], now: float) -> list[bool]:
+        done = []
+        for w in writes:
+            c.execute("SAVEPOINT one")  # a refused write leaves no trace, even of many statements
+            try:
+                self._apply(c, _rows(w, now))
+                done.append(True)
+            except _Refused:
+                c.execute("ROLLBACK TO one")
+                done.append(False)
+            finally:
+                c.execute("RELEASE one")
+        self._apply(c, _bump([w for w, ok in zip(writes, done, strict=True) if ok]))
+        return done
 
     def claim(
         self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
