@@ -21,14 +21,20 @@ if __package__ in (None, ""):
 from replaygen import Do, Interpreter, RunNotFound, Wait, WaitTimeout
 
 
+def say(line: str) -> None:
+    # Steps run on the engine's threads while main() prints too: one write a line.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def notify(who: str, request: dict[str, Any]) -> str:
-    print(f"asked {who} to approve {request['what']} ({request['amount']})", flush=True)
+    say(f"asked {who} to approve {request['what']} ({request['amount']})")
     return who
 
 
 def apply(request: dict[str, Any], decision: dict[str, Any]) -> str:
     verdict = "approved" if decision.get("approved") else "rejected"
-    print(f"{request['what']}: {verdict} by {decision.get('by', '?')}", flush=True)
+    say(f"{request['what']}: {verdict} by {decision.get('by', '?')}")
     return verdict
 
 
@@ -67,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             interp.status(args.id)
         except RunNotFound:
             interp.start(approval, request, args.timeout, run_id=args.id)
-        print(f"waiting for a decision; in another shell:\n  replaygen --store {args.db} signal "
-              f"{args.id} decision '{{\"approved\": true, \"by\": \"ann\"}}'", flush=True)
+        say(f"waiting for a decision; in another shell:\n  replaygen --store {args.db} signal "
+            f"{args.id} decision '{{\"approved\": true, \"by\": \"ann\"}}'")
         try:
-            print(f"done: {interp.result(args.id)}", flush=True)
+            say(f"done: {interp.result(args.id)}")
         except KeyboardInterrupt:
-            print(f"\ninterrupted; run {args.id} is parked, run again to resume", flush=True)
+            say(f"\ninterrupted; run {args.id} is parked, run again to resume")
             return 130
     return 0
 

@@ -24,16 +24,21 @@ if __package__ in (None, ""):  # run as a script: make `replaygen` and `examples
 from replaygen import Do, Event, Interpreter, RunNotFound, Sleep, current_step
 
 
+def say(line: str) -> None:
+    # Steps and observers run on the engine's threads while main() prints too: one write a line.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def charge_card(order: dict[str, Any]) -> dict[str, Any]:
     # A real payment API deduplicates on this key, so a retry after a crash never charges twice.
     key = current_step().idempotency_key
-    print(f"charging {order['amount']} for order {order['id']} (idempotency key {key[:8]})",
-          flush=True)
+    say(f"charging {order['amount']} for order {order['id']} (idempotency key {key[:8]})")
     return {"txn": f"txn_{order['id']}", "amount": order["amount"]}
 
 
 def send_receipt(order: dict[str, Any], txn: dict[str, Any]) -> str:
-    print(f"receipt for {txn['txn']} sent to {order['email']}", flush=True)
+    say(f"receipt for {txn['txn']} sent to {order['email']}")
     return "sent"
 
 
@@ -50,12 +55,11 @@ workflows = [checkout]
 
 
 def _progress(event: Event) -> None:
-    # Observers run on the engine's thread while main() prints too: one write per line.
     if event.kind == "run_parked":
-        print(f"run {event.run_id} is {event.state}; kill this process now if you like, and run "
-              f"it again to resume\n", end="", flush=True)
+        say(f"run {event.run_id} is {event.state}; kill this process now if you like, and run "
+            f"it again to resume")
     elif event.kind == "run_started":
-        print(f"run {event.run_id} running\n", end="", flush=True)
+        say(f"run {event.run_id} running")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,15 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     with Interpreter(SQLiteStore(args.db), workflows, observer=_progress) as interp:
         interp.recover()  # on every boot: resume what the last process left
         try:
-            print(f"run {run_id} found: {interp.status(run_id).state}", flush=True)
+            say(f"run {run_id} found: {interp.status(run_id).state}")
         except RunNotFound:
             order = {"id": args.order, "amount": "19.90 EUR", "email": "ada@example.com"}
             interp.start(checkout, order, args.sleep, run_id=run_id)
-            print(f"run {run_id} started", flush=True)
+            say(f"run {run_id} started")
         try:
-            print(f"run {run_id} completed: {interp.result(run_id)}", flush=True)
+            say(f"run {run_id} completed: {interp.result(run_id)}")
         except KeyboardInterrupt:
-            print(f"\ninterrupted; run {run_id} is parked, run again to resume", flush=True)
+            say(f"\ninterrupted; run {run_id} is parked, run again to resume")
             return 130
     return 0
 
