@@ -89,19 +89,18 @@ def apply_break(mode: str | None, store: Any) -> Any:
     """Deliberately break the engine inside this process (never the real code on disk)."""
     if not mode:
         return store
-    from replaygen.interpreter import Interpreter
     if mode == "early-commit":
         # Journal every step's entry *before* calling the step function (a placeholder result),
         # the classic bug a crash exposes: replay then trusts an entry for work never done.
-        original = Interpreter._run_step
+        # The seam is the replay rules' start of a step.
+        from replaygen.replay import Life
+        original = Life._start
 
-        def _run_step(self: Any, run: Any, i: int, attempt: int) -> Any:
-            m = run.members[i]
-            yield from self._write(run, "running", [(run.slot + i, "do", m.cmd.name, "ok", "null",
-                                                     self._clock.now())])
-            return (yield from original(self, run, i, attempt))
+        def _start(self: Any, m: Any, attempt: int) -> Any:
+            yield from self._save("running", (self._entry(m.slot, "do", m.cmd.name, "ok", "null"),))
+            return (yield from original(self, m, attempt))
 
-        Interpreter._run_step = _run_step  # type: ignore[method-assign]
+        Life._start = _start  # type: ignore[method-assign]
         return store
     if mode == "no-fence":
         # The store's commit ignores owner and fence: every write is re-stamped with whatever

@@ -57,6 +57,10 @@ class Command:
     def __iter__(self) -> Generator[Command, Any, Any]:
         return (yield self)
 
+    def describe(self) -> str:
+        """A short, readable form for error messages."""
+        return repr(self)
+
 
 @dataclass(frozen=True, init=False)
 class Retry:
@@ -159,6 +163,9 @@ class Do(Command, Generic[T]):
     def __iter__(self) -> Generator[Command, Any, T]:
         return (yield self)  # type: ignore[no-any-return]
 
+    def describe(self) -> str:
+        return f"Do({self.name!r})"
+
     def __repr__(self) -> str:
         parts = [repr(self.name), getattr(self.fn, "__qualname__", repr(self.fn))]
         parts += [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -175,6 +182,9 @@ class Sleep(Command):
 
     def __init__(self, duration: float | timedelta) -> None:
         object.__setattr__(self, "seconds", _seconds("Sleep duration", duration))
+
+    def describe(self) -> str:
+        return f"Sleep({self.seconds:g}s)"
 
     def __iter__(self) -> Generator[Command, Any, None]:
         yield self
@@ -196,6 +206,9 @@ class Wait(Command):
         object.__setattr__(
             self, "timeout", None if timeout is None else _seconds("Wait timeout", timeout)
         )
+
+    def describe(self) -> str:
+        return f"Wait({self.signal!r})"
 
     def __iter__(self) -> Generator[Command, Any, Any]:
         return (yield self)

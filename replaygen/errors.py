@@ -35,6 +35,10 @@ class CorruptRecord(ReplaygenError):
     """A stored row cannot be read back; the run it belongs to is blocked."""
 
 
+class RunBlocked(ReplaygenError):
+    """The run was blocked for a reason its code cannot see (a crash loop): fix, then resume."""
+
+
 class StepFailed(ReplaygenError):
     """A step failed for good: its retries are exhausted or its error is not retried.
 

@@ -1,4 +1,5 @@
-"""The replay cursor's index over one run's journal, and the matching rules.
+"""The stored format of a run's journal: entries, their kinds, the error record, and the index
+the replay rules read.
 
 Entry kinds, by the command they belong to (``slot`` is the command's position;
 an ``All`` of n members takes n consecutive slots):
@@ -15,43 +16,72 @@ Version   version  name = change id, value = the version; matched by name
 (any)     cancel   Cancelled is raised at the yield whose first slot this is
 ========  =======  ==========================================================
 
-This module must never touch a store or run anything: it only reads entries.
+Every value is text written by the codec, the engine's own values (deadlines, versions)
+included; rows written before that by ``repr()`` still read. This module must never touch a
+store or run anything: it only builds and reads entries.
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .codec import Codec
-from .commands import Command, Do, Sleep, Wait
 from .errors import CorruptRecord, NonDeterminismError
-from .store import Entry
 
-KINDS = {Do: ("do", "retry"), Sleep: ("sleep",), Wait: ("timer", "wait")}
-FINAL = {"do", "sleep", "wait"}
-
-
-def describe(cmd: object) -> str:
-    """A short, readable form of a yielded value, for error messages."""
-    if isinstance(cmd, Do):
-        return f"Do({cmd.name!r})"
-    if isinstance(cmd, Wait):
-        return f"Wait({cmd.signal!r})"
-    if isinstance(cmd, Sleep):
-        return f"Sleep({cmd.seconds:g}s)"
-    return repr(cmd)
+TRACEBACK_LIMIT = 50_000
+"""Characters of a traceback kept in an error record (its end: where it was raised)."""
+MESSAGE_LIMIT = 10_000
+"""Characters of an error message kept in an error record."""
 
 
-def member_name(cmd: Command) -> str:
-    return cmd.name if isinstance(cmd, Do) else cmd.signal if isinstance(cmd, Wait) else ""
+class Entry(NamedTuple):  # a tuple: replay builds thousands of these from rows
+    """One journal entry. ``seq`` is its dense append index, ``slot`` the command position it answers."""
+
+    seq: int
+    slot: int
+    kind: str
+    name: str
+    status: str
+    value: str | None
+    started: float
+    ended: float
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """The stored form of an error (cut further by the engine when it does not fit)."""
+    return {"type": type(exc).__name__, "message": str(exc)[:MESSAGE_LIMIT],
+            "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]}
+
+
+def shrink_error(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with its traceback and message halved, saying so: an error that does not fit
+    the payload limit is cut until it does, never refused."""
+    trace, message = info.get("traceback") or "", info.get("message") or ""
+    cut = " [cut to fit max_payload]"
+    return {**info, "traceback": cut + trace[-(len(trace) // 2):] if trace else trace,
+            "message": message[:len(message) // 2] + cut if len(trace) < 64 else message}
+
+
+def read_error(text: str | None, codec: Codec) -> dict[str, Any]:
+    """An error record back from its text; a damaged one still gives a readable message."""
+    try:
+        info = codec.decode(text or "{}")
+        return info if isinstance(info, dict) else {"message": str(info)}
+    except Exception:
+        return {"type": "Error", "message": str(text)}
+
+
+def describe_error(info: dict[str, Any]) -> str:
+    return f"{info.get('type', 'Error')}: {info.get('message', '')}"
 
 
 class Journal:
     """A run's entries indexed by slot, with version markers by change id."""
 
-    def __init__(self, run_id: str, entries: Sequence[Entry]) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str, entries: Sequence[Entry], codec: Codec) -> None:
+        self.run_id, self.codec = run_id, codec
         self.slots: dict[int, list[Entry]] = {}
         self.versions: dict[str, Entry] = {}
         self.next_seq = 0
@@ -81,22 +111,40 @@ class Journal:
     def cancelled_at(self, slot: int) -> bool:
         return any(e.kind == "cancel" for e in self.slots.get(slot, ()))
 
-    def match(self, slot: int, cmd: Command) -> list[Entry]:
-        """The entries at ``slot`` for member ``cmd``; NonDeterminismError if they are another's."""
-        kinds, name = KINDS[type(cmd)], member_name(cmd)
+    def match(self, slot: int, kinds: tuple[str, ...], name: str, code: str) -> list[Entry]:
+        """The entries at ``slot`` of a command owning ``kinds`` named ``name``; a
+        NonDeterminismError (``code`` says what the code yielded) if they are another's."""
         found = [e for e in self.slots.get(slot, ()) if e.kind != "cancel"]
         for e in found:
             if e.kind not in kinds or e.name != name:
                 held = f"{e.kind} {e.name!r}" if e.name else e.kind
-                raise NonDeterminismError(self.run_id, slot, held, f"yielded {describe(cmd)}")
+                raise NonDeterminismError(self.run_id, slot, held, f"yielded {code}")
         return found
 
-    def decode(self, e: Entry, codec: Codec) -> Any:
+    def rest(self, slot: int) -> list[Entry]:
+        """The positional entries at ``slot`` and after: what the code has not consumed."""
+        return [e for s in range(slot, self.end) for e in self.slots.get(s, ())]
+
+    def decode(self, e: Entry) -> Any:
         """The entry's value, or CorruptRecord naming the run and row."""
         try:
-            return None if e.value is None else codec.decode(e.value)
+            return None if e.value is None else self.codec.decode(e.value)
         except Exception as exc:
             raise CorruptRecord(
                 f"run {self.run_id!r}: journal row {e.seq} ({e.kind} {e.name!r}) cannot be "
                 f"decoded: {exc}; the run is blocked until the row is repaired"
             ) from None
+
+    def number(self, e: Entry) -> float:
+        """An engine value (a deadline, a version). Rows written before these went through
+        the codec hold ``repr()`` text, which a custom codec may not read: fall back to it."""
+        try:
+            value = self.decode(e)
+        except CorruptRecord:
+            value = e.value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise CorruptRecord(f"run {self.run_id!r}: journal row {e.seq} ({e.kind} {e.name!r}) "
+                                f"holds {e.value!r}, not a number; the run is blocked until the "
+                                f"row is repaired") from None

@@ -19,6 +19,10 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from .errors import RunFinished, RunNotFound
+from .journal import Entry
+
+__all__ = ["ACTIVE", "FINISHED", "STATES", "Claim", "Entry", "MemoryStore", "RunRecord", "Signal",
+           "Store", "Write"]
 
 ACTIVE = ("pending", "running", "sleeping", "waiting")
 FINISHED = ("completed", "failed", "cancelled")
@@ -43,19 +47,6 @@ class RunRecord:
     waiting_for: str | None = None
     cancel_requested: bool = False
     resumes: int = 0
-
-
-class Entry(NamedTuple):  # a tuple: replay builds thousands of these from rows
-    """One journal entry. ``seq`` is its dense append index, ``slot`` the command position it answers."""
-
-    seq: int
-    slot: int
-    kind: str
-    name: str
-    status: str
-    value: str | None
-    started: float
-    ended: float
 
 
 @dataclass(frozen=True)

@@ -3,23 +3,27 @@
     t = replay(checkout, {"id": 42}, journal={"charge": "txn_1"})
     assert t.pending == Do("receipt", send_receipt, "txn_1")
 
-Answers go through the codec exactly as in the engine (a tuple comes back as
-a list), and an exception given as a step's answer is raised as the engine
-would raise the step's failure: as ``StepFailed``.
+``replay`` drives the engine's own replay rules (``replaygen.replay``) with a fake
+performer in place of the runtime: answers go through the codec exactly as in the engine
+(a tuple comes back as a list), an exception given as a step's answer fails the step as
+the engine would (``StepFailed``), and retries, cancels and timeouts follow the same rules.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .codec import Codec, JSONCodec
 from .commands import All, Command, Do, Sleep, Version, Wait
-from .errors import Cancelled, StepFailed, UsageError, WaitTimeout
-from .journal import describe
+from .errors import Cancelled, WaitTimeout
+from .interpreter import DEFAULT_MAX_PAYLOAD
+from .journal import Entry, Journal
+from .replay import Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Rules, Save, Wake
 
 _NONE = object()
 
@@ -31,11 +35,85 @@ class Trace:
     commands: list[Command] = field(default_factory=list)
     """Every command yielded, in order (Versions included)."""
     done: bool = False
-    """True once the workflow returned or raised."""
+    """True once the workflow returned or raised (or the run would be blocked)."""
     pending: Command | None = None
     """The first command the journal could not answer (when not done)."""
     result: Any = None
+    """The workflow's return value, once done."""
     error: BaseException | None = None
+    """The exception that ended the run, once done: raised by the workflow, or why the
+    engine would block it (a ``NonDeterminismError``, for instance)."""
+    unused: list[Any] = field(default_factory=list)
+    """Answers never asked for: step names of a dict journal, or list positions. A typo'd
+    step name shows up here (and as a warning)."""
+
+
+class _Signal(NamedTuple):
+    id: int
+    name: str
+    payload: str
+
+
+class _Performer:
+    """Answers a life's effects from the fake journal, with a clock that jumps to alarms."""
+
+    def __init__(self, life: Life, answers: dict[int, Any], clock: list[float]) -> None:
+        self.life, self.answers, self.clock = life, answers, clock
+        self.alarm: float | None = None
+        self.cancel_due = False
+
+    def answer(self, slot: int) -> Any:
+        found = self.answers.get(slot, _NONE)
+        if isinstance(found, Cancelled) and not self.life.cancel:
+            self.life.cancel = self.cancel_due = True
+        return found
+
+    def perform(self, effect: Any) -> Any:
+        kind = type(effect)
+        if kind is Acquire:  # a step answered with Cancelled() never starts
+            return not isinstance(self.answer(self.life.members[effect.member].slot), Cancelled)
+        if kind is Call:
+            found = self.answer(effect.info.position)
+            if found is _NONE:
+                raise _Stop
+            if isinstance(found, Exception):
+                return Outcome(self.clock[0], error=found)
+            return Outcome(self.clock[0], found)
+        if kind is Inbox:
+            return self.inbox()
+        if kind is Alarm:
+            self.alarm = effect.at
+        if kind is Idle:
+            return self.idle()
+        return None  # Save, Withdraw, Emit: nothing to perform
+
+    def inbox(self) -> list[_Signal]:
+        out = []
+        for m in self.life.members:
+            found = self.answer(m.slot) if isinstance(m.cmd, Wait) else _NONE
+            if isinstance(m.cmd, Wait) and found is not _NONE and not isinstance(found, BaseException):
+                self.answers.pop(m.slot)  # consumed, as a signal is
+                out.append(_Signal(m.slot, m.cmd.signal, self.life.rules.codec.encode(found)))
+        return out
+
+    def idle(self) -> Wake:
+        pending = [m for m in self.life.members if not m.done]
+        for m in pending:
+            self.answer(m.slot)  # a Cancelled() answer is due now
+        if self.cancel_due:
+            self.cancel_due = False
+            return Wake()
+        for m in pending:
+            if isinstance(m.cmd, Wait) and not isinstance(self.answers.get(m.slot), WaitTimeout):
+                raise _Stop  # a signal no answer gives
+        if self.alarm is None:
+            raise _Stop
+        self.clock[0] = max(self.clock[0], self.alarm)  # time passes at once
+        return Wake()
+
+
+class _Stop(Exception):
+    """The fake journal has no answer for the command the workflow waits on."""
 
 
 def replay(
@@ -50,75 +128,103 @@ def replay(
     ``signals`` answers Waits by signal name, ``sleeps`` answers Sleeps in order
     (they pass by themselves when not given), ``versions`` gives Version values
     by change id (default: ``max``). An exception as an answer is raised:
-    ``WaitTimeout()`` and ``Cancelled()`` as themselves, any other as the
-    ``StepFailed`` the engine would raise for that step.
+    ``WaitTimeout()`` (for a Wait with a timeout) and ``Cancelled()`` as themselves, any
+    other as the ``StepFailed`` the engine would raise for that step.
     """
     codec = codec or JSONCodec()
-    by_position = not isinstance(journal, Mapping)
-    position, slept = 0, 0
-    trace = Trace()
+    trace, answers = Trace(), _Answers(journal, signals, sleeps)
+    clock = [time.time()]
+    markers = [Entry(i, 0, "version", name, "ok", codec.encode(v), 0.0, 0.0)
+               for i, (name, v) in enumerate((versions or {}).items())]
+    rules = Rules(codec, lambda: clock[0], DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30)
+    life = Life(rules, "replay", getattr(workflow, "__qualname__", "workflow"), lambda: _record(
+        workflow(*args, **kwargs), trace, answers), '{"args":[],"kwargs":{}}',
+        Journal("replay", markers, codec))
+    performer = _Performer(life, answers.by_slot, clock)
+    gen = life.life()
+    reply: Any = None
+    try:
+        while True:
+            effect = gen.send(reply)
+            if type(effect) is Save and effect.release:
+                trace.done = True
+            reply = performer.perform(effect)
+    except StopIteration:
+        trace.error = trace.error or life.ended
+    except _Stop:
+        trace.pending = trace.commands[-1]
+        gen.close()
+    trace.unused = answers.unused() if trace.done else []
+    if trace.unused:
+        warnings.warn(f"replay(): these answers were never asked for: {trace.unused!r} (a "
+                      f"misspelt step name?)", stacklevel=2)
+    return trace
 
-    def answer(cmd: Command, member: bool) -> Any:
-        nonlocal position, slept
-        found: Any = _NONE
-        if isinstance(cmd, Sleep) and not (member and by_position):
-            found = sleeps[slept] if slept < len(sleeps) else None
-            slept += 1
-        elif by_position and position < len(journal):
-            found = journal[position]  # type: ignore[index]
-            position += 1
-        elif isinstance(cmd, Do) and not by_position:
-            found = journal.get(cmd.name, _NONE)  # type: ignore[union-attr]
-        if found is _NONE and isinstance(cmd, Sleep):  # a Sleep passes by itself
-            found = None
-        if found is _NONE and isinstance(cmd, Wait) and signals is not None:
-            found = signals.get(cmd.signal, _NONE)
-        if found is _NONE or isinstance(found, BaseException):
-            return found
-        try:
-            return codec.decode(codec.encode(found))
-        except (TypeError, ValueError) as exc:
-            return UsageError(f"the answer for {describe(cmd)} cannot be stored: {exc}")
 
-    def as_error(cmd: Command, exc: BaseException) -> BaseException:
-        if isinstance(exc, (WaitTimeout, Cancelled, StepFailed)) or not isinstance(cmd, Do):
-            return exc
-        return StepFailed(cmd.name, type(exc).__name__, str(exc))
+class _Answers:
+    """The fake journal's answers, handed to each command's slots as it is yielded."""
 
-    gen = workflow(*args, **kwargs)
+    def __init__(self, journal: Sequence[Any] | Mapping[str, Any], signals: Mapping[str, Any] | None,
+                 sleeps: Sequence[Any]) -> None:
+        self.journal, self.signals, self.sleeps = journal, signals or {}, list(sleeps)
+        self.by_position = not isinstance(journal, Mapping)
+        self.position = self.slept = self.slot = 0
+        self.asked: set[Any] = set()
+        self.by_slot: dict[int, Any] = {}
+
+    def command(self, cmd: Command) -> None:
+        if isinstance(cmd, Version) or not isinstance(cmd, Command):
+            return
+        members = cmd.commands if isinstance(cmd, All) else (cmd,)
+        for member in members:
+            found = self.find(member, isinstance(cmd, All))
+            if found is not _NONE:
+                self.by_slot[self.slot] = found
+            self.slot += 1
+
+    def find(self, cmd: Command, member: bool) -> Any:
+        if isinstance(cmd, Sleep) and not (member and self.by_position):
+            self.slept += 1
+            found = self.sleeps[self.slept - 1] if self.slept <= len(self.sleeps) else None
+            return found if found is not None else _NONE
+        if self.by_position and self.position < len(self.journal):
+            self.asked.add(self.position)
+            self.position += 1
+            return self.journal[self.position - 1]  # type: ignore[index]
+        if isinstance(cmd, Do) and not self.by_position:
+            self.asked.add(cmd.name)
+            return self.journal.get(cmd.name, _NONE)  # type: ignore[union-attr]
+        if isinstance(cmd, Wait):
+            return self.signals.get(cmd.signal, _NONE)
+        return _NONE
+
+    def unused(self) -> list[Any]:
+        keys = range(len(self.journal)) if self.by_position else self.journal
+        return [k for k in keys if k not in self.asked]
+
+
+def _record(gen: Generator[Any, Any, Any], trace: Trace, answers: _Answers) -> Generator[Any, Any, Any]:
+    """Forward a workflow generator, noting each command it yields and what it returns."""
     value: Any = None
     error: BaseException | None = None
     while True:
         try:
             cmd = gen.throw(error) if error is not None else gen.send(value)
         except StopIteration as stop:
-            trace.done, trace.result = True, stop.value
-            return trace
-        except Exception as exc:
-            trace.done, trace.error = True, exc
-            return trace
+            trace.result = stop.value
+            return stop.value
+        except BaseException as exc:
+            trace.error = exc
+            raise
         trace.commands.append(cmd)
-        value, error = None, None
-        if isinstance(cmd, Version):
-            value = (versions or {}).get(cmd.change_id, cmd.max)
-            continue
-        if not isinstance(cmd, (Do, Sleep, Wait, All)):
+        answers.command(cmd)
+        try:
+            value, error = (yield cmd), None
+        except GeneratorExit:
             gen.close()
-            trace.done = True
-            trace.error = UsageError(f"the workflow yielded {describe(cmd)}, which is not a command")
-            return trace
-        members = cmd.commands if isinstance(cmd, All) else (cmd,)
-        answers = [answer(m, isinstance(cmd, All)) for m in members]
-        if any(a is _NONE for a in answers):
-            trace.pending = cmd
-            gen.close()
-            return trace
-        pairs = zip(members, answers, strict=True)
-        failed = [as_error(m, a) for m, a in pairs if isinstance(a, BaseException)]
-        if failed:
-            error = failed[0]
-        else:
-            value = answers if isinstance(cmd, All) else answers[0]
+            raise
+        except BaseException as exc:
+            value, error = None, exc
 
 
 class FakeClock:
@@ -140,3 +246,6 @@ class FakeClock:
             self._now += seconds
         for listener in self._listeners:
             listener()
+
+
+__all__ = ["FakeClock", "Trace", "replay"]

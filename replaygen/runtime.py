@@ -1,0 +1,662 @@
+"""The runtime: performs what the replay rules ask, with threads, commits and timers.
+
+It drives every run's life (``replay.Life.life()``, a generator of effects) and never knows
+what a command means. Threads (this module owns them all):
+
+- one driver turns every ready life until it asks for a write, then commits all pending
+  writes in one group commit and goes on (alone with one run, it commits and goes on in
+  place). No life goes past a write before it is durable, and a quick step runs inline;
+- a watchdog hands the driver role to a new thread when a turn runs long (a step slow for
+  the first time, heavy workflow code): the old thread finishes that turn and leaves;
+- a bounded pool runs slow steps and the members of an ``All``; an event loop thread runs
+  ``async def`` steps. ``concurrency`` slots bound them all together;
+- a timer thread sends the alarms lives ask for.
+Parked runs (sleeping, waiting) hold no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import inspect
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from functools import partial
+from typing import Any, Protocol
+
+from .commands import Do
+from .errors import StoreUnavailable
+from .observe import Observer, StepInfo, _current
+from .replay import (
+    Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Life, Outcome, Save, Wake, Withdraw,
+)
+from .store import FINISHED, Store, Write
+
+log = logging.getLogger("replaygen")
+WAKE = Wake()
+_INLINE = 0.001
+"""A synchronous step whose recent calls took less than this (seconds) runs on the driver;
+a slower one runs on the pool, so that it holds no other run up."""
+_SLOW_TURN = 0.005
+"""Seconds a turn (a step inline, or workflow code) may hold the driver before a new thread
+takes over the other runs."""
+_NOT_AWAITABLE = frozenset({dict, list, str, int, float, bool, type(None)})
+
+
+class Clock(Protocol):
+    """Wall-clock time in epoch seconds; deadlines are journaled in it. Tests inject a fake."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class _Abandon(Exception):
+    """Shutdown gave up on a write during a store outage."""
+
+
+class _Pool:
+    """Daemon threads, started on demand up to ``size``; a stuck step never blocks process exit."""
+
+    def __init__(self, size: int) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._size, self._threads, self._lock = size, 0, threading.Lock()
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        self._tasks.put(fn)
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, daemon=True, name="replaygen-step").start()
+
+    def _work(self) -> None:
+        try:
+            while (fn := self._tasks.get()) is not None:
+                fn()
+                self._idle.release()
+        finally:  # an interrupt ends this thread; let a new one take its place
+            with self._lock:
+                self._threads -= 1
+
+    def stop(self) -> None:
+        for _ in range(self._threads):
+            self._tasks.put(None)
+
+
+class _Timer:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], object] | None) -> None:
+        self.fn = fn
+
+
+class _Timers:
+    """One thread firing callbacks at wall-clock deadlines; it waits on the monotonic clock,
+    re-reads the wall clock at least once a second, and never fires early."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock, self._cv = clock, threading.Condition()
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._ids, self._stopped = itertools.count(), False
+        self.thread = threading.Thread(target=self._run, daemon=True, name="replaygen-timers")
+        self.thread.start()
+        subscribe = getattr(clock, "subscribe", None)
+        if subscribe is not None:
+            subscribe(self.kick)
+
+    def at(self, deadline: float, fn: Callable[[], object]) -> _Timer:
+        timer = _Timer(fn)
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._ids), timer))
+            self._cv.notify()
+        return timer
+
+    def kick(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                due: list[Callable[[], object]] = []
+                while not due and not self._stopped:
+                    now = self._clock.now()
+                    while self._heap and self._heap[0][0] <= now:
+                        fn = heapq.heappop(self._heap)[2].fn
+                        if fn is not None:
+                            due.append(fn)
+                    if not due:
+                        self._cv.wait(min(self._heap[0][0] - now, 1.0) if self._heap else 1.0)
+                if self._stopped:
+                    return
+            for fn in due:
+                fn()
+
+
+class _Pending:
+    """Writes waiting in the group-commit queue; ``wake`` is released when they are done."""
+
+    __slots__ = ("writes", "results", "wake")
+
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes, self.wake = writes, threading.Lock()
+        self.results: Any = None
+        self.wake.acquire()
+
+
+_LEAD = object()  # a follower woken to lead the next group commit
+
+
+class GroupCommit:
+    """The one way writes reach the store: whoever has writes (the driver, a ``start()``)
+    commits them together with everything else being written at that moment. While the
+    store is unavailable it retries with backoff; nothing is failed or lost."""
+
+    def __init__(self, store: Store, stopped: Callable[[], bool]) -> None:
+        self._store, self._stopped = store, stopped
+        self._lock = threading.Lock()  # guards the queue and the leader flag
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self._outage_since: float | None = None
+
+    def commit(self, writes: list[Write]) -> list[Any]:
+        """Each write's outcome: True, False (fence lost), or the error it met."""
+        results = self._grouped(writes)
+        delay = 0.05
+        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
+            if self._stopped():
+                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.error("store unavailable (%s); runs wait and retry until it is back",
+                          results[again[0]])
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            for i, result in zip(again, self._grouped([writes[i] for i in again]), strict=True):
+                results[i] = result
+        if self._outage_since is not None:
+            self._outage_since = None
+            log.warning("store available again; runs resume")
+        return results
+
+    def _grouped(self, writes: list[Write]) -> list[Any]:
+        # Leader-follower: a writer that finds no commit in progress commits at once; the
+        # others queue and sleep on their own lock (no thundering herd), and when a commit
+        # ends the first of them is woken to lead the next, taking all queued by then.
+        with self._lock:
+            me = _Pending(writes) if self._committing else None
+            if me is not None:
+                self._queue.append(me)
+            self._committing = True
+        batch: list[_Pending] = []
+        if me is not None:
+            me.wake.acquire()
+            if me.results is not _LEAD:
+                return me.results  # type: ignore[no-any-return]
+            with self._lock:
+                batch, self._queue = self._queue, []
+        results = self._apply([w for p in batch for w in p.writes] if batch else writes)
+        at = 0
+        for item in batch:
+            item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
+        with self._lock:
+            if self._queue:
+                self._queue[0].results = _LEAD
+                self._queue[0].wake.release()
+            else:
+                self._committing = False
+        for item in batch:
+            if item is not me:
+                item.wake.release()
+        return results if me is None else me.results
+
+    def _apply(self, writes: list[Write]) -> list[Any]:
+        try:
+            return list(self._store.commit(writes))
+        except StoreUnavailable as exc:
+            return [exc] * len(writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+            # One bad write must not sink the others grouped with it: commit them one by one.
+            return [self._apply([w])[0] for w in writes]
+
+
+class Actor:
+    """The runtime's side of one run it holds: the life, its mailbox and its slots. Touched
+    by the thread turning it, except under the runtime's lock (mailbox, flags, slots)."""
+
+    __slots__ = ("id", "fence", "life", "gen", "mailbox", "reply", "scheduled", "gone", "held",
+                 "queued", "timer", "ended")
+
+    def __init__(self, life: Life, fence: int) -> None:
+        self.id, self.fence, self.life, self.gen = life.id, fence, life, life.life()
+        self.mailbox: deque[Any] = deque()
+        self.reply: Any = None          # the answer to the effect the life waits on
+        self.scheduled = self.gone = False
+        self.held: set[int] = set()     # members holding a slot for their next Call
+        self.queued: set[int] = set()   # members waiting for a slot
+        self.timer: _Timer | None = None
+        self.ended = threading.Event()  # set when this worker lets the run go
+
+    def busy(self) -> bool:
+        return self.scheduled or any(m.running for m in self.life.members)
+
+
+class Runtime:
+    """Runs lives: turns them on the driver, performs their effects, commits their writes."""
+
+    def __init__(self, store: Store, owner: str, clock: Clock, concurrency: int,
+                 observer: Observer | None) -> None:
+        self.store, self.owner, self.clock, self.observer = store, owner, clock, observer
+        self.actors: dict[str, Actor] = {}
+        self.lock = threading.Lock()  # guards actors, _ready, _pending, mailboxes and slots
+        self.stopped = False
+        self.group = GroupCommit(store, lambda: self.stopped)
+        self._wake = threading.Condition(self.lock)          # the driver waits for work
+        self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
+        self._ready: deque[Actor] = deque()                  # lives with work to do
+        self._pending: list[tuple[Actor, Write]] = []        # their writes, to commit
+        self._driver: object = None
+        self._drivers: list[threading.Thread] = []
+        self._turns, self._in_turn, self._idle = 0, False, True
+        self._free, self._slot_queue = concurrency, deque[tuple[Actor, int]]()
+        self._cost: dict[object, float] = {}                 # step function -> its duration
+        self._pool = _Pool(concurrency)
+        self._timers = _Timers(clock)
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._perform: dict[type, Callable[[Actor, Any], Any]] = {
+            Acquire: self._acquire, Call: self._call_step, Withdraw: self._withdraw,
+            Alarm: self._alarm, Inbox: self._inbox, Emit: self._emit,
+        }
+        self._watchdog = threading.Thread(target=self._watch_turns, daemon=True,
+                                          name="replaygen-watchdog")
+        self._watchdog.start()
+        with self.lock:
+            self._promote()
+
+    # ---- runs --------------------------------------------------------------------------------
+
+    def adopt(self, life: Life, fence: int) -> Actor:
+        """Hold the run and start its life."""
+        actor = Actor(life, fence)
+        with self.lock:
+            old = self.actors.get(actor.id)
+            self.actors[actor.id] = actor
+            actor.scheduled = True
+            self._ready.append(actor)
+            self._wake.notify_all()
+        if old is not None:  # an older claim of ours that we lost
+            self.forget(old)
+        return actor
+
+    def hint(self, run_id: str, cancel: bool) -> None:
+        """Something may have happened to the run (a signal, a cancel): let it look again."""
+        actor = self.actors.get(run_id)
+        if actor is not None:
+            actor.life.cancel = actor.life.cancel or cancel
+            self.post(actor, WAKE)
+
+    def post(self, actor: Actor, event: Any) -> bool:
+        with self.lock:
+            if actor.gone:
+                return False
+            if not (event is WAKE and actor.mailbox and actor.mailbox[-1] is WAKE):
+                actor.mailbox.append(event)
+            if not actor.scheduled:
+                actor.scheduled = True
+                self._ready.append(actor)
+                self._wake.notify_all()
+            return True
+
+    def forget(self, actor: Actor) -> None:
+        """Let the run go: its life ends where it is (the store keeps what was committed)."""
+        with self.lock:
+            actor.gone = True
+            if self.actors.get(actor.id) is actor:
+                del self.actors[actor.id]
+            freed = len(actor.held)
+            actor.held.clear()
+            actor.queued.clear()
+        for _ in range(freed):
+            self._release_slot()
+        if actor.timer is not None:
+            actor.timer.fn = None
+        try:
+            actor.gen.close()
+        except BaseException:  # it may be executing on another thread; it stops after its turn
+            pass
+        actor.ended.set()
+
+    # ---- the driver ----------------------------------------------------------------------------
+
+    def _drive(self, me: object) -> None:
+        """Turn ready lives until each waits for a write, then commit all their writes at
+        once. One thread holds the role; the watchdog hands it to a new thread when a turn
+        runs long (a slow step), and this one leaves once that turn is over."""
+        try:
+            while True:
+                with self.lock:
+                    while self._driver is me and not (self.stopped or self._ready or self._pending):
+                        self._idle = True
+                        self._wake.wait()
+                    if self._driver is not me or self.stopped:
+                        return
+                    if self._idle:
+                        self._idle = False
+                        self._watchdog_cv.notify()
+                    batch: list[tuple[Actor, Write]] = []
+                    if self._ready:
+                        actor = self._ready.popleft()
+                        self._turns += 1
+                        self._in_turn = True
+                    else:
+                        batch, self._pending = self._pending, []
+                if batch:
+                    self._committed(batch, self.group.commit([w for _, w in batch]))
+                else:
+                    self._run(me, actor)
+        except BaseException:
+            with self.lock:  # an interrupt ends this thread: let a new driver take over
+                if self._driver is me:
+                    self._promote()
+            raise
+
+    def _run(self, me: object, actor: Actor) -> None:
+        write = self._turn(actor)
+        # Nothing else to do (one run alone, as a sequential job is): commit, go on in place.
+        while write is not None and not (self._ready or self._pending or self.stopped):
+            with self.lock:
+                if self._driver is not me:
+                    break
+                self._in_turn = False
+            result = self.group.commit([write])[0]
+            write = None
+            if not self._answer(actor, result):
+                break
+            with self.lock:
+                if self._driver is not me:
+                    self._ready.append(actor)
+                    self._wake.notify_all()
+                    break
+                self._turns, self._in_turn = self._turns + 1, True
+            write = self._turn(actor)
+        with self.lock:
+            if self._driver is me:
+                self._in_turn = False
+            if write is not None:
+                self._pending.append((actor, write))
+                self._wake.notify_all()  # a new driver may be idle
+
+    def _committed(self, batch: list[tuple[Actor, Write]], results: list[Any]) -> None:
+        ready = [actor for (actor, _), result in zip(batch, results, strict=True)
+                 if self._answer(actor, result)]
+        with self.lock:
+            self._ready.extend(ready)
+            self._wake.notify_all()  # for a new driver, if this one was replaced
+
+    def _answer(self, actor: Actor, result: Any) -> bool:
+        """Give a life its write's outcome; False if the run is let go instead."""
+        if result is True:
+            actor.reply = None
+            return True
+        if result is False:  # refused: another worker owns the run now (unless we finished it)
+            if not (actor.life.finishing and self._finished(actor.id)):
+                log.warning("run %s was taken over by another worker; stopped here", actor.id)
+        elif not isinstance(result, _Abandon):
+            actor.reply = result  # an error the rules handle (they block the run)
+            return True
+        self.forget(actor)
+        return False
+
+    def _finished(self, run_id: str) -> bool:
+        try:
+            record = self.store.get(run_id)
+        except Exception:
+            return False
+        return record is not None and record.state in FINISHED
+
+    def _promote(self) -> None:
+        """Make a new thread the driver (called under the lock)."""
+        old, self._driver = self._driver, object()
+        thread = threading.Thread(target=self._drive, args=(self._driver,), daemon=True,
+                                  name="replaygen-driver")
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had: the old driver goes on after its turn
+            self._driver = old
+            log.error("cannot start a thread for the engine (%s); runs wait for the current one", exc)
+            return
+        self._drivers = [t for t in self._drivers if t.is_alive()] + [thread]
+        self._in_turn = self._idle = False
+        self._watchdog_cv.notify()  # it may be waiting for an idle driver to get busy
+
+    def _watch_turns(self) -> None:
+        with self.lock:
+            while not self.stopped:
+                if self._idle:
+                    self._watchdog_cv.wait()
+                    continue
+                turn = self._turns
+                self._watchdog_cv.wait(_SLOW_TURN)
+                if self._in_turn and self._turns == turn and not self.stopped:
+                    self._promote()  # the driver is stuck in one turn (a slow step)
+
+    def _turn(self, actor: Actor) -> Write | None:
+        """Run the life until it asks for a write (returned) or has nothing left to do."""
+        reply, actor.reply = actor.reply, None
+        gen, perform = actor.gen, self._perform
+        while True:
+            try:
+                effect: Effect = gen.throw(reply) if isinstance(reply, BaseException) \
+                    else gen.send(reply)
+            except StopIteration:
+                self.forget(actor)
+                return None
+            except Exception:  # a bug of the engine's own: the rules let none through
+                log.exception("internal error in run %s; this worker lets it go", actor.id)
+                self.forget(actor)
+                return None
+            except BaseException:  # an interrupt: the run is released, the interrupt goes on
+                with self.lock:
+                    actor.scheduled = False
+                self.forget(actor)
+                raise
+            kind = type(effect)
+            if kind is Save:
+                return Write(actor.id, self.owner, actor.fence, *effect)
+            if kind is Idle:
+                with self.lock:
+                    if actor.gone or not actor.mailbox:
+                        actor.scheduled = False
+                        return None
+                    reply = actor.mailbox.popleft()
+            else:
+                reply = perform[kind](actor, effect)
+
+    # ---- effects -------------------------------------------------------------------------------
+
+    def _acquire(self, actor: Actor, effect: Acquire) -> bool:
+        member = effect.member
+        with self.lock:
+            if member in actor.held:
+                return True
+            if member in actor.queued:
+                return False
+            if self._free:
+                self._free -= 1
+                actor.held.add(member)
+                return True
+            actor.queued.add(member)
+            self._slot_queue.append((actor, member))
+            return False
+
+    def _release_slot(self) -> None:
+        """A slot came free: keep it for the longest waiter and wake it, or put it back."""
+        with self.lock:
+            while self._slot_queue:
+                actor, member = self._slot_queue.popleft()
+                if not actor.gone and member in actor.queued:
+                    actor.queued.discard(member)
+                    actor.held.add(member)
+                    break
+            else:
+                self._free += 1
+                return
+        if not self.post(actor, WAKE):  # gone meanwhile: pass it on
+            with self.lock:
+                actor.held.discard(member)
+            self._release_slot()
+
+    def _withdraw(self, actor: Actor, effect: Withdraw) -> None:
+        with self.lock:
+            freed = len(actor.held)
+            actor.held.clear()
+            actor.queued.clear()
+        for _ in range(freed):
+            self._release_slot()
+
+    def _alarm(self, actor: Actor, effect: Alarm) -> None:
+        if actor.timer is not None:
+            actor.timer.fn = None
+        actor.timer = None if effect.at is None else \
+            self._timers.at(effect.at, partial(self.post, actor, WAKE))
+
+    def _inbox(self, actor: Actor, effect: Inbox) -> Any:
+        try:
+            return self.store.signals(actor.id)
+        except StoreUnavailable as exc:  # look again in a second
+            log.warning("run %s waits for the store: %s", actor.id, exc)
+            self._timers.at(self.clock.now() + 1.0, partial(self.post, actor, WAKE))
+            return []
+
+    def _emit(self, actor: Actor, effect: Emit) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(effect.event)
+            except Exception:
+                log.exception("observer failed on %s", effect.event.kind)
+
+    def _call_step(self, actor: Actor, effect: Call) -> Outcome | None:
+        """Run a step with the slot kept for it: inline if it is alone and has been quick,
+        else on the pool or the event loop (a ``Done`` follows)."""
+        with self.lock:
+            actor.held.discard(effect.member)
+        cmd, info = effect.cmd, effect.info
+        done = partial(self._done, actor, effect.member, effect.attempt)
+        if _is_async(cmd.fn):
+            future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
+            future.add_done_callback(lambda f: done(f.result()))
+            return None
+        if not effect.alone or self._cost.get(_cost_key(cmd.fn), 0.0) > _INLINE:
+            self._pool.submit(lambda: done(self._call(cmd, info)))
+            return None
+        return self._call(cmd, info)
+
+    def _done(self, actor: Actor, member: int, attempt: int, outcome: Outcome) -> None:
+        self.post(actor, Done(member, attempt, outcome))
+
+    def _call(self, cmd: Do[Any], info: StepInfo) -> Outcome:
+        started, token, t0 = self.clock.now(), _current.set(info), time.perf_counter()
+        try:
+            value = cmd.fn(*cmd.args, **cmd.kwargs)
+            if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
+                value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
+            return Outcome(started, value)
+        except Exception as exc:
+            return Outcome(started, error=exc)
+        except BaseException as exc:
+            return Outcome(started, interrupt=exc)
+        finally:
+            _current.reset(token)
+            self._release_slot()
+            took, key = time.perf_counter() - t0, _cost_key(cmd.fn)
+            self._cost[key] = (self._cost.get(key, took) + took) / 2  # recent calls count most
+
+    async def _acall(self, cmd: Do[Any], info: StepInfo) -> Outcome:
+        started = self.clock.now()
+        _current.set(info)  # the task has its own context
+        try:
+            return Outcome(started, await cmd.fn(*cmd.args, **cmd.kwargs))
+        except Exception as exc:
+            return Outcome(started, error=exc)
+        except BaseException as exc:
+            return Outcome(started, interrupt=exc)
+        finally:
+            self._release_slot()
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        with self.lock:
+            if self._aloop is None:
+                self._aloop = asyncio.new_event_loop()
+                threading.Thread(target=self._aloop.run_forever, daemon=True,
+                                 name="replaygen-async").start()
+            return self._aloop
+
+    # ---- stopping ------------------------------------------------------------------------------
+
+    def stop(self, timeout: float) -> None:
+        """Stop every thread that touches the store; commit the writes in hand first (results
+        that are in hand need not run again). Joins them, up to ``timeout`` s."""
+        with self.lock:
+            self.stopped = True
+            self._wake.notify_all()
+            self._watchdog_cv.notify()
+            pending, self._pending = self._pending, []
+        if pending:
+            self.group.commit([w for _, w in pending])
+        for actor in list(self.actors.values()):
+            self.forget(actor)
+        self._pool.stop()
+        self._timers.stop()
+        if self._aloop is not None:
+            self._aloop.call_soon_threadsafe(self._aloop.stop)
+        end = time.monotonic() + timeout
+        for thread in [*self._drivers, self._watchdog, self._timers.thread]:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, end - time.monotonic()))
+
+
+def _cost_key(fn: Any) -> object:
+    """Steps made by one piece of code (one ``def`` or lambda, or one class) share a key, so
+    that the map stays as small as the program however many closures it makes."""
+    while isinstance(fn, partial):
+        fn = fn.func
+    code = getattr(fn, "__code__", None)
+    return id(code) if code is not None else (type(fn), getattr(fn, "__qualname__", None))
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_async_cached(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    try:
+        return _is_async_cached(fn)
+    except TypeError:  # unhashable callable
+        return inspect.iscoroutinefunction(fn)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+_Gen = Generator[Effect, Any, Any]
