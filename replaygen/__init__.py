@@ -9,16 +9,19 @@ from .codec import Codec, JSONCodec
 from .commands import All, Command, Do, Retry, Sleep, Version, Wait
 from .errors import (
     Cancelled, CorruptRecord, NonDeterminismError, ReplaygenError, ResultTimeout, RunFinished,
-    RunNotFound, StepFailed, StoreUnavailable, UsageError, WaitTimeout, WorkflowFailed,
+    RunBlocked, RunNotFound, StepFailed, StoreUnavailable, UsageError, WaitTimeout, WorkflowFailed,
 )
+from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Clock, Interpreter, RunStatus, SystemClock
 from .observe import Event, Observer, StepInfo, current_step
+from .registry import workflow
 from .store import MemoryStore, Store
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "All", "Cancelled", "Clock", "Codec", "Command", "CorruptRecord", "Do", "Event",
-    "Interpreter", "JSONCodec", "MemoryStore", "NonDeterminismError", "Observer",
-    "ReplaygenError", "ResultTimeout", "Retry", "RunFinished", "RunNotFound", "RunStatus",
-    "Sleep", "StepFailed", "StepInfo", "Store", "StoreUnavailable", "SystemClock", "UsageError",
-    "Version", "Wait", "WaitTimeout", "WorkflowFailed", "current_step",
+    "DEFAULT_MAX_PAYLOAD", "All", "Cancelled", "Client", "Clock", "Codec", "Command",
+    "CorruptRecord", "Do", "Event", "Interpreter", "JSONCodec", "MemoryStore",
+    "NonDeterminismError", "Observer", "ReplaygenError", "ResultTimeout", "Retry", "RunBlocked",
+    "RunFinished", "RunNotFound", "RunStatus", "Sleep", "StepFailed", "StepInfo", "Store",
+    "StoreUnavailable", "SystemClock", "UsageError", "Version", "Wait", "WaitTimeout",
+    "WorkflowFailed", "current_step", "workflow",
 ]

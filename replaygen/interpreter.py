@@ -9,89 +9,71 @@ recovered run take the same path: a claim, a life, replay until the journal runs
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ._identity import is_dead, new_owner_id
-from .codec import Codec, JSONCodec
+from .client import DEFAULT_MAX_PAYLOAD, Client, RunStatus
+from .codec import Codec
 from .commands import check_name
-from .errors import (
-    Cancelled, CorruptRecord, ReplaygenError, ResultTimeout, RunNotFound, UsageError,
-    WorkflowFailed,
-)
-from .journal import Journal, describe_error, read_error
+from .errors import CorruptRecord, ReplaygenError, UsageError
+from .journal import Journal
 from .observe import Event, Observer
+from .registry import check, name_of, registered
 from .replay import Life, Rules
 from .runtime import Clock, Runtime, SystemClock
-from .store import FINISHED, Claim, RunRecord, Store, Write
+from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
 
 log = logging.getLogger("replaygen")
 Workflow = Callable[..., Generator[Any, Any, Any]]
-DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
-"""The largest encoded step result, argument list or signal payload, in bytes."""
 
 
-@dataclass(frozen=True)
-class RunStatus:
-    """What ``Interpreter.status`` reports. ``state`` is one of the fixed state strings."""
+class Interpreter(Client):
+    """Runs workflows durably against a store: a worker, and a Client of the same store.
 
-    run_id: str
-    state: str
-    error: str | None
-    workflow: str
-    created: float
-    updated: float
-    wake_at: float | None
-    waiting_for: str | None
-
-
-class Interpreter:
-    """Runs registered workflows durably against a store.
-
-    ``workflows`` is a list of generator functions (named by ``__qualname__``)
-    or a dict ``{name: function}``; the name is what the store keeps.
-    ``concurrency`` bounds the steps running at once, ``lease`` (seconds) how
-    long a silent worker keeps its runs, ``max_resumes`` how many resumptions
-    without progress mark a crash loop, ``max_payload`` the largest encoded
-    value in bytes. ``clock`` and ``codec`` are injectable; ``observer`` gets
-    every ``Event``.
+    ``workflows`` is a list of generator functions (each named by its ``@workflow`` name or
+    ``__qualname__``) or a dict ``{name: function}``; omitted, every ``@workflow`` is served,
+    including those imported later. The name is what the store keeps. A run of a workflow
+    this worker does not know is never claimed: it waits for a worker that knows it.
+    ``concurrency`` bounds the steps running at once (and the ready runs claimed),
+    ``lease`` (seconds) how long a silent worker keeps its runs, ``max_resumes`` how many
+    resumptions without progress mark a crash loop, ``max_payload`` the largest encoded
+    value in bytes. ``clock`` and ``codec`` are injectable; ``observer`` gets every ``Event``.
     """
 
     def __init__(
-        self, store: Store, workflows: Iterable[Workflow] | Mapping[str, Workflow] = (), *,
-        clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
+        self, store: Store, workflows: Iterable[Workflow] | Mapping[str, Workflow] | None = None,
+        *, clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
         observer: Observer | None = None,
     ) -> None:
-        missing = [m for m in ("commit", "claim", "watch") if not hasattr(store, m)]
-        if missing:
-            raise UsageError(f"{store!r} is not a store (it has no {', '.join(missing)}); pass e.g. "
-                             f"SQLiteStore('runs.db') or MemoryStore()")
         if callable(workflows):
             raise UsageError(f"workflows must be a list or dict of workflows, got the lone "
                              f"function {workflows!r}; write workflows=[{workflows.__name__}]")
         if concurrency < 1 or lease <= 0 or max_resumes < 0 or max_payload < 1:
             raise UsageError(f"need concurrency >= 1, lease > 0, max_resumes >= 0, max_payload >= 1; "
                              f"got {concurrency}, {lease}, {max_resumes}, {max_payload}")
-        self._workflows: dict[str, Workflow] = {}
-        self._names: dict[Workflow, str] = {}
-        items = workflows.items() if isinstance(workflows, Mapping) else (
-            (getattr(fn, "__qualname__", repr(fn)), fn) for fn in workflows)
-        for name, fn in items:
-            self._register(name, fn)
-        self._store, self._clock = store, clock or SystemClock()
-        self._codec: Codec = codec or JSONCodec()
-        self._lease, self._observer = lease, observer
+        self._fixed: dict[str, Workflow] | None = None
+        if workflows is not None:
+            self._fixed = {}
+            items = workflows.items() if isinstance(workflows, Mapping) else (
+                (name_of(fn), fn) for fn in workflows)
+            for name, fn in items:
+                check(name, fn, self._fixed)
+                self._fixed[name] = fn
+        super().__init__(store, codec=codec, max_payload=max_payload)
+        if not hasattr(store, "claim"):
+            raise UsageError(f"{store!r} cannot execute runs (it has no claim()); pass e.g. "
+                             f"SQLiteStore('runs.db') or MemoryStore()")
+        self._clock = clock or SystemClock()
+        self._lease, self._observer, self._concurrency = lease, observer, concurrency
         self._rules = Rules(self._codec, self._clock.now, max_payload, max_resumes, observer is not None)
         self.worker_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
@@ -107,12 +89,11 @@ class Interpreter:
 
     def start(self, workflow: Workflow | str, *args: Any, run_id: str | None = None,
               **kwargs: Any) -> str:
-        """Start a run and return its id once it is durable. Starting an existing ``run_id``
-        with the same workflow and arguments returns it; with others it raises."""
+        """Start a run here and return its id once it is durable. Starting an existing
+        ``run_id`` with the same workflow and arguments returns it; with others it raises."""
         name = self._workflow_name(workflow)
         run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
-        args_text = self._rules.encode({"args": list(args), "kwargs": kwargs},
-                                       "the arguments of workflow {!r}", name)
+        args_text = self._args(name, args, kwargs)
         with self._start_lock:
             if self._closed:
                 raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
@@ -131,81 +112,40 @@ class Interpreter:
         finally:
             with self._start_lock:
                 self._starting -= 1
+        self._existing(run_id, name, args_text)
         old = self._record(run_id)
-        if old.workflow == name and self._same_args(old.args, args_text):
-            if old.owner == self.worker_id and old.state not in FINISHED \
-                    and run_id not in self._runtime.actors:
-                # Our create() committed though it was reported as failed: run it now.
-                self._adopt(Claim(old, self._store.journal(run_id)))
-            return run_id
-        raise UsageError(
-            f"run {run_id!r} already exists as {old.workflow}({old.args}); this start() asked for "
-            f"{name}({args_text}). Use another run_id, or the same workflow and arguments."
-        )
-
-    def result(self, run_id: str, timeout: float | None = None) -> Any:
-        """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled."""
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
-            raise UsageError(f"timeout must be seconds (a number) or None, got {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self._record(run_id)
-            if record.state == "completed":
-                try:
-                    return None if record.result is None else self._codec.decode(record.result)
-                except Exception as exc:
-                    raise CorruptRecord(f"run {run_id!r}: the stored result cannot be decoded: "
-                                        f"{exc}") from None
-            if record.state in ("failed", "cancelled"):
-                info = read_error(record.error, self._codec)
-                if record.state == "cancelled":
-                    raise Cancelled(info.get("message") or f"run {run_id!r} was cancelled")
-                raise WorkflowFailed(run_id, info.get("type", "Error"),
-                                     info.get("message", ""), info.get("traceback"))
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResultTimeout(f"run {run_id!r} is still {record.state} after {timeout}s")
-            actor = self._runtime.actors.get(run_id)
-            if actor is not None:  # its end sets the event, so no wake-up is missed
-                actor.ended.wait(min(left if left is not None else 1.0, 1.0))
-            else:  # executed by another worker: poll
-                time.sleep(min(left if left is not None else 0.05, 0.05))
+        if old.owner == self.worker_id and old.state not in FINISHED \
+                and run_id not in self._runtime.actors:
+            # Our create() committed though it was reported as failed: run it now.
+            self._adopt(Claim(old, self._store.journal(run_id)))
+        return run_id
 
     def run(self, workflow: Workflow | str, *args: Any, **kwargs: Any) -> Any:
         """Start a run and wait for its result."""
         return self.result(self.start(workflow, *args, **kwargs))
 
-    def status(self, run_id: str) -> RunStatus:
-        """The run's state (a fixed string) and, when failed or blocked, why."""
-        r = self._record(run_id)
-        error = describe_error(read_error(r.error, self._codec)) if r.error else None
-        return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
-                         r.wake_at, r.waiting_for)
+    def terminate(self, run_id: str, reason: str | None = None) -> RunStatus:
+        status = super().terminate(run_id, reason)
+        actor = self._runtime.actors.get(run_id)
+        if actor is not None and status.state in FINISHED:
+            self._runtime.forget(actor)
+        return status
 
-    def deliver(self, run_id: str, signal: str, payload: Any = None) -> None:
-        """Queue a signal for the run; durable before this returns."""
-        check_name("signal name", signal)
-        text = self._rules.encode(payload, "the payload of signal {!r}", signal)
-        self._store.deliver(check_name("run_id", run_id), signal, text)
-        self._runtime.hint(run_id, False)
-
-    def cancel(self, run_id: str) -> None:
-        """Raise Cancelled inside the run at its current or next yield; idempotent."""
-        record = self._store.cancel(check_name("run_id", run_id))
-        if record.cancel_requested:
-            self._runtime.hint(run_id, True)
+    terminate.__doc__ = Client.terminate.__doc__
 
     def recover(self) -> list[str]:
-        """Claim and resume every unfinished run no live worker owns (blocked runs are retried
-        with the current code); from now on also adopt runs whose owner dies. Returns their ids."""
+        """Claim and resume every unfinished run of a known workflow that no live worker owns
+        (blocked runs are retried with the current code); from now on also adopt runs whose
+        owner dies and runs started by clients. Returns their ids."""
         if self._closed:
             raise ReplaygenError("this Interpreter is shut down")
-        claims = self._claim(blocked=True, workflows=None)
+        claims = self._claim(blocked=True)
         self._emit(Event("recovered", count=len(claims)))  # claimed, not yet resumed
         for claim in claims:
             self._adopt(claim)
         self._adopting = True
         log.info("recovered %d runs", len(claims))
+        self._log_strangers()
         return [c.run.run_id for c in claims]
 
     def resume(self, run_id: str, timeout: float = 30.0) -> RunStatus:
@@ -213,7 +153,10 @@ class Interpreter:
         ``timeout`` s until it finishes, blocks again or parks. Raises if a live worker holds it."""
         record = self._record(run_id)
         if record.state not in FINISHED and record.owner != self.worker_id:
-            claims = self._claim(blocked=True, workflows=None, run_ids=[run_id])
+            if record.workflow not in self._known():
+                raise ReplaygenError(f"run {run_id!r} is of workflow {record.workflow!r}, which "
+                                     f"this worker does not know; resume it where it is known")
+            claims = self._claim(blocked=True, run_ids=[run_id])
             if not claims:
                 raise ReplaygenError(f"run {run_id!r} is held by the live worker {record.owner}; "
                                      f"it goes on there")
@@ -261,26 +204,19 @@ class Interpreter:
 
     # ---- helpers of the public API ------------------------------------------
 
-    def _register(self, name: str, fn: Workflow) -> None:
-        check_name("workflow name", name)
-        if not inspect.isgeneratorfunction(fn):
-            raise UsageError(f"workflow {name!r} ({fn!r}) is not a generator function; a workflow "
-                             f"must `yield` commands (Do, Sleep, Wait, Version, All)")
-        if name in self._workflows:
-            old = self._workflows[name]
-            raise UsageError(f"two workflows are registered as {name!r}: {old.__module__}."
-                             f"{old.__qualname__} and {fn.__module__}.{fn.__qualname__}; pass a "
-                             f"dict to name them apart")
-        self._workflows[name] = fn
-        self._names.setdefault(fn, name)
+    def _known(self) -> dict[str, Workflow]:
+        return self._fixed if self._fixed is not None else registered()
 
     def _workflow_name(self, workflow: object) -> str:
-        if isinstance(workflow, str) and workflow in self._workflows:
+        known = self._known()
+        if isinstance(workflow, str) and workflow in known:
             return workflow
-        if callable(workflow) and workflow in self._names:
-            return self._names[workflow]
+        for name, fn in known.items():
+            if fn is workflow:
+                return name
         raise UsageError(f"{workflow!r} is not a registered workflow; registered: "
-                         f"{sorted(self._workflows) or 'none'}")
+                         f"{sorted(known) or 'none'} (decorate it with @workflow or pass it "
+                         f"in workflows=)")
 
     def _new_run_id(self) -> str:
         # Unguessable as a uuid4, but a keyed hash of (pid, counter): os.urandom per start
@@ -288,19 +224,15 @@ class Interpreter:
         return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
                                digest_size=16).hexdigest()
 
-    def _same_args(self, old: str, new: str) -> bool:
-        # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
-        try:
-            a, b = (json.dumps(self._codec.decode(t), sort_keys=True, default=repr) for t in (old, new))
-            return a == b
-        except Exception:
-            return old == new
+    def _hint(self, run_id: str, cancel: bool) -> None:
+        self._runtime.hint(run_id, cancel)
 
-    def _record(self, run_id: str) -> RunRecord:
-        record = self._store.get(check_name("run_id", run_id))
-        if record is None:
-            raise RunNotFound(f"no run {run_id!r} in this store")
-        return record
+    def _wait_for(self, run_id: str, seconds: float) -> None:
+        actor = self._runtime.actors.get(run_id)
+        if actor is None:  # executed by another worker: poll
+            super()._wait_for(run_id, seconds)
+        else:  # its end sets the event, so no wake-up is missed
+            actor.ended.wait(seconds)
 
     def _emit(self, event: Event) -> None:
         if self._observer is not None:
@@ -311,17 +243,39 @@ class Interpreter:
 
     # ---- claiming -------------------------------------------------------------
 
-    def _claim(self, *, blocked: bool, workflows: Iterable[str] | None,
-               run_ids: list[str] | None = None) -> list[Claim]:
+    def _claim(self, *, blocked: bool, run_ids: list[str] | None = None,
+               limit: int | None = None) -> list[Claim]:
+        """Claim runs of known workflows (never another's) that no live worker holds."""
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
-        claims: list[Claim] = []
-        while True:
-            batch = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=500,
-                                      workflows=None if workflows is None else list(workflows),
-                                      run_ids=run_ids)
+        known, claims = list(self._known()), list[Claim]()
+        while known and (limit is None or len(claims) < limit):
+            size = 500 if limit is None else min(500, limit - len(claims))
+            batch = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=size,
+                                      workflows=known, run_ids=run_ids)
             claims += batch
-            if len(batch) < 500:
-                return claims
+            if len(batch) < size:
+                break
+        return claims
+
+    def _room(self) -> int:
+        """How many more ready runs this worker can run now (parked runs do not count)."""
+        busy = sum(a.life.written[0] in ("pending", "running")
+                   for a in list(self._runtime.actors.values()))
+        return max(0, self._concurrency - busy)
+
+    def _log_strangers(self) -> None:
+        """Say once which unfinished runs are left for workers that know their workflows."""
+        try:
+            known = self._known()
+            strangers: dict[str, int] = {}
+            for r in self._store.runs(states=(*ACTIVE, "blocked"), limit=10_000):
+                if r.workflow not in known:
+                    strangers[r.workflow] = strangers.get(r.workflow, 0) + 1
+        except Exception:
+            return
+        if strangers:
+            log.info("left %s for workers that know them (this one knows %s)", ", ".join(
+                f"{n} runs of {w!r}" for w, n in sorted(strangers.items())), sorted(known))
 
     def _adopt(self, claim: Claim) -> None:
         record, broken = claim.run, None
@@ -330,7 +284,7 @@ class Interpreter:
         except CorruptRecord as exc:
             journal, broken = Journal(record.run_id, [], self._codec), exc
         life = Life(self._rules, record.run_id, record.workflow,
-                    self._workflows.get(record.workflow), record.args, journal,
+                    self._known().get(record.workflow), record.args, journal,
                     written=(record.state, record.wake_at, record.waiting_for),
                     resumes=record.resumes, cancel=record.cancel_requested, broken=broken)
         self._runtime.adopt(life, record.fence)
@@ -339,7 +293,7 @@ class Interpreter:
 
     def _watch(self) -> None:
         """Renew the lease, learn of signals and cancels sent by other processes, and adopt
-        runs whose owner died."""
+        runs whose owner died or that clients started."""
         token: object = None
         beat = adopt = sweep = 0.0
         failing = False
@@ -358,8 +312,8 @@ class Interpreter:
                         self._runtime.hint(run_id, cancel)
                     if self._adopting:
                         adopt = 0.0
-                if self._adopting and now >= adopt and not self._closed:
-                    for claim in self._claim(blocked=False, workflows=self._workflows):
+                if self._adopting and now >= adopt and not self._closed and (room := self._room()):
+                    for claim in self._claim(blocked=False, limit=room):
                         self._adopt(claim)
                     adopt = now + min(1.0, self._lease / 4)
                 failing = False

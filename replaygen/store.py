@@ -227,6 +227,8 @@ class MemoryStore:
             now = time.time()
             self._runs[w.run_id] = RunRecord(w.run_id, *w.create, w.state, w.owner, w.fence, now, now)
             self._journals[w.run_id], self._signals[w.run_id] = [], []
+            if w.release:  # a client's start: wake the workers
+                self._bump()
             return True
         run = self._runs.get(w.run_id)
         if run is None or run.owner != w.owner or run.fence != w.fence:

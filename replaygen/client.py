@@ -1,0 +1,185 @@
+"""``Client``: start, watch and steer runs in a store, executing none of them.
+
+For processes that start runs and read their results but run no workflow code (a web
+app): it needs no workflow functions, starts no thread and holds no lease. A live worker
+(``Interpreter(store).recover()``) that knows the workflow picks a started run up at once.
+``Interpreter`` is a Client that also executes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from ._identity import new_owner_id
+from .codec import Codec, JSONCodec
+from .commands import check_name
+from .errors import (
+    Cancelled, CorruptRecord, ResultTimeout, RunNotFound, UsageError, WorkflowFailed,
+)
+from .journal import describe_error, read_error
+from .registry import name_of
+from .replay import Rules
+from .store import FINISHED, RunRecord, Store, Write
+
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+"""The largest encoded step result, argument list or signal payload, in bytes."""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What ``status()`` reports. ``state`` is one of the fixed state strings."""
+
+    run_id: str
+    state: str
+    error: str | None
+    workflow: str
+    created: float
+    updated: float
+    wake_at: float | None
+    waiting_for: str | None
+
+
+class Client:
+    """Starts and steers runs in ``store``; executes nothing."""
+
+    def __init__(self, store: Store, *, codec: Codec | None = None,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        missing = [m for m in ("commit", "get", "deliver") if not hasattr(store, m)]
+        if missing:
+            raise UsageError(f"{store!r} is not a store (it has no {', '.join(missing)}); pass e.g. "
+                             f"SQLiteStore('runs.db') or MemoryStore()")
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
+            raise UsageError(f"max_payload must be an int >= 1, got {max_payload!r}")
+        self._store, self._codec = store, codec or JSONCodec()
+        self._rules = Rules(self._codec, time.time, max_payload, 0)
+        self.client_id = new_owner_id()
+
+    def start(self, workflow: Any, *args: Any, run_id: str | None = None, **kwargs: Any) -> str:
+        """Queue a run of ``workflow`` (a name, or a function used for its name) for any live
+        worker that knows it; durable before this returns. Idempotent as Interpreter.start."""
+        name = workflow if isinstance(workflow, str) else name_of(workflow) \
+            if callable(workflow) else None
+        if name is None:
+            raise UsageError(f"workflow must be a name or a workflow function, got {workflow!r}")
+        check_name("workflow name", name)
+        run_id = _new_run_id() if run_id is None else check_name("run_id", run_id)
+        args_text = self._args(name, args, kwargs)
+        # Released at once (no lease backs this owner), and the release wakes the workers.
+        write = Write(run_id, self.client_id, 1, "pending", create=(name, args_text), release=True)
+        done = self._store.commit([write])[0]
+        return run_id if done else self._existing(run_id, name, args_text)
+
+    def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled
+        (a ResultTimeout, also a TimeoutError, after ``timeout`` seconds)."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise UsageError(f"timeout must be seconds (a number) or None, got {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self._record(run_id)
+            if record.state == "completed":
+                try:
+                    return None if record.result is None else self._codec.decode(record.result)
+                except Exception as exc:
+                    raise CorruptRecord(f"run {run_id!r}: the stored result cannot be decoded: "
+                                        f"{exc}") from None
+            if record.state in ("failed", "cancelled"):
+                info = read_error(record.error, self._codec)
+                if record.state == "cancelled":
+                    raise Cancelled(info.get("message") or f"run {run_id!r} was cancelled")
+                raise WorkflowFailed(run_id, info.get("type", "Error"),
+                                     info.get("message", ""), info.get("traceback"))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(f"run {run_id!r} is still {record.state} after {timeout}s")
+            self._wait_for(run_id, min(left if left is not None else 1.0, 1.0))
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run's state (a fixed string) and, when failed, cancelled or blocked, why."""
+        r = self._record(run_id)
+        error = describe_error(read_error(r.error, self._codec)) if r.error else None
+        return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
+                         r.wake_at, r.waiting_for)
+
+    def deliver(self, run_id: str, signal: str, payload: Any = None) -> None:
+        """Queue a signal for the run; durable before this returns."""
+        check_name("signal name", signal)
+        text = self._rules.encode(payload, "the payload of signal {!r}", signal)
+        self._store.deliver(check_name("run_id", run_id), signal, text)
+        self._hint(run_id, False)
+
+    def cancel(self, run_id: str) -> None:
+        """Raise Cancelled inside the run at its current or next yield; idempotent. A blocked
+        run takes it when code that replays it runs it again; ``terminate`` ends it now."""
+        record = self._store.cancel(check_name("run_id", run_id))
+        if record.cancel_requested:
+            self._hint(run_id, True)
+
+    def terminate(self, run_id: str, reason: str | None = None) -> RunStatus:
+        """End an unfinished run now, as ``cancelled``, without running workflow code; a step
+        still running somewhere is refused by the fence when it ends. A finished run is left
+        as it is. Returns the run's status."""
+        terminate = getattr(self._store, "terminate", None)
+        if terminate is None:
+            raise UsageError(f"{self._store!r} cannot terminate runs (no terminate())")
+        message = reason or "terminated"
+        error = self._rules.encode_error({"type": "Terminated", "message": message})
+        record: RunRecord = terminate(check_name("run_id", run_id), error)
+        self._hint(run_id, False)
+        return self.status(record.run_id)
+
+    def runs(self, *, states: Collection[str] | None = None, workflow: str | None = None,
+             limit: int = 100, offset: int = 0) -> list[RunStatus]:
+        """Runs in the store, newest first."""
+        return [RunStatus(r.run_id, r.state, describe_error(read_error(r.error, self._codec))
+                          if r.error else None, r.workflow, r.created, r.updated, r.wake_at,
+                          r.waiting_for)
+                for r in self._store.runs(states=states, workflow=workflow, limit=limit,
+                                          offset=offset)]
+
+    # ---- shared with Interpreter ------------------------------------------------------------
+
+    def _hint(self, run_id: str, cancel: bool) -> None:
+        """Tell a local executor that the run may have news (a Client has none)."""
+
+    def _wait_for(self, run_id: str, seconds: float) -> None:
+        time.sleep(min(seconds, 0.05))  # executed elsewhere: poll
+
+    def _args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        return self._rules.encode({"args": list(args), "kwargs": kwargs},
+                                  "the arguments of workflow {!r}", name)
+
+    def _existing(self, run_id: str, name: str, args_text: str) -> str:
+        old = self._record(run_id)
+        if old.workflow == name and self._same_args(old.args, args_text):
+            return run_id
+        raise UsageError(
+            f"run {run_id!r} already exists as {old.workflow}({old.args}); this start() asked for "
+            f"{name}({args_text}). Use another run_id, or the same workflow and arguments."
+        )
+
+    def _same_args(self, old: str, new: str) -> bool:
+        # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
+        try:
+            a, b = (json.dumps(self._codec.decode(t), sort_keys=True, default=repr) for t in (old, new))
+            return a == b
+        except Exception:
+            return old == new
+
+    def _record(self, run_id: str) -> RunRecord:
+        record = self._store.get(check_name("run_id", run_id))
+        if record is None:
+            raise RunNotFound(f"no run {run_id!r} in this store")
+        return record
+
+
+def _new_run_id() -> str:
+    import uuid
+    return uuid.uuid4().hex
+
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "Client", "FINISHED", "RunStatus"]

@@ -1,0 +1,73 @@
+"""The ``@workflow`` decorator and the default registry it fills.
+
+The one module-level registry of the project: an ``Interpreter`` built without
+``workflows=`` serves every workflow recorded here, including those imported after it
+was built. The decorator returns the function itself, still a plain generator function.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar, overload
+
+from .commands import check_name
+from .errors import UsageError
+
+Workflow = Callable[..., Generator[Any, Any, Any]]
+F = TypeVar("F", bound=Callable[..., Any])
+ATTR = "__replaygen_workflow__"
+"""Set on a decorated function: the name the store keeps for it."""
+
+_lock = threading.Lock()
+_registry: dict[str, Workflow] = {}
+
+
+def where(fn: Any) -> str:
+    """``module.qualname (file:line)``: enough to find a function from an error message."""
+    code = getattr(fn, "__code__", None)
+    at = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}{at}"
+
+
+def name_of(fn: Any) -> str:
+    """The name a workflow function is kept under: its ``@workflow`` name, else its qualname."""
+    return str(getattr(fn, ATTR, None) or getattr(fn, "__qualname__", repr(fn)))
+
+
+def check(name: str, fn: Any, known: dict[str, Workflow]) -> None:
+    """Refuse a function that is not a generator function, or a name taken by another."""
+    check_name("workflow name", name)
+    if not inspect.isgeneratorfunction(fn):
+        raise UsageError(f"workflow {name!r} ({fn!r}) is not a generator function; a workflow "
+                         f"must `yield` commands (Do, Sleep, Wait, Version, All)")
+    old = known.get(name)
+    if old is not None and old is not fn and (old.__module__, old.__qualname__) != (
+            fn.__module__, fn.__qualname__):  # the same function again (a reload) replaces it
+        raise UsageError(f"two workflows are registered as {name!r}: {where(old)} and "
+                         f"{where(fn)}; give one another name (@workflow(name=...) or a dict)")
+
+
+@overload
+def workflow(fn: F, /) -> F: ...
+@overload
+def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
+    """Mark a generator function as a workflow, kept under ``name`` (default: its qualname),
+    and record it in the default registry. Returns the function unchanged."""
+    def mark(fn: F) -> F:
+        chosen = name if name is not None else fn.__qualname__
+        with _lock:
+            check(chosen, fn, _registry)
+            _registry[chosen] = fn
+        setattr(fn, ATTR, chosen)
+        return fn
+
+    return mark if fn is None else mark(fn)
+
+
+def registered() -> dict[str, Workflow]:
+    """A snapshot of the default registry: name -> function."""
+    with _lock:
+        return dict(_registry)
