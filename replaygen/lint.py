@@ -234,7 +234,7 @@ def _named(module: str, attr: str, obj: object) -> tuple[tuple[str, Callable[...
         items = [(obj.__qualname__, obj)]
     else:
         raise LintError(f"{module}:{attr} is a {type(obj).__name__}, not a list or dict of workflows "
-                        f"(lint cannot call a factory: it needs no store; name the workflows instead)")
+                        f"(lint calls nothing, not even a factory: name the workflows instead)")
     for name, fn in items:
         if not callable(fn):
             raise LintError(f"{module}:{attr} holds {fn!r} as {name!r}, which is not a function")

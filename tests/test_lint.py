@@ -8,7 +8,9 @@ quiet, so each case checks both what is found, on which line, and what is not.
 from __future__ import annotations
 
 import importlib
+import json
 import re
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from replaygen import Do, lint
+from replaygen.cli import main
 from replaygen.lint import Finding, LintError, find_workflows, lint_module, lint_workflows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,6 +228,60 @@ def test_a_finding_reads_path_line_col_code_message_fix(monkeypatch: pytest.Monk
 
 
 # ---- the command -------------------------------------------------------------------------
+
+def test_cli_lint_exits_1_and_prints_one_line_per_finding(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["lint", "tests.lint_cases.helpers", "tests.lint_cases.registered"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "tests.lint_cases.helpers: flow (from its `workflows`)"
+    assert lines[1] == "tests.lint_cases.registered: marked (registered with @workflow)"
+    assert [re.match(r"tests/lint_cases/\w+\.py:\d+:\d+: RG\d{3} .* \(fix: .*\)$", line) is not None
+            for line in lines[2:-1]] == [True] * 3
+    assert lines[-1] == "replaygen lint: 3 findings in 2 workflows from 2 modules"
+
+
+def test_cli_lint_exits_0_on_the_examples_and_needs_no_store(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLAYGEN_STORE", "postgresql://nowhere.invalid/none")
+    assert main(["lint", *EXAMPLES]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "replaygen lint: no findings in 6 workflows from 6 modules")
+
+
+def test_cli_lint_exits_2_with_one_line_when_a_module_cannot_be_imported(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", "examples.checkout", "no_such_module_here"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith("replaygen: error: cannot import 'no_such_module_here'")
+
+
+def test_cli_lint_without_a_module_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["lint"])
+    assert exit_.value.code == 2
+
+
+def test_cli_lint_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", "--json", "tests.lint_cases.bare"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["modules"][0]["workflows"] == ["first", "second"]
+    assert [(f["code"], f["workflow"]) for f in data["findings"]] == [
+        ("RG101", "first"), ("RG103", "second")]
+    assert set(data["findings"][0]) == {"path", "line", "col", "code", "message", "fix", "workflow"}
+
+
+def test_the_installed_command_runs_lint() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "replaygen", "lint", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    clean, dirty, missing = run(*EXAMPLES), run("tests.lint_cases.clock"), run("nowhere_module")
+    assert (clean.returncode, dirty.returncode, missing.returncode) == (0, 1, 2), clean.stderr
+    assert "tests/lint_cases/clock.py:26:5: RG102" in dirty.stdout
+    assert len(missing.stderr.splitlines()) == 1 and "Traceback" not in missing.stderr
+
 
 def test_main_writes_to_the_streams_it_is_given(tmp_path: Path) -> None:
     with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
