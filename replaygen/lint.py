@@ -649,7 +649,9 @@ class _Body:
         if depth > 8:
             return False
         deeper = depth + 1
-        if isinstance(expr, (ast.Set, ast.SetComp)):
+        if isinstance(expr, ast.Set):  # ints hash to themselves: {1, 2} has one order everywhere
+            return not all(isinstance(e, ast.Constant) and type(e.value) is int for e in expr.elts)
+        if isinstance(expr, ast.SetComp):
             return True
         if isinstance(expr, ast.Call):
             name = self.qualname(expr.func, scope)

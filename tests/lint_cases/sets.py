@@ -35,6 +35,8 @@ def sets(users, tags):
         yield Do(f"dict order {who}", notify, who)
     for key in {"a": 1, "b": 2}:  # a dict keeps insertion order: fine
         yield Do(f"key {key}", notify, key)
+    for n in {3, 1, 2}:  # ints hash to themselves: the same order in every process
+        yield Do(f"n {n}", notify, n)
     return label
 
 
