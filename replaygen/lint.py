@@ -215,9 +215,10 @@ def find_workflows(spec: str) -> Selection:
     if registered:
         return Selection(spec, module_name, "registered with @workflow", tuple(registered.items()))
     # Neither: guess from the code. Only functions defined here, not ones it imported.
+    sources: dict[str, _Source] = {}
     guessed = tuple((v.__qualname__, v) for v in vars(module).values()
                     if inspect.isfunction(v) and inspect.isgeneratorfunction(v)
-                    and v.__module__ == module.__name__ and _makes_commands(v))
+                    and v.__module__ == module.__name__ and _makes_commands(v, sources))
     if guessed:
         return Selection(spec, module_name, "no `workflows` or @workflow here, so every generator "
                          "function defined here that makes replaygen commands", guessed)
@@ -232,6 +233,9 @@ def _named(module: str, attr: str, obj: object) -> tuple[tuple[str, Callable[...
         items = [(getattr(v, "__qualname__", repr(v)), v) for v in obj]
     elif inspect.isgeneratorfunction(obj):
         items = [(obj.__qualname__, obj)]
+    elif isinstance(obj, types.ModuleType):
+        raise LintError(f"{module}:{attr} is a module, not a list or dict of workflows (did you mean "
+                        f"`replaygen lint {obj.__name__}`?)")
     else:
         raise LintError(f"{module}:{attr} is a {type(obj).__name__}, not a list or dict of workflows "
                         f"(lint calls nothing, not even a factory: name the workflows instead)")
@@ -347,8 +351,8 @@ def _silenced(text: str) -> set[int]:
         return {n for n, line in enumerate(text.splitlines(), 1) if SILENCE.search(line)}
 
 
-def _makes_commands(fn: Callable[..., Any]) -> bool:
-    src, node = _locate(fn, {})
+def _makes_commands(fn: Callable[..., Any], sources: dict[str, _Source]) -> bool:
+    src, node = _locate(fn, sources)
     if src is None or node is None:
         return False
     body = _Body(src, fn, node, fn.__qualname__, None)
