@@ -308,6 +308,15 @@ def cmd_worker(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lint(a: argparse.Namespace) -> int:
+    """Reads source only, so it opens no store: exit 1 on findings, 2 for a bad module."""
+    from . import lint  # stdlib only, but nothing else here needs it
+
+    if os.getcwd() not in sys.path:  # as load_app does
+        sys.path.insert(0, os.getcwd())
+    return lint.main(a.modules, as_json=a.json)
+
+
 # ---- entry point ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -347,12 +356,20 @@ def _parser() -> argparse.ArgumentParser:
                          "function(store) returning an Interpreter")
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
     sp.add_argument("--log-level", default="INFO")
+    text = "report calls in workflow bodies that differ between runs (needs no store)"
+    sp = sub.add_parser("lint", help=text, description=text)  # not add(): no --store
+    sp.set_defaults(func=cmd_lint)
+    sp.add_argument("modules", nargs="+", metavar="MODULE[:ATTR]",
+                    help="ATTR (default: workflows), else its @workflow functions")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
+        if a.command == "lint":  # needs no store
+            return cmd_lint(a)
         if a.command in ("worker", "resume"):  # the engine logs under "replaygen"
             logging.basicConfig(level=getattr(a, "log_level", "WARNING").upper(),
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
