@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -150,8 +151,12 @@ class Client:
         time.sleep(min(seconds, 0.05))  # executed elsewhere: poll
 
     def _args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        return self._rules.encode({"args": list(args), "kwargs": kwargs},
+        # The nonce makes idempotency keys unique to this run, not just to its id.
+        return self._rules.encode({"args": list(args), "kwargs": kwargs, "nonce": self._nonce()},
                                   "the arguments of workflow {!r}", name)
+
+    def _nonce(self) -> str:
+        return uuid.uuid4().hex
 
     def _existing(self, run_id: str, name: str, args_text: str) -> str:
         old = self._record(run_id)
@@ -165,7 +170,8 @@ class Client:
     def _same_args(self, old: str, new: str) -> bool:
         # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
         try:
-            a, b = (json.dumps(self._codec.decode(t), sort_keys=True, default=repr) for t in (old, new))
+            a, b = (json.dumps({k: v for k, v in self._codec.decode(t).items() if k != "nonce"},
+                               sort_keys=True, default=repr) for t in (old, new))
             return a == b
         except Exception:
             return old == new
@@ -178,7 +184,6 @@ class Client:
 
 
 def _new_run_id() -> str:
-    import uuid
     return uuid.uuid4().hex
 
 

@@ -21,8 +21,8 @@ from ._identity import is_dead, new_owner_id
 from .client import DEFAULT_MAX_PAYLOAD, Client, RunStatus
 from .codec import Codec
 from .commands import check_name
-from .errors import CorruptRecord, ReplaygenError, UsageError
-from .journal import Journal
+from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
+from .journal import Journal, read_error
 from .observe import Event, Observer
 from .registry import check, name_of, registered
 from .replay import Life, Rules
@@ -134,12 +134,19 @@ class Interpreter(Client):
     terminate.__doc__ = Client.terminate.__doc__
 
     def recover(self) -> list[str]:
-        """Claim and resume every unfinished run of a known workflow that no live worker owns
-        (blocked runs are retried with the current code); from now on also adopt runs whose
-        owner dies and runs started by clients. Returns their ids."""
+        """Claim and resume every unfinished run of a known workflow that no live worker owns;
+        from now on also adopt runs whose owner dies and runs started by clients. Blocked runs
+        are retried with the current code, except those blocked for a crash loop: retrying
+        them could take this worker down too, so they wait for ``resume()``. Returns the ids."""
         if self._closed:
             raise ReplaygenError("this Interpreter is shut down")
-        claims = self._claim(blocked=True)
+        known = self._known()
+        blocked = [r.run_id for r in self._store.runs(states=("blocked",), limit=100_000)
+                   if r.workflow in known and read_error(r.error, self._codec).get("type")
+                   != RunBlocked.__name__]
+        claims = self._claim(blocked=False)
+        if blocked:
+            claims += self._claim(blocked=True, run_ids=blocked)
         self._emit(Event("recovered", count=len(claims)))  # claimed, not yet resumed
         for claim in claims:
             self._adopt(claim)
@@ -223,6 +230,9 @@ class Interpreter(Client):
         # would give up the GIL and then wait for the busy driver to hand it back.
         return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
                                digest_size=16).hexdigest()
+
+    def _nonce(self) -> str:  # cheaper than os.urandom per start (see _new_run_id)
+        return self._new_run_id()
 
     def _hint(self, run_id: str, cancel: bool) -> None:
         self._runtime.hint(run_id, cancel)

@@ -56,12 +56,16 @@ class StepInfo(NamedTuple):  # a tuple: one is built per step
     step: str
     position: int
     attempt: int
+    incarnation: str = ""
+    """A random nonce stored with the run when it was started (empty for older runs)."""
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across retries and across re-execution after a crash: hand it to APIs that
-        deduplicate (a UUID derived from the run id and the step's position)."""
-        return str(uuid.uuid5(_KEYS, f"{self.run_id}\x00{self.position}"))
+        """Stable across retries and across re-execution after a crash, and unique to this
+        run: a run id reused in another store, or after a store is recreated, gets other
+        keys. Hand it to APIs that deduplicate."""
+        return str(uuid.uuid5(_KEYS, f"{self.run_id}\x00{self.position}" + (
+            f"\x00{self.incarnation}" if self.incarnation else "")))
 
 
 _KEYS = uuid.UUID("6f1c2a52-9d1e-4c1b-8f0a-3e5d7b9c1a20")

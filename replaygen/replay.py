@@ -203,6 +203,7 @@ class Life:
         self.alarm: float | None = None
         self.finishing = False              # its last write is under way
         self.ended: BaseException | None = None  # what failed, cancelled or blocked the run
+        self.nonce = ""                     # this incarnation's, for idempotency keys
 
     # ---- the life --------------------------------------------------------------------------
 
@@ -238,6 +239,7 @@ class Life:
         try:
             payload = self.rules.codec.decode(self.args)
             args, kwargs = payload["args"], payload["kwargs"]
+            self.nonce = str(payload.get("nonce", ""))
         except Exception as exc:
             raise CorruptRecord(f"run {self.id!r}: its stored arguments cannot be read ({exc!r}); "
                                 f"the run is blocked until the row is repaired") from None
@@ -368,7 +370,7 @@ class Life:
         m.queued, self.live = False, True
         if self.written[0] != "running":
             yield from self._save("running")
-        info = StepInfo(self.id, cmd.name, m.slot, attempt)
+        info = StepInfo(self.id, cmd.name, m.slot, attempt, self.nonce)
         if self.rules.observed:
             yield from self._emit("step_started", step=cmd.name, position=m.slot, attempt=attempt)
         m.running = True

@@ -145,6 +145,12 @@ class Store(Protocol):
         """Request cancellation (idempotent; no effect on a finished run); raise RunNotFound."""
         ...
 
+    def terminate(self, run_id: str, error: str) -> RunRecord:
+        """End an unfinished run now: state ``cancelled`` with ``error``, no owner, fence
+        bumped (its owner's later writes are refused); a finished run is returned unchanged.
+        Raise RunNotFound."""
+        ...
+
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
         """Runs held by ``owner`` with queued signals or an unjournaled cancel: (run id, cancel)."""
         ...
@@ -310,6 +316,18 @@ class MemoryStore:
                 raise RunNotFound(f"cannot cancel: no run {run_id!r} in this store")
             if run.state not in FINISHED and not run.cancel_requested:
                 run = self._runs[run_id] = replace(run, cancel_requested=True)
+                self._bump()
+            return run
+
+    def terminate(self, run_id: str, error: str) -> RunRecord:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFound(f"cannot terminate: no run {run_id!r} in this store")
+            if run.state not in FINISHED:
+                run = self._runs[run_id] = replace(
+                    run, state="cancelled", error=error, owner=None, fence=run.fence + 1,
+                    wake_at=None, waiting_for=None, updated=time.time())
                 self._bump()
             return run
 

@@ -241,6 +241,28 @@ def test_cancel_is_idempotent_and_never_touches_a_finished_run(store: Store) -> 
     assert not store.cancel("done").cancel_requested
 
 
+def test_terminate_ends_an_unfinished_run_and_fences_out_its_owner(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        store.terminate("nope", "{}")
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "sleeping", wake_at=5.0)])
+    ended = store.terminate("r", '{"message":"abandoned"}')
+    assert (ended.state, ended.owner, ended.error, ended.wake_at) == (
+        "cancelled", None, '{"message":"abandoned"}', None)
+    assert store.commit([Write("r", "A", 1, "running", (_entry(0),))]) == [False]
+    assert store.journal("r") == []
+    assert store.claim("B", blocked=True) == []
+    again = store.terminate("r", '{"message":"twice"}')
+    assert (again.state, again.error) == ("cancelled", '{"message":"abandoned"}')
+
+
+def test_terminate_leaves_a_finished_run_as_it_is(store: Store) -> None:
+    store.create("done", "wf", "{}", "A")
+    store.commit([Write("done", "A", 1, "completed", result="1", release=True)])
+    assert (store.terminate("done", "{}").state, store.get("done").result) == (  # type: ignore[union-attr]
+        "completed", "1")
+
+
 def test_wakeups_report_signals_and_unseen_cancels_of_the_owner(store: Store) -> None:
     store.create("a", "wf", "{}", "A")
     store.create("b", "wf", "{}", "A")
@@ -427,6 +449,48 @@ def test_cancel_reaches_a_waiting_run_on_this_store(store_factory: StoreFactory)
     kinds = [e.kind for e in interp._store.journal(run_id)]  # noqa: SLF001
     assert kinds == ["cancel", "do"]
     interp.shutdown()
+
+
+_GATE = threading.Event()
+
+
+def _stuck() -> Any:
+    yield Do("hold", _GATE.wait, 30)
+    yield Do("after", _step, "after")
+
+
+def _sleeper() -> Any:
+    yield Sleep(3600)
+    yield Do("after", _step, "after")
+
+
+def test_terminate_ends_a_sleeping_and_a_running_run_on_this_store(
+        store_factory: StoreFactory) -> None:
+    gate = _GATE
+    gate.clear()
+    store = store_factory()
+    interp = Interpreter(store, {"stuck": _stuck, "sleeper": _sleeper})
+    try:
+        sleeping, running = interp.start("sleeper"), interp.start("stuck")
+        _poll(interp, sleeping, "sleeping")
+        _poll(interp, running, "running")
+        for run_id in (sleeping, running):
+            assert interp.terminate(run_id, "abandoned by the operator").state == "cancelled"
+            with pytest.raises(Cancelled, match="abandoned by the operator"):
+                interp.result(run_id, timeout=10)
+    finally:
+        gate.set()  # the running step ends now: its result is refused by the fence
+        interp.shutdown()  # waits for that step
+    assert [e.kind for e in store.journal(sleeping)] == ["sleep"]
+    assert store.journal(running) == []
+    assert [store.get(r).state for r in (sleeping, running)] == ["cancelled"] * 2  # type: ignore[union-attr]
+
+
+def test_terminate_ends_a_blocked_run(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    store.commit([Write("r", "A", 1, "blocked", error='{"message":"bad"}', release=True)])
+    assert store.terminate("r", '{"message":"gone"}').state == "cancelled"
+    assert store.claim("B", blocked=True) == []
 
 
 def test_a_non_deterministic_error_names_both_sides() -> None:

@@ -556,6 +556,19 @@ class PostgresStore:
                 return _record(row)
         return self._call(tx, idempotent=True)
 
+    def terminate(self, run_id: str, error: str) -> RunRecord:
+        def tx(conn: psycopg.Connection[Any]) -> RunRecord:
+            with conn.transaction():
+                row = conn.execute(self._q["terminate"], [error, run_id, list(FINISHED)]).fetchone()
+                if row is not None:
+                    self._notify(conn, "release", run_id)
+                    return _record(row)
+                row = conn.execute(self._q["get"], [run_id]).fetchone()
+                if row is None:
+                    raise RunNotFound(f"cannot terminate: no run {run_id!r} in this store")
+                return _record(row)
+        return self._call(tx, idempotent=True)
+
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
         rows = self._call(lambda c: c.execute(self._q["wakeups"], [owner]).fetchall(),
                           idempotent=True)
@@ -736,6 +749,11 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "cancel": f"""
             UPDATE {{runs}} SET cancel_requested = true
             WHERE run_id = %s AND state <> ALL(%s::text[]) AND NOT cancel_requested
+            RETURNING {_RUN_COLUMNS}""",
+        "terminate": f"""
+            UPDATE {{runs}} SET state = 'cancelled', error = %s, owner = NULL, fence = fence + 1,
+                wake_at = NULL, waiting_for = NULL, updated = {_NOW}
+            WHERE run_id = %s AND state <> ALL(%s::text[])
             RETURNING {_RUN_COLUMNS}""",
         "wakeups": """
             SELECT r.run_id, r.cancel_requested AND NOT r.cancel_seen FROM {runs} r

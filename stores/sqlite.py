@@ -362,6 +362,18 @@ class SQLiteStore:
             return self._state(c, run_id, "cancel")
         return self._tx(tx)
 
+    def terminate(self, run_id: str, error: str) -> RunRecord:
+        def tx(c: sqlite3.Connection) -> RunRecord:
+            run = self._state(c, run_id, "terminate")
+            if run.state in FINISHED:
+                return run
+            c.execute("UPDATE runs SET state = 'cancelled', error = ?, owner = NULL, "
+                      "fence = fence + 1, wake_at = NULL, waiting_for = NULL, updated = ? "
+                      "WHERE run_id = ?", (error, time.time(), run_id))
+            c.execute(_BUMP)
+            return self._state(c, run_id, "terminate")
+        return self._tx(tx)
+
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
         return [(r[0], bool(r[1])) for r in self._read(
             "SELECT run_id, cancel_requested AND NOT cancel_seen FROM runs r WHERE owner = ? AND "

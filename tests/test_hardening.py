@@ -1,0 +1,138 @@
+"""What outside testing broke in the engine (issue 15), each pinned by a test that failed before."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replaygen import (
+    Do, Interpreter, MemoryStore, Sleep, StepFailed, Version, Wait, current_step,
+)
+from replaygen.stores.sqlite import SQLiteStore
+from replaygen.testing import FakeClock
+
+from .conftest import PATIENCE
+
+Make = Callable[..., Interpreter]
+
+
+def echo(x: Any) -> Any:
+    return x
+
+
+class ReprCodec:
+    """Not JSON: Python literals (a user's codec, e.g. for tuples), read back with eval."""
+
+    def encode(self, value: Any) -> str:
+        return "py:" + repr(value)
+
+    def decode(self, text: str) -> Any:
+        if not text.startswith("py:"):
+            raise ValueError(f"not written by this codec: {text!r}")
+        return eval(text[3:], {})  # noqa: S307 (test data only)
+
+
+def test_a_custom_codec_recovers_runs_with_a_sleep_a_timed_wait_and_a_version(
+        interp: Make, restart: Any, reach: Any, clock: FakeClock) -> None:
+    def wf() -> Any:
+        fee = yield Version("fee", 1, 2)
+        yield Sleep(60)
+        try:
+            got = yield Wait("go", timeout=3600)
+        except Exception:
+            got = "timed out"
+        return (fee, (yield Do("pair", echo, (1, 2))), got)
+
+    first = interp([wf], codec=ReprCodec())
+    run = first.start(wf)
+    reach(first, run, "sleeping")
+    second = restart(first, [wf], codec=ReprCodec())
+    clock.advance(61)
+    reach(second, run, "waiting")
+    third = restart(second, [wf], codec=ReprCodec())
+    third.deliver(run, "go", "yes")
+    assert third.result(run, timeout=PATIENCE) == (2, (1, 2), "yes")
+
+
+def test_a_step_failure_always_fits_a_small_payload_limit(interp: Make) -> None:
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        raise ValueError("x" * 5000)
+
+    def wf() -> Any:
+        try:
+            yield Do("deep", deep, 150)
+        except StepFailed as failure:
+            return [failure.error_type, len(failure.error_message) < 5000,
+                    "cut to fit max_payload" in (failure.traceback or "") + failure.error_message]
+
+    assert interp([wf], max_payload=4096).run(wf) == ["ValueError", True, True]
+
+
+def test_a_workflow_failure_always_fits_a_small_payload_limit(interp: Make) -> None:
+    def wf() -> Any:
+        yield Do("a", echo, 1)
+        raise RuntimeError("y" * 100_000)
+
+    i = interp([wf], max_payload=2048)
+    run = i.start(wf)
+    with pytest.raises(Exception, match="RuntimeError"):
+        i.result(run, timeout=PATIENCE)
+    assert i.status(run).state == "failed"
+
+
+def test_idempotency_keys_differ_for_the_same_run_id_in_two_stores(interp: Make) -> None:
+    def wf() -> Any:
+        return (yield Do("charge", lambda: current_step().idempotency_key))
+
+    one, two = (interp([wf], store=MemoryStore()) for _ in range(2))
+    first = one.result(one.start(wf, run_id="order-42"), timeout=PATIENCE)
+    second = two.result(two.start(wf, run_id="order-42"), timeout=PATIENCE)
+    assert first != second
+
+
+def test_an_idempotency_key_is_stable_across_a_restart(
+        interp: Make, restart: Any, gate: Any) -> None:
+    entered, keys = gate(), []
+
+    def step() -> str:
+        keys.append(current_step().idempotency_key)
+        if len(keys) == 1:
+            entered.set()
+            threading.Event().wait(PATIENCE)  # stays in flight while its worker goes away
+        return "done"
+
+    def wf() -> Any:
+        return (yield Do("pay", step))
+
+    first = interp([wf])
+    run = first.start(wf, run_id="order-7")
+    assert entered.wait(PATIENCE)
+    second = restart(first, [wf], timeout=0.01)
+    assert second.result(run, timeout=PATIENCE) == "done"
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+
+def test_shutdown_ends_every_thread_that_uses_the_store_so_it_can_be_closed_at_once(
+        tmp_path: Path) -> None:
+    def wf(n: int) -> Any:
+        yield Do("a", echo, n)
+        return (yield Wait("never", timeout=3600))
+
+    for i in range(15):
+        before = set(threading.enumerate())  # other tests' threads may still be ending
+        store = SQLiteStore(str(tmp_path / f"r{i}.db"))
+        interp = Interpreter(store, [wf])
+        interp.recover()
+        for n in range(5):
+            interp.start(wf, n)
+        interp.shutdown(timeout=5)
+        store.close()
+        alive = [t.name for t in set(threading.enumerate()) - before if t.name in (
+            "replaygen-watch", "replaygen-driver", "replaygen-timers", "replaygen-watchdog")]
+        assert alive == []
