@@ -241,7 +241,8 @@ class GroupCommit:
 
 class Actor:
     """The runtime's side of one run it holds: the life, its mailbox and its slots. Touched
-    by the thread turning it, except under the runtime's lock (mailbox, flags, slots)."""
+    by the thread turning it, except under the runtime's lock (mailbox, flags) and the
+    steps' lock (slots)."""
 
     __slots__ = ("id", "fence", "life", "gen", "mailbox", "reply", "scheduled", "gone", "held",
                  "queued", "timer", "ended")
@@ -260,6 +261,122 @@ class Actor:
         return self.scheduled or any(m.running for m in self.life.members)
 
 
+class Steps:
+    """Runs steps within ``concurrency`` slots, one bound for sync, pooled and async steps:
+    a lone step that has been quick runs inline (on the driver), others on the pool or
+    the event loop, and report back with a ``Done``."""
+
+    def __init__(self, clock: Clock, concurrency: int,
+                 post: Callable[[Actor, Any], bool]) -> None:
+        self._clock, self._post = clock, post
+        self._lock = threading.Lock()  # guards the free slots, the queue, actors' slot sets
+        self._free, self._queue = concurrency, deque[tuple[Actor, int]]()
+        self._cost: dict[object, float] = {}  # step function -> its duration
+        self._pool = _Pool(concurrency)
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    def acquire(self, actor: Actor, effect: Acquire) -> bool:
+        member = effect.member
+        with self._lock:
+            if member in actor.held:
+                return True
+            if member in actor.queued:
+                return False
+            if self._free:
+                self._free -= 1
+                actor.held.add(member)
+                return True
+            actor.queued.add(member)
+            self._queue.append((actor, member))
+            return False
+
+    def release(self) -> None:
+        """A slot came free: keep it for the longest waiter and wake it, or put it back."""
+        with self._lock:
+            while self._queue:
+                actor, member = self._queue.popleft()
+                if not actor.gone and member in actor.queued:
+                    actor.queued.discard(member)
+                    actor.held.add(member)
+                    break
+            else:
+                self._free += 1
+                return
+        if not self._post(actor, WAKE):  # gone meanwhile: pass it on
+            with self._lock:
+                actor.held.discard(member)
+            self.release()
+
+    def withdraw(self, actor: Actor, effect: Withdraw | None = None) -> None:
+        with self._lock:
+            freed = len(actor.held)
+            actor.held.clear()
+            actor.queued.clear()
+        for _ in range(freed):
+            self.release()
+
+    def call(self, actor: Actor, effect: Call) -> Outcome | None:
+        """Run a step with the slot kept for it: inline if it is alone and has been quick,
+        else on the pool or the event loop (a ``Done`` follows)."""
+        with self._lock:
+            actor.held.discard(effect.member)
+        cmd, info = effect.cmd, effect.info
+        done = partial(self._done, actor, effect.member, effect.attempt)
+        if _is_async(cmd.fn):
+            future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
+            future.add_done_callback(lambda f: done(f.result()))
+            return None
+        if not effect.alone or self._cost.get(_cost_key(cmd.fn), 0.0) > _INLINE:
+            self._pool.submit(lambda: done(self._call(cmd, info)))
+            return None
+        return self._call(cmd, info)
+
+    def _done(self, actor: Actor, member: int, attempt: int, outcome: Outcome) -> None:
+        self._post(actor, Done(member, attempt, outcome))
+
+    def _call(self, cmd: Do[Any], info: StepInfo) -> Outcome:
+        started, token, t0 = self._clock.now(), _current.set(info), time.perf_counter()
+        try:
+            value = cmd.fn(*cmd.args, **cmd.kwargs)
+            if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
+                value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
+            return Outcome(started, value)
+        except Exception as exc:
+            return Outcome(started, error=exc)
+        except BaseException as exc:
+            return Outcome(started, interrupt=exc)
+        finally:
+            _current.reset(token)
+            self.release()
+            took, key = time.perf_counter() - t0, _cost_key(cmd.fn)
+            self._cost[key] = (self._cost.get(key, took) + took) / 2  # recent calls count most
+
+    async def _acall(self, cmd: Do[Any], info: StepInfo) -> Outcome:
+        started = self._clock.now()
+        _current.set(info)  # the task has its own context
+        try:
+            return Outcome(started, await cmd.fn(*cmd.args, **cmd.kwargs))
+        except Exception as exc:
+            return Outcome(started, error=exc)
+        except BaseException as exc:
+            return Outcome(started, interrupt=exc)
+        finally:
+            self.release()
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._aloop is None:
+                self._aloop = asyncio.new_event_loop()
+                threading.Thread(target=self._aloop.run_forever, daemon=True,
+                                 name="replaygen-async").start()
+            return self._aloop
+
+    def stop(self) -> None:
+        self._pool.stop()
+        if self._aloop is not None:
+            self._aloop.call_soon_threadsafe(self._aloop.stop)
+
+
 class Runtime:
     """Runs lives: turns them on the driver, performs their effects, commits their writes."""
 
@@ -267,7 +384,7 @@ class Runtime:
                  observer: Observer | None) -> None:
         self.store, self.owner, self.clock, self.observer = store, owner, clock, observer
         self.actors: dict[str, Actor] = {}
-        self.lock = threading.Lock()  # guards actors, _ready, _pending, mailboxes and slots
+        self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
         self.group = GroupCommit(store, lambda: self.stopped)
         self._wake = threading.Condition(self.lock)          # the driver waits for work
@@ -277,13 +394,10 @@ class Runtime:
         self._driver: object = None
         self._drivers: list[threading.Thread] = []
         self._turns, self._in_turn, self._idle = 0, False, True
-        self._free, self._slot_queue = concurrency, deque[tuple[Actor, int]]()
-        self._cost: dict[object, float] = {}                 # step function -> its duration
-        self._pool = _Pool(concurrency)
+        self.steps = Steps(clock, concurrency, self.post)
         self._timers = _Timers(clock)
-        self._aloop: asyncio.AbstractEventLoop | None = None
         self._perform: dict[type, Callable[[Actor, Any], Any]] = {
-            Acquire: self._acquire, Call: self._call_step, Withdraw: self._withdraw,
+            Acquire: self.steps.acquire, Call: self.steps.call, Withdraw: self.steps.withdraw,
             Alarm: self._alarm, Inbox: self._inbox, Emit: self._emit,
         }
         self._watchdog = threading.Thread(target=self._watch_turns, daemon=True,
@@ -332,11 +446,7 @@ class Runtime:
             actor.gone = True
             if self.actors.get(actor.id) is actor:
                 del self.actors[actor.id]
-            freed = len(actor.held)
-            actor.held.clear()
-            actor.queued.clear()
-        for _ in range(freed):
-            self._release_slot()
+        self.steps.withdraw(actor)
         if actor.timer is not None:
             actor.timer.fn = None
         try:
@@ -493,46 +603,6 @@ class Runtime:
 
     # ---- effects -------------------------------------------------------------------------------
 
-    def _acquire(self, actor: Actor, effect: Acquire) -> bool:
-        member = effect.member
-        with self.lock:
-            if member in actor.held:
-                return True
-            if member in actor.queued:
-                return False
-            if self._free:
-                self._free -= 1
-                actor.held.add(member)
-                return True
-            actor.queued.add(member)
-            self._slot_queue.append((actor, member))
-            return False
-
-    def _release_slot(self) -> None:
-        """A slot came free: keep it for the longest waiter and wake it, or put it back."""
-        with self.lock:
-            while self._slot_queue:
-                actor, member = self._slot_queue.popleft()
-                if not actor.gone and member in actor.queued:
-                    actor.queued.discard(member)
-                    actor.held.add(member)
-                    break
-            else:
-                self._free += 1
-                return
-        if not self.post(actor, WAKE):  # gone meanwhile: pass it on
-            with self.lock:
-                actor.held.discard(member)
-            self._release_slot()
-
-    def _withdraw(self, actor: Actor, effect: Withdraw) -> None:
-        with self.lock:
-            freed = len(actor.held)
-            actor.held.clear()
-            actor.queued.clear()
-        for _ in range(freed):
-            self._release_slot()
-
     def _alarm(self, actor: Actor, effect: Alarm) -> None:
         if actor.timer is not None:
             actor.timer.fn = None
@@ -554,62 +624,6 @@ class Runtime:
             except Exception:
                 log.exception("observer failed on %s", effect.event.kind)
 
-    def _call_step(self, actor: Actor, effect: Call) -> Outcome | None:
-        """Run a step with the slot kept for it: inline if it is alone and has been quick,
-        else on the pool or the event loop (a ``Done`` follows)."""
-        with self.lock:
-            actor.held.discard(effect.member)
-        cmd, info = effect.cmd, effect.info
-        done = partial(self._done, actor, effect.member, effect.attempt)
-        if _is_async(cmd.fn):
-            future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
-            future.add_done_callback(lambda f: done(f.result()))
-            return None
-        if not effect.alone or self._cost.get(_cost_key(cmd.fn), 0.0) > _INLINE:
-            self._pool.submit(lambda: done(self._call(cmd, info)))
-            return None
-        return self._call(cmd, info)
-
-    def _done(self, actor: Actor, member: int, attempt: int, outcome: Outcome) -> None:
-        self.post(actor, Done(member, attempt, outcome))
-
-    def _call(self, cmd: Do[Any], info: StepInfo) -> Outcome:
-        started, token, t0 = self.clock.now(), _current.set(info), time.perf_counter()
-        try:
-            value = cmd.fn(*cmd.args, **cmd.kwargs)
-            if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
-                value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
-            return Outcome(started, value)
-        except Exception as exc:
-            return Outcome(started, error=exc)
-        except BaseException as exc:
-            return Outcome(started, interrupt=exc)
-        finally:
-            _current.reset(token)
-            self._release_slot()
-            took, key = time.perf_counter() - t0, _cost_key(cmd.fn)
-            self._cost[key] = (self._cost.get(key, took) + took) / 2  # recent calls count most
-
-    async def _acall(self, cmd: Do[Any], info: StepInfo) -> Outcome:
-        started = self.clock.now()
-        _current.set(info)  # the task has its own context
-        try:
-            return Outcome(started, await cmd.fn(*cmd.args, **cmd.kwargs))
-        except Exception as exc:
-            return Outcome(started, error=exc)
-        except BaseException as exc:
-            return Outcome(started, interrupt=exc)
-        finally:
-            self._release_slot()
-
-    def _async_loop(self) -> asyncio.AbstractEventLoop:
-        with self.lock:
-            if self._aloop is None:
-                self._aloop = asyncio.new_event_loop()
-                threading.Thread(target=self._aloop.run_forever, daemon=True,
-                                 name="replaygen-async").start()
-            return self._aloop
-
     # ---- stopping ------------------------------------------------------------------------------
 
     def stop(self, timeout: float) -> None:
@@ -624,10 +638,8 @@ class Runtime:
             self.group.commit([w for _, w in pending])
         for actor in list(self.actors.values()):
             self.forget(actor)
-        self._pool.stop()
+        self.steps.stop()
         self._timers.stop()
-        if self._aloop is not None:
-            self._aloop.call_soon_threadsafe(self._aloop.stop)
         end = time.monotonic() + timeout
         for thread in [*self._drivers, self._watchdog, self._timers.thread]:
             if thread is not threading.current_thread():
