@@ -46,13 +46,16 @@ class Interpreter(Client):
     ``lease`` (seconds) how long a silent worker keeps its runs, ``max_resumes`` how many
     resumptions without progress mark a crash loop, ``max_payload`` the largest encoded
     value in bytes. ``clock`` and ``codec`` are injectable; ``observer`` gets every ``Event``.
+    ``always_replay`` (for tests) replays each run from the top after every step and blocks
+    it at once where its code disagrees with its journal: non-determinism found on the first
+    run, not after a crash. It costs a replay per step (quadratic in a run's length).
     """
 
     def __init__(
         self, store: Store, workflows: Iterable[Workflow] | Mapping[str, Workflow] | None = None,
         *, clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
-        observer: Observer | None = None,
+        observer: Observer | None = None, always_replay: bool = False,
     ) -> None:
         if callable(workflows):
             raise UsageError(f"workflows must be a list or dict of workflows, got the lone "
@@ -74,7 +77,8 @@ class Interpreter(Client):
                              f"SQLiteStore('runs.db') or MemoryStore()")
         self._clock = clock or SystemClock()
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
-        self._rules = Rules(self._codec, self._clock.now, max_payload, max_resumes, observer is not None)
+        self._rules = Rules(self._codec, self._clock.now, max_payload, max_resumes,
+                            observed=observer is not None, always_replay=always_replay)
         self.worker_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
         self._start_lock = threading.Lock()  # orders start() against shutdown()
@@ -293,6 +297,9 @@ class Interpreter(Client):
             journal = Journal(record.run_id, claim.journal, self._codec)
         except CorruptRecord as exc:
             journal, broken = Journal(record.run_id, [], self._codec), exc
+        if claim.journal:
+            log.info("run %s resumed (%d journal entries to replay)", record.run_id,
+                     len(claim.journal))
         life = Life(self._rules, record.run_id, record.workflow,
                     self._known().get(record.workflow), record.args, journal,
                     written=(record.state, record.wake_at, record.waiting_for),

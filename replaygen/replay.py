@@ -140,6 +140,7 @@ class Rules:
     max_resumes: int
     observed: bool = False
     closing: bool = False  # shutting down: no new live work
+    always_replay: bool = False  # replay each run from the top after each step, and compare
 
     def encode(self, value: Any, what: str, *names: str) -> str:
         """Encode ``value`` within the payload limit, or a UsageError saying why not;
@@ -244,8 +245,6 @@ class Life:
             raise CorruptRecord(f"run {self.id!r}: its stored arguments cannot be read ({exc!r}); "
                                 f"the run is blocked until the row is repaired") from None
         yield from self._emit("run_started")
-        if self.journal.next_seq:
-            log.info("run %s resumed (%d journal entries to replay)", self.id, self.journal.next_seq)
         try:
             self.gen = gen = self.fn(*args, **kwargs)
         except Exception as exc:  # wrong arguments for the function
@@ -412,6 +411,8 @@ class Life:
             entry = self._entry(m.slot, "do", cmd.name, "error",
                                 rules.encode_error(error_record(error)), outcome.started)
         yield from self._save("running", (entry,))
+        if rules.always_replay:
+            self._compare()
         if rules.observed:
             yield from self._emit("step_committed", step=cmd.name, position=m.slot,
                                   attempt=attempt, duration=entry.ended - outcome.started)
@@ -471,9 +472,42 @@ class Life:
         log.warning("run %s blocked: %s", self.id, exc)
         yield from self._emit("run_blocked", error=str(exc))
 
+    def _compare(self) -> None:
+        """Replay the run from the top against its journal, as a recovery would, and raise
+        where the code first disagrees (``always_replay``: non-determinism found at once)."""
+        entries = [e for slot in self.journal.slots.values() for e in slot]
+        entries += self.journal.versions.values()
+        shadow = Life(self.rules, self.id, self.workflow, self.fn, self.args, Journal(
+            self.id, sorted(entries, key=lambda e: e.seq), self.rules.codec))
+        if dry_run(shadow)[0] == "blocked" and isinstance(shadow.ended, NonDeterminismError):
+            raise shadow.ended
+
     def _emit(self, kind: str, **fields: Any) -> _Gen:
         if self.rules.observed:
             yield Emit(Event(kind, self.id, self.workflow, **fields))
+
+
+def dry_run(life: Life) -> tuple[str | None, list[Entry]]:
+    """Replay ``life`` from its journal alone, performing nothing and writing nothing, until
+    it needs live work (a step, a wait) or ends. Returns the state it would end in (None: it
+    goes on live; ``life.ended`` says why it would fail or block) and the version markers it
+    would record."""
+    gen, reply = life.life(), None  # type: tuple[_Gen, Any]
+    markers: list[Entry] = []
+    try:
+        while True:
+            effect = gen.send(reply)
+            if type(effect) is Save:
+                markers += [e for e in effect.entries if e.kind == "version"]
+                if effect.release:
+                    return effect.state, markers  # ``ended`` is set before the last write
+            elif type(effect) in (Acquire, Call, Idle):
+                return None, markers
+            reply = [] if type(effect) is Inbox else None
+    except StopIteration:
+        return None, markers
+    finally:
+        gen.close()
 
 
 # ---- one handler per command --------------------------------------------------------------

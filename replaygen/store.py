@@ -196,6 +196,12 @@ class MemoryStore:
                 return None
             return self._runs[run_id]
 
+    def put(self, record: RunRecord, journal: list[Entry]) -> None:
+        """Hold a copy of a run (from an export or another store), replacing any by its id."""
+        with self._lock:
+            self._runs[record.run_id], self._journals[record.run_id] = record, list(journal)
+            self._signals.setdefault(record.run_id, [])
+
     def get(self, run_id: str) -> RunRecord | None:
         with self._lock:
             return self._runs.get(run_id)

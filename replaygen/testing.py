@@ -11,19 +11,24 @@ the engine would (``StepFailed``), and retries, cancels and timeouts follow the 
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from .codec import Codec, JSONCodec
 from .commands import All, Command, Do, Sleep, Version, Wait
-from .errors import Cancelled, WaitTimeout
+from .errors import Cancelled, RunNotFound, UsageError, WaitTimeout
 from .interpreter import DEFAULT_MAX_PAYLOAD
 from .journal import Entry, Journal
-from .replay import Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Rules, Save, Wake
+from .registry import name_of, registered
+from .replay import Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Rules, Save, Wake, dry_run
+from .store import ACTIVE, MemoryStore, RunRecord, Store
 
 _NONE = object()
 
@@ -227,6 +232,125 @@ def _record(gen: Generator[Any, Any, Any], trace: Trace, answers: _Answers) -> G
             value, error = None, exc
 
 
+# ---- checking stored runs against code -------------------------------------------------------
+
+EXPORT_FORMAT = "replaygen-run/1"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One run checked against code: ``ok`` unless the run would block (``message`` then says
+    where, what the journal holds and what the code yields) or cannot be read."""
+
+    run_id: str
+    workflow: str
+    state: str
+    ok: bool
+    message: str
+    position: int | None = None
+    versions: tuple[tuple[str, int], ...] = ()
+    """The Version markers this replay would record (change id, branch) for a run that
+    reaches the Version call now."""
+
+
+def check(store: Store, workflows: Any = None, *, states: Collection[str] | None = None,
+          run_ids: Collection[str] | None = None, codec: Codec | None = None) -> list[Check]:
+    """Replay stored runs in memory against ``workflows`` (default: the ``@workflow``
+    registry; a list or dict as for ``Interpreter``), as a worker would on recovery, without
+    performing a step, writing anything or taking a lease. Default: every unfinished run,
+    blocked included. Runs of workflows not in ``workflows`` are left out."""
+    known = registered() if workflows is None else dict(workflows) if isinstance(
+        workflows, Mapping) else {name_of(fn): fn for fn in workflows}
+    codec = codec or JSONCodec()
+    if run_ids is not None:
+        records = [r for r in map(store.get, run_ids) if r is not None]
+    else:
+        records, wanted = [], tuple(states or (*ACTIVE, "blocked"))
+        while page := store.runs(states=wanted, limit=1000, offset=len(records)):
+            records += page
+    return [_check_one(store, r, known[r.workflow], codec) for r in records if r.workflow in known]
+
+
+def _check_one(store: Store, r: RunRecord, fn: Any, codec: Codec) -> Check:
+    try:
+        journal = Journal(r.run_id, store.journal(r.run_id), codec)
+    except Exception as exc:
+        return Check(r.run_id, r.workflow, r.state, False, f"unreadable: {exc}")
+    rules = Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30)
+    life = Life(rules, r.run_id, r.workflow, fn, r.args, journal,
+                written=(r.state, r.wake_at, r.waiting_for))
+    state, markers = dry_run(life)
+    versions = tuple((e.name, int(journal.number(e))) for e in markers)
+    if state != "blocked":
+        return Check(r.run_id, r.workflow, r.state, True, "replays", versions=versions)
+    return Check(r.run_id, r.workflow, r.state, False, str(life.ended),
+                 getattr(life.ended, "position", None), versions)
+
+
+def census(store: Store, change: str | None = None,
+           codec: Codec | None = None) -> dict[str, dict[int | None, int]]:
+    """For each Version change id, how many unfinished runs recorded each branch; the key
+    None counts those with no marker yet (they predate the change, or have not reached it).
+    A branch no unfinished run took can be deleted from the code."""
+    codec = codec or JSONCodec()
+    runs: list[RunRecord] = []
+    while page := store.runs(states=(*ACTIVE, "blocked"), limit=1000, offset=len(runs)):
+        runs += page
+    taken: list[dict[str, int]] = []
+    for r in runs:
+        journal = Journal(r.run_id, [], codec)
+        taken.append({e.name: int(journal.number(e)) for e in store.journal(r.run_id)
+                      if e.kind == "version" and change in (None, e.name)})
+    names = {change} if change else {name for markers in taken for name in markers}
+    counts: dict[str, dict[int | None, int]] = {name: {} for name in sorted(names)}
+    for markers in taken:
+        for name in names:
+            branch = markers.get(name)
+            counts[name][branch] = counts[name].get(branch, 0) + 1
+    return counts
+
+
+def export_run(store: Store, run_id: str) -> dict[str, Any]:
+    """A run as plain JSON data: its record and journal, values as stored (codec text)."""
+    r = store.get(run_id)
+    if r is None:
+        raise RunNotFound(f"no run {run_id!r} in this store")
+    return {"format": EXPORT_FORMAT, "run": asdict(r),
+            "journal": [e._asdict() for e in store.journal(run_id)]}
+
+
+def load_run(source: str | os.PathLike[str] | Mapping[str, Any]) -> MemoryStore:
+    """A MemoryStore holding an exported run (a file path or the data), for ``check`` and
+    ``replay_run``: a production run becomes a regression test with no store."""
+    data = source if isinstance(source, Mapping) else json.loads(Path(source).read_text())
+    if data.get("format") != EXPORT_FORMAT:
+        raise UsageError(f"not a replaygen run export (format {data.get('format')!r}, "
+                         f"expected {EXPORT_FORMAT!r}); write one with `replaygen export`")
+    store = MemoryStore()
+    store.put(RunRecord(**data["run"]), [Entry(**e) for e in data["journal"]])
+    return store
+
+
+def replay_run(workflow: Callable[..., Any], source: Any, codec: Codec | None = None) -> Trace:
+    """Replay an exported run (see ``load_run``) against ``workflow`` as recovery would:
+    ``done`` and ``result`` once the journal takes it to its end, else ``pending`` is where
+    it would go on live; ``error`` is why it failed or would block."""
+    store = load_run(source)
+    record = store.runs()[0]
+    codec = codec or JSONCodec()
+    trace = Trace()
+    life = Life(Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30),
+                record.run_id, record.workflow, lambda *a, **k: _record(
+                    workflow(*a, **k), trace, _Answers((), None, ())), record.args,
+                Journal(record.run_id, store.journal(record.run_id), codec))
+    state, _ = dry_run(life)
+    trace.done = state is not None
+    trace.error = trace.error or life.ended
+    if not trace.done and trace.commands:
+        trace.pending = trace.commands[-1]
+    return trace
+
+
 class FakeClock:
     """A clock the test moves: ``advance(seconds)`` wakes any interpreter timers now due."""
 
@@ -248,4 +372,5 @@ class FakeClock:
             listener()
 
 
-__all__ = ["FakeClock", "Trace", "replay"]
+__all__ = ["Check", "FakeClock", "Trace", "census", "check", "export_run", "load_run", "replay",
+           "replay_run"]

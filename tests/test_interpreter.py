@@ -597,6 +597,7 @@ def test_recover_returns_the_ids_of_the_runs_it_resumed(interp: Make, reach: Any
     assert set(interp([wf]).recover()) == runs
 
 
+@pytest.mark.counts_replays
 def test_a_tuple_result_is_a_list_on_the_first_run_and_on_replay(
         interp: Make, restart: Any, reach: Any) -> None:
     seen: list[Any] = []
@@ -1028,6 +1029,7 @@ def test_a_failed_step_raises_step_failed_naming_step_type_and_message(interp: M
     assert "charge" in message and "ValueError" in message and "card declined" in message
 
 
+@pytest.mark.counts_replays
 def test_a_step_failure_is_the_same_exception_live_and_replayed(
         interp: Make, restart: Any, reach: Any, eventually: Any) -> None:
     seen: list[tuple[str, str, str, str]] = []
@@ -1722,6 +1724,7 @@ def test_a_run_cancelled_during_its_last_step_that_absorbs_it_completes(
     assert i.result(run, timeout=PATIENCE) == "cancelled after charging"
 
 
+@pytest.mark.counts_replays
 def test_a_journaled_cancel_is_replayed_at_the_same_point(
         interp: Make, restart: Any, gate: Any, reach: Any) -> None:
     entered, release = gate(), gate()
