@@ -61,8 +61,10 @@ class Acquire(NamedTuple):
 
 
 class Call(NamedTuple):
-    """Run a step with the slot held for it. Answer: its ``Outcome`` if it ran at once, else
-    None and a ``Done`` follows. ``alone``: no other member waits on it (it may run inline)."""
+    """Run a step in a slot (kept for it by ``Acquire``, or free). Answer: its ``Outcome`` if
+    it ran at once; None, and a ``Done`` follows; or False: queued for a slot, and a ``Wake``
+    follows once one is kept for it (call again then). ``alone``: no other member waits on
+    it (it may run inline)."""
 
     member: int
     attempt: int
@@ -299,17 +301,19 @@ class Life:
     def _settle(self, is_all: bool) -> Generator[Effect, Any, tuple[Any, Any] | None]:
         """Answer the current yield from the journal or by live work; None: not yet."""
         members, journal = self.members, self.journal
-        if journal.cancelled_at(self.slot):
+        if journal.cancelled and journal.cancelled_at(self.slot):
             return None, Cancelled(f"run {self.id!r} was cancelled")
         if self.cancel and not journal.cancelled and any(m.queued for m in members):
             yield WITHDRAW
             for m in members:
                 m.queued = False
+        done = True
         for m in members:
             if not m.done and not m.running:
                 yield from MEMBERS[type(m.cmd)][2](self, m)
+            done = done and m.done
         due = self.cancel and not journal.cancelled
-        if all(m.done for m in members) and not (due and self.live):
+        if done and not (due and self.live):
             if is_all:
                 failed = next((m.error for m in members if m.error is not None), None)
                 return None if failed else [m.value for m in members], failed
@@ -349,13 +353,16 @@ class Life:
         return self.rules.closing or (self.cancel and not self.journal.cancelled)
 
     def _match(self, m: Member) -> list[Entry]:
+        if m.slot >= self.journal.end:  # nothing journaled here yet: live
+            return []
         kinds, name, _ = MEMBERS[type(m.cmd)]
         return self.journal.match(m.slot, kinds, name(m.cmd), m.cmd.describe())
 
     # ---- steps ------------------------------------------------------------------------------
 
-    def _start(self, m: Member, attempt: int) -> Generator[Effect, Any, Outcome | None]:
-        """Start try ``attempt`` of a Do member: its Outcome if it ran at once, else None."""
+    def _start(self, m: Member, attempt: int) -> Generator[Effect, Any, Entry | None]:
+        """Start try ``attempt`` of a Do member: its final entry if it ran at once, else None
+        (it runs elsewhere, waits for a slot, or a retry was journaled)."""
         cmd = m.cmd
         assert isinstance(cmd, Do)
         if self.resumes > self.rules.max_resumes:
@@ -363,23 +370,27 @@ class Life:
                 f"run {self.id!r} was resumed {self.resumes} times without progress; each time its "
                 f"worker died in step {cmd.name!r} (position {m.slot}). Blocked so that it cannot "
                 f"take every worker down: fix the step, then resume the run")
-        if not (yield Acquire(m.index)):
-            m.queued = True
-            return None
-        m.queued, self.live = False, True
-        if self.written[0] != "running":
+        self.live = True
+        if self.written[0] != "running":  # say so first (a crash in the step then counts),
+            if not (yield Acquire(m.index)):  # but not while the run waits for a slot
+                m.queued = True
+                return None
             yield from self._save("running")
         info = StepInfo(self.id, cmd.name, m.slot, attempt, self.nonce)
         if self.rules.observed:
             yield from self._emit("step_started", step=cmd.name, position=m.slot, attempt=attempt)
-        m.running = True
-        outcome: Outcome | None = yield Call(m.index, attempt, cmd, info, len(self.members) == 1)
-        if outcome is not None:
-            yield from self._step_done(m, attempt, outcome)
-        return outcome
+        outcome: Outcome | bool | None = yield Call(m.index, attempt, cmd, info,
+                                                    len(self.members) == 1)
+        m.queued, m.running = outcome is False, outcome is None
+        if not outcome:
+            return None
+        assert isinstance(outcome, Outcome)
+        return (yield from self._step_done(m, attempt, outcome))
 
-    def _step_done(self, m: Member, attempt: int, outcome: Outcome) -> _Gen:
-        """Journal a try's outcome: the final entry, or a retry entry when another try is due."""
+    def _step_done(self, m: Member, attempt: int,
+                   outcome: Outcome) -> Generator[Effect, Any, Entry | None]:
+        """Journal a try's outcome: the final entry (returned), or a retry entry when another
+        try is due (None)."""
         cmd, rules = m.cmd, self.rules
         assert isinstance(cmd, Do)
         m.running = False
@@ -404,8 +415,9 @@ class Life:
                 m.slot, "retry", cmd.name, "error", rules.encode_error(info), outcome.started),))
             log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
                         self.id, cmd.name, attempt, retry.attempts, next_at - now, error)
-            return (yield from self._emit("step_retrying", step=cmd.name, position=m.slot,
-                                          attempt=attempt, error=repr(error)))
+            yield from self._emit("step_retrying", step=cmd.name, position=m.slot,
+                                  attempt=attempt, error=repr(error))
+            return None
         else:
             log.warning("run %s: step %r failed: %r", self.id, cmd.name, error)
             entry = self._entry(m.slot, "do", cmd.name, "error",
@@ -416,26 +428,26 @@ class Life:
         if rules.observed:
             yield from self._emit("step_committed", step=cmd.name, position=m.slot,
                                   attempt=attempt, duration=entry.ended - outcome.started)
+        return entry
 
     # ---- writing and ending -----------------------------------------------------------------
 
     def _entry(self, slot: int, kind: str, name: str, status: str, value: str | None,
                started: float | None = None) -> Entry:
-        now = self.rules.now()  # ended: when the entry is written
-        return Entry(-1, slot, kind, name, status, value, now if started is None else started, now)
+        now = self.rules.now()  # ended: when the entry is written; the next write appends it
+        return Entry(self.journal.next_seq, slot, kind, name, status, value,
+                     now if started is None else started, now)
 
     def _save(self, state: str, entries: tuple[Entry, ...] = (), *, wake_at: float | None = None,
               waiting_for: str | None = None, **fields: Any) -> _Gen:
-        seq = self.journal.next_seq
-        made = tuple(e._replace(seq=seq + i) for i, e in enumerate(entries))
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
-        keep = bool(made) and not fields and not self.resumes and \
+        keep = bool(entries) and not fields and not self.resumes and \
             self.written == (state, wake_at, waiting_for)
-        yield Save(state, made, wake_at, waiting_for, keep=keep, **fields)
-        for e in made:
+        yield Save(state, entries, wake_at, waiting_for, keep=keep, **fields)
+        for e in entries:
             self.journal.append(e)
         self.written = (state, wake_at, waiting_for)
-        self.resumes = 0 if made else self.resumes
+        self.resumes = 0 if entries else self.resumes
 
     def _keep_row(self) -> dict[str, Any]:
         """The run row as written: for an entry that does not change the run's state."""
@@ -545,12 +557,11 @@ def _do(life: Life, m: Member) -> _Gen:
             if life.rules.now() < next_at:
                 m.deadline = next_at
                 return
-        if life.halted:
-            return
-        outcome = yield from life._start(m, len(entries) + 1)
-        if outcome is not None:  # journaled: the final entry, or a retry's
-            yield from _do(life, m)
-        return
+        if life.rules.closing or (life.cancel and not journal.cancelled):
+            return  # no new live work while shutting down or while a cancel waits
+        final = yield from life._start(m, len(entries) + 1)
+        if final is None:
+            return None if m.running or m.queued else (yield from _do(life, m))
     if final.status == "ok":
         return m.settle(journal.decode(final))
     info = journal.decode(final)

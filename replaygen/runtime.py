@@ -315,11 +315,21 @@ class Steps:
         for _ in range(freed):
             self.release()
 
-    def call(self, actor: Actor, effect: Call) -> Outcome | None:
-        """Run a step with the slot kept for it: inline if it is alone and has been quick,
-        else on the pool or the event loop (a ``Done`` follows)."""
+    def call(self, actor: Actor, effect: Call) -> Outcome | bool | None:
+        """Run a step in a slot (the one kept for it, or a free one): inline if it is alone
+        and has been quick, else on the pool or the event loop (a ``Done`` follows). With no
+        slot free it is queued instead: False, and a ``Wake`` once one is kept for it."""
+        member = effect.member
         with self._lock:
-            actor.held.discard(effect.member)
+            if member in actor.held:
+                actor.held.discard(member)
+            elif self._free:
+                self._free -= 1
+            else:
+                if member not in actor.queued:
+                    actor.queued.add(member)
+                    self._queue.append((actor, member))
+                return False
         cmd, info = effect.cmd, effect.info
         done = partial(self._done, actor, effect.member, effect.attempt)
         if _is_async(cmd.fn):

@@ -79,6 +79,8 @@ class _Performer:
             return not isinstance(self.answer(self.life.members[effect.member].slot), Cancelled)
         if kind is Call:
             found = self.answer(effect.info.position)
+            if isinstance(found, Cancelled):
+                return False  # queued: the cancel is raised before the step runs
             if found is _NONE:
                 raise _Stop
             if isinstance(found, Exception):
