@@ -82,7 +82,7 @@ class Interpreter(Client):
         self.worker_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
         self._start_lock = threading.Lock()  # orders start() against shutdown()
-        self._closed = self._adopting = False
+        self._closed = self._adopting = self._strangers = False
         self._starting = 0
         self._store.heartbeat(self.worker_id, lease)
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer)
@@ -156,7 +156,7 @@ class Interpreter(Client):
             self._adopt(claim)
         self._adopting = True
         log.info("recovered %d runs", len(claims))
-        self._log_strangers()
+        self._strangers = True  # the watcher says which runs it leaves, off this call's path
         return [c.run.run_id for c in claims]
 
     def resume(self, run_id: str, timeout: float = 30.0) -> RunStatus:
@@ -282,7 +282,7 @@ class Interpreter(Client):
         try:
             known = self._known()
             strangers: dict[str, int] = {}
-            for r in self._store.runs(states=(*ACTIVE, "blocked"), limit=10_000):
+            for r in self._store.runs(states=(*ACTIVE, "blocked"), limit=1000):
                 if r.workflow not in known:
                     strangers[r.workflow] = strangers.get(r.workflow, 0) + 1
         except Exception:
@@ -329,6 +329,9 @@ class Interpreter(Client):
                         self._runtime.hint(run_id, cancel)
                     if self._adopting:
                         adopt = 0.0
+                if self._strangers:
+                    self._strangers = False
+                    self._log_strangers()
                 if self._adopting and now >= adopt and not self._closed and (room := self._room()):
                     for claim in self._claim(blocked=False, limit=room):
                         self._adopt(claim)
