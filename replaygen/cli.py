@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -108,6 +109,18 @@ def get_run(store: Store, run_id: str) -> RunRecord:
 
 
 # ---- formatting ------------------------------------------------------------------------
+
+# What a terminal acts on instead of showing: C0 and C1 controls, DEL, the unicode line and
+# paragraph separators, and bidi overrides (they reorder what follows them on screen).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(text: str) -> str:
+    """``text`` with every control character escaped as repr() does (``\\x1b``, ``\\n``): an
+    id can then neither recolour the terminal nor break a line. Printable text, é and 中
+    included, is left as it is; spaces are kept, so an id is shown byte for byte."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 def _decode(text: str | None) -> Any:
     try:
@@ -371,5 +384,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("REPLAYGEN_DEBUG"):
             raise
         text = str(exc) if isinstance(exc, ReplaygenError) else f"{type(exc).__name__}: {exc}"
-        print("replaygen: error: " + " ".join(text.split()), file=sys.stderr)
+        # Escaped, not squashed: squashing whitespace would name another run ('a   b').
+        print("replaygen: error: " + _safe(text), file=sys.stderr)
         return 1
