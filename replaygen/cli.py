@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -150,16 +151,27 @@ def _when(t: float | None) -> str:
 
 
 def _cut(text: str, full: bool) -> str:
-    text = " ".join(text.split()) if not full else text
+    """A value on one line: control characters escaped, cut at WIDTH unless ``full``."""
+    text = _safe(text)
     return text if full or len(text) <= WIDTH else text[:WIDTH - 1] + "…"
 
 
+def _traceback(text: str | None) -> str | None:
+    """A stored error's traceback, escaped line by line, or None."""
+    info = _decode(text)
+    tb = info.get("traceback") if isinstance(info, dict) else None
+    return "\n".join(_safe(line) for line in str(tb).rstrip("\n").split("\n")) if tb else None
+
+
 def _error(text: str | None, traceback: bool = False) -> str:
+    """A stored error as ``Type: message`` (escaped); with ``traceback``, the stored traceback
+    follows on lines of its own."""
     info = _decode(text)
     if not isinstance(info, dict):
-        return "" if info is None else str(info)
-    line = f"{info.get('type', 'Error')}: {info.get('message', '')}"
-    return line + ("\n" + info["traceback"] if traceback and info.get("traceback") else "")
+        return "" if info is None else _safe(str(info))
+    line = _safe(f"{info.get('type', 'Error')}: {info.get('message', '')}")
+    tb = _traceback(text) if traceback else None
+    return line + ("\n" + tb if tb else "")
 
 
 def _outcome(e: Entry, full: bool) -> str:
@@ -172,7 +184,7 @@ def _outcome(e: Entry, full: bool) -> str:
         return "timed out"
     if e.status == "error":
         info = _decode(e.value)
-        text = _error(e.value, full)
+        text = _error(e.value)  # a step's traceback goes below the table (show --full)
         if e.kind == "retry" and isinstance(info, dict):
             text = f"try {info.get('attempt')}, next at {_ts(info.get('next_at'))}: {text}"
         return _cut(text, full)
@@ -183,16 +195,25 @@ def _detail(r: RunRecord) -> str:
     if r.state == "sleeping":
         return f"until {_when(r.wake_at)}"
     if r.state == "waiting":
-        return f"for signal {r.waiting_for}" + (f", timeout {_ts(r.wake_at)}" if r.wake_at else "")
+        timeout = f", timeout {_ts(r.wake_at)}" if r.wake_at else ""
+        return f"for signal {_safe(r.waiting_for or '')}{timeout}"
     if r.error:
         return _error(r.error)
     return "cancel requested" if r.cancel_requested and r.state in ACTIVE else ""
 
 
+def _width(text: str) -> int:
+    """Terminal columns: wide characters (中) take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in (headers, *rows))
+    """Aligned columns; every cell escaped, so a value can never break its row."""
+    cells = [[_safe(str(c)) for c in row] for row in (headers, *rows)]
+    widths = [max(map(_width, col)) for col in zip(*cells, strict=True)]
+    return "\n".join("  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True))
+                     .rstrip() for row in cells)
 
 
 def _record_json(r: RunRecord) -> dict[str, Any]:
@@ -220,7 +241,7 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
     now, rows = time.time(), []
     for r in runs:
         t = tails[r.run_id]
-        step = f"#{t.slot} {t.kind} {t.name}".rstrip() if t else "-"
+        step = f"#{t.slot} {t.kind}" + (f" {t.name}" if t.name else "") if t else "-"
         rows.append((r.run_id, r.state, r.workflow, _span(now - r.created), step,
                      _cut(_detail(r), a.full)))
     print(_table(("RUN", "STATE", "WORKFLOW", "AGE", "LAST STEP", "DETAIL"), rows)
@@ -239,14 +260,14 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
                                       for s in signals]}, indent=2, ensure_ascii=False))
         return 0
     unowned = "none: the next worker to start picks it up" if r.state in ACTIVE else "-"
-    head = [("run", r.run_id), ("workflow", r.workflow),
+    head = [("run", _safe(r.run_id)), ("workflow", _safe(r.workflow)),
             ("state", r.state + (" (cancel requested)" if r.cancel_requested else "")),
-            ("owner", r.owner or unowned), ("created", _when(r.created)),
+            ("owner", _safe(r.owner) if r.owner else unowned), ("created", _when(r.created)),
             ("updated", _when(r.updated)), ("args", _cut(r.args, a.full))]
     if r.wake_at is not None:
         head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
     if r.waiting_for:
-        head.append(("waiting for", f"signal {r.waiting_for}"))
+        head.append(("waiting for", f"signal {_safe(r.waiting_for)}"))
     if r.resumes:
         head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
     if r.result is not None:
@@ -263,6 +284,9 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         print(_table(("POS", "SEQ", "KIND", "NAME", "STATUS", "TOOK", "RESULT/ERROR"), [
             (str(e.slot), str(e.seq), e.kind, e.name or "-", e.status,
              _span(e.ended - e.started), _outcome(e, a.full)) for e in journal]))
+    for e in journal if a.full else ():  # below the table, so that it keeps one row per entry
+        if e.status == "error" and (tb := _traceback(e.value)):
+            print(f"\ntraceback of #{e.slot} {_safe(e.name)}:\n{tb}")
     return 0
 
 

@@ -5,6 +5,7 @@ store that is not there yet, a Postgres schema of its own, a module that cannot 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
@@ -77,3 +78,57 @@ def test_errors_name_the_run_byte_exact(home: Path, runs: Any, args: tuple[str, 
     done = cli(*args, cwd=home, store="runs.db")
     fails_in_one_line(done, named)
     assert not RAW_CONTROL.search(done.stderr)
+
+
+# ---- 13: tables and messages escape control characters -------------------------------------
+
+def test_runs_escapes_control_characters_and_keeps_one_line_per_run(
+    home: Path, hostile: list[str]
+) -> None:
+    done = cli("runs", cwd=home, store="runs.db")
+    assert done.returncode == 0, done.stderr
+    assert not RAW_CONTROL.search(done.stdout)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 + len(hostile)  # the header and one row per run
+    for shown in ("red\\x1b[31m", "two\\nlines", "é中\\x7f", "para\\u2029graph", "rtl\\u202eevil"):
+        assert sum(line.startswith(shown + " ") for line in lines) == 1, shown
+    assert all("wf\\x1b[2J" in line and "#0 do st\\x9bep\\u2028" in line
+               and "for signal go\\x07" in line for line in lines[1:])
+
+
+def test_show_escapes_the_id_names_and_values(home: Path, hostile: list[str]) -> None:
+    done = cli("show", "two\nlines", cwd=home, store="runs.db")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert not RAW_CONTROL.search(out)
+    assert "run:         two\\nlines\n" in out and "workflow:    wf\\x1b[2J\n" in out
+    assert "waiting for: signal go\\x07\n" in out
+    [row] = [line for line in out.splitlines() if line.startswith("0 ")]
+    assert row.split()[2:5] == ["do", "st\\x9bep\\u2028", "ok"]
+
+
+def test_show_full_keeps_tracebacks_readable_below_the_journal(home: Path, runs: Any) -> None:
+    out = cli("show", "boom-1", "--full", cwd=home, store="runs.db").stdout
+    table, _, below = out.partition("traceback of #0 explode:\n")
+    assert "ZeroDivisionError" in table and "Traceback" not in table.split("journal")[-1]
+    assert below.startswith("Traceback (most recent call last):\n")
+
+
+def test_printable_unicode_is_shown_as_is(home: Path, hostile: list[str]) -> None:
+    done = cli("show", "é中\x7f", cwd=home, store="runs.db")
+    assert done.returncode == 0 and "run:         é中\\x7f\n" in done.stdout
+
+
+def test_json_output_stays_exact(home: Path, hostile: list[str]) -> None:
+    listed = json.loads(cli("runs", "--json", cwd=home, store="runs.db").stdout)
+    assert sorted(r["run_id"] for r in listed) == sorted(hostile)
+    shown = json.loads(cli("show", "red\x1b[31m", "--json", cwd=home, store="runs.db").stdout)
+    assert shown["run"]["run_id"] == "red\x1b[31m" and shown["run"]["workflow"] == "wf\x1b[2J"
+    assert shown["run"]["waiting_for"] == "go\x07"
+    assert [e["name"] for e in shown["journal"]] == ["st\x9bep\u2028"]
+
+
+def test_signal_confirmation_escapes_the_names(home: Path, hostile: list[str]) -> None:
+    done = cli("signal", "two\nlines", "go\x07", cwd=home, store="runs.db")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "signal 'go\\x07' queued for run 'two\\nlines' (waiting)\n"
