@@ -228,6 +228,9 @@ def _entry_json(e: Entry) -> dict[str, Any]:
 # ---- subcommands ---------------------------------------------------------------------------
 
 def cmd_runs(store: Store, a: argparse.Namespace) -> int:
+    if a.limit < 1 or a.offset < 0:  # SQLite reads LIMIT -1 as "no limit": refuse, never list all
+        raise CLIError(f"--limit must be 1 or more and --offset 0 or more; got --limit {a.limit} "
+                       f"--offset {a.offset}")
     states = [s for v in a.state or () for s in v.split(",") if s] or None
     for s in states or ():
         if s not in STATES:
@@ -362,8 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("runs", cmd_runs, "list runs, newest first")
     sp.add_argument("--state", action="append", help="only these states (repeat, or a,b)")
     sp.add_argument("--workflow", help="only runs of this workflow")
-    sp.add_argument("--limit", type=int, default=50)
-    sp.add_argument("--offset", type=int, default=0)
+    sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
+    sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
     sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
     sp.add_argument("run_id")
     for listing in (sub.choices["runs"], sp):

@@ -132,3 +132,15 @@ def test_signal_confirmation_escapes_the_names(home: Path, hostile: list[str]) -
     done = cli("signal", "two\nlines", "go\x07", cwd=home, store="runs.db")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "signal 'go\\x07' queued for run 'two\\nlines' (waiting)\n"
+
+
+# ---- 15: paging takes no negative numbers ----------------------------------------------------
+
+@pytest.mark.parametrize(("args", "named"), [
+    (("--limit", "-1"), "--limit"), (("--limit", "0"), "--limit"), (("--offset", "-5"), "--offset"),
+])
+def test_runs_refuses_negative_paging(home: Path, runs: Any, args: tuple[str, ...],
+                                      named: str) -> None:
+    done = cli("runs", *args, cwd=home, store="runs.db")
+    fails_in_one_line(done, named)
+    assert done.stdout == ""
