@@ -293,16 +293,35 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+def _payload(arg: str | None) -> tuple[str | bytes | None, str]:
+    """The JSON text of the payload argument and where it came from: ``-`` is stdin and
+    ``@PATH`` a file (a large payload does not fit in an argument list), else the argument."""
+    if arg == "-":
+        return sys.stdin.buffer.read(), "from stdin"
+    if arg is not None and arg.startswith("@"):
+        try:
+            with open(arg[1:], "rb") as f:
+                return f.read(), f"from file {arg[1:]!r}"
+        except OSError as exc:
+            raise CLIError(f"cannot read the payload file {arg[1:]!r}: "
+                           f"{exc.strerror or exc}") from None
+    return arg, "" if arg is None else repr(arg[:WIDTH]) + ("…" if len(arg) > WIDTH else "")
+
+
 def cmd_signal(store: Store, a: argparse.Namespace) -> int:
     check_name("signal name", a.name)
-    try:
-        text = JSONCodec().encode(None if a.payload is None else json.loads(a.payload))
-    except ValueError as exc:  # JSONDecodeError and the codec's refusals (NaN, ...)
-        raise CLIError(f"bad JSON payload {_cut(a.payload, False)!r}: {exc} (quote it for the "
-                       f"shell, e.g. '{{\"approved\": true}}')") from None
-    if len(text.encode()) > DEFAULT_MAX_PAYLOAD:
-        raise CLIError(f"payload is {len(text.encode())} bytes encoded, over the limit of "
-                       f"{DEFAULT_MAX_PAYLOAD}; pass a reference to the data instead")
+    if a.max_payload < 1:
+        raise CLIError(f"--max-payload must be 1 or more bytes, got {a.max_payload}")
+    data, source = _payload(a.payload)
+    try:  # bytes from a file or stdin: json decodes UTF-8 (a BOM too), UTF-16 and UTF-32
+        text = JSONCodec().encode(None if data is None else json.loads(data))
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, the codec's refusals (NaN, ...)
+        raise CLIError(f"bad JSON payload {source}: {_safe(str(exc))} (quote it for the shell, "
+                       f"e.g. '{{\"approved\": true}}')") from None
+    if (size := len(text.encode())) > a.max_payload:
+        raise CLIError(f"payload is {size} bytes encoded, over the limit of {a.max_payload}; "
+                       f"pass a reference to the data instead, or raise --max-payload (the "
+                       f"workers must allow as much: Interpreter(max_payload=...))")
     store.deliver(check_name("run_id", a.run_id), a.name, text)
     print(f"signal {a.name!r} queued for run {a.run_id!r} ({get_run(store, a.run_id).state})")
     return 0
@@ -375,7 +394,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("signal", cmd_signal, "queue a signal for a run")
     sp.add_argument("run_id")
     sp.add_argument("name")
-    sp.add_argument("payload", nargs="?", metavar="JSON", help="the payload (default: null)")
+    sp.add_argument("payload", nargs="?", metavar="JSON",
+                    help="the payload as JSON (default: null); - reads it from stdin and @FILE "
+                         "from a file, for payloads too large for an argument")
+    sp.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES",
+                    help=f"refuse a larger encoded payload (default: {DEFAULT_MAX_PAYLOAD}, the "
+                         f"Interpreter's default max_payload)")
     add("cancel", cmd_cancel, "raise Cancelled inside a run").add_argument("run_id")
     sp = add("resume", cmd_resume, "retry a blocked (or unowned) run with the current code")
     sp.add_argument("run_id")

@@ -144,3 +144,52 @@ def test_runs_refuses_negative_paging(home: Path, runs: Any, args: tuple[str, ..
     done = cli("runs", *args, cwd=home, store="runs.db")
     fails_in_one_line(done, named)
     assert done.stdout == ""
+
+
+# ---- 16: payloads from stdin and from a file ---------------------------------------------------
+
+BIG = {"blob": "x" * 1_500_000, "ü": "中"}  # under the 2 MiB limit, far over an argument's 128 KiB
+
+
+def test_signal_payload_from_stdin(home: Path, runs: Any, db: SQLiteStore) -> None:
+    done = run_cli("signal", "wait-1", "go", "-", cwd=home, store="runs.db",
+                   input=json.dumps(BIG).encode())
+    assert done.returncode == 0, done.stderr
+    [queued] = db.signals("wait-1")
+    assert json.loads(queued.payload) == BIG
+
+
+def test_signal_payload_from_a_file(home: Path, runs: Any, db: SQLiteStore) -> None:
+    (home / "payload.json").write_text(json.dumps(BIG), encoding="utf-8")
+    done = run_cli("signal", "wait-1", "go", "@payload.json", cwd=home, store="runs.db")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(db.signals("wait-1")[0].payload) == BIG
+
+
+def test_signal_payload_over_the_limit_unless_raised(home: Path, runs: Any,
+                                                     db: SQLiteStore) -> None:
+    ten_mb = json.dumps({"blob": "x" * 10_000_000}).encode()
+    refused = run_cli("signal", "wait-1", "go", "-", cwd=home, store="runs.db", input=ten_mb)
+    fails_in_one_line(refused, "over the limit of 2097152", "--max-payload")
+    assert db.signals("wait-1") == []
+    sent = run_cli("signal", "wait-1", "go", "-", "--max-payload", "16000000", cwd=home,
+                   store="runs.db", input=ten_mb)
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(db.signals("wait-1")[0].payload) == json.loads(ten_mb)
+
+
+def test_missing_payload_file(home: Path, runs: Any, db: SQLiteStore) -> None:
+    fails_in_one_line(cli("signal", "wait-1", "go", "@nope.json", cwd=home, store="runs.db"),
+                      "cannot read the payload file 'nope.json'", "No such file")
+    assert db.signals("wait-1") == []
+
+
+def test_bad_json_on_stdin(home: Path, runs: Any, db: SQLiteStore) -> None:
+    fails_in_one_line(run_cli("signal", "wait-1", "go", "-", cwd=home, store="runs.db",
+                              input=b'{"approved": tru'), "bad JSON payload from stdin")
+    assert db.signals("wait-1") == []
+
+
+def test_signal_help_documents_stdin_and_files(home: Path) -> None:
+    out = cli("signal", "--help", cwd=home).stdout
+    assert "- reads" in out and "@FILE" in out
