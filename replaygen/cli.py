@@ -316,8 +316,8 @@ def cmd_signal(store: Store, a: argparse.Namespace) -> int:
     try:  # bytes from a file or stdin: json decodes UTF-8 (a BOM too), UTF-16 and UTF-32
         text = JSONCodec().encode(None if data is None else json.loads(data))
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, the codec's refusals (NaN, ...)
-        raise CLIError(f"bad JSON payload {source}: {_safe(str(exc))} (quote it for the shell, "
-                       f"e.g. '{{\"approved\": true}}')") from None
+        hint = " (quote it for the shell, e.g. '{\"approved\": true}')" if isinstance(data, str) else ""
+        raise CLIError(f"bad JSON payload {source}: {_safe(str(exc))}{hint}") from None
     if (size := len(text.encode())) > a.max_payload:
         raise CLIError(f"payload is {size} bytes encoded, over the limit of {a.max_payload}; "
                        f"pass a reference to the data instead, or raise --max-payload (the "
