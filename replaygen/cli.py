@@ -348,8 +348,10 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
     finally:
         interp.shutdown(a.timeout)
     r = get_run(store, r.run_id)
+    if r.state == "blocked":  # the command failed at what it was asked: an error like any other
+        raise CLIError(f"run {r.run_id!r} is still blocked: {_detail(r) or 'no reason stored'}")
     print(f"run {r.run_id!r} is {r.state}" + (f": {d}" if (d := _detail(r)) else ""))
-    return 1 if r.state == "blocked" else 0
+    return 0
 
 
 def cmd_worker(store: Store, a: argparse.Namespace) -> int:
@@ -405,21 +407,25 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="the workflows")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds to drive the run")
+    sp.add_argument("--log-level", help="also log what the engine does, at this level (e.g. "
+                                        "INFO), on stderr (default: only the outcome)")
     sp = add("worker", cmd_worker, "serve workflows until SIGINT/SIGTERM")
     sp.add_argument("app", metavar="MODULE[:ATTR]",
                     help="ATTR (default: workflows) is a list/dict of workflows or a "
                          "function(store) returning an Interpreter")
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
-    sp.add_argument("--log-level", default="INFO")
+    sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        if a.command in ("worker", "resume"):  # the engine logs under "replaygen"
-            logging.basicConfig(level=getattr(a, "log_level", "WARNING").upper(),
+        if getattr(a, "log_level", None):  # the engine logs under "replaygen"
+            logging.basicConfig(level=a.log_level.upper(),
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else:  # not logging's last resort either: an error is the one line printed below
+            logging.getLogger("replaygen").addHandler(logging.NullHandler())
         store = open_store(a.store, create=a.command == "worker")
         try:
             return int(a.func(store, a))

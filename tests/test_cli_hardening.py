@@ -193,3 +193,12 @@ def test_bad_json_on_stdin(home: Path, runs: Any, db: SQLiteStore) -> None:
 def test_signal_help_documents_stdin_and_files(home: Path) -> None:
     out = cli("signal", "--help", cwd=home).stdout
     assert "- reads" in out and "@FILE" in out
+
+
+# ---- 18: a resume that stays blocked is one error line ----------------------------------------
+
+def test_resume_that_stays_blocked_is_one_line_on_stderr(home: Path, runs: Any) -> None:
+    done = cli("resume", "wait-1", "--app", "broken", cwd=home, store="runs.db")
+    fails_in_one_line(done, "run 'wait-1' is still blocked", "NonDeterminismError",
+                      "position 0")
+    assert done.stdout == ""
