@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -35,7 +35,7 @@ from .codec import JSONCodec
 from .commands import check_name
 from .errors import ReplaygenError, RunNotFound
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
-from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
+from .store import ACTIVE, FINISHED, STATES, Entry, MemoryStore, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
 WIDTH = 60                     # widest value shown in a table cell, unless --full
@@ -76,9 +76,11 @@ def open_store(url: str | None, *, create: bool = False) -> Store:
     return cast(Store, importlib.import_module("replaygen.stores.sqlite").SQLiteStore(path))
 
 
-def load_app(store: Store, spec: str) -> Interpreter:
+def load_app(spec: str) -> Callable[[Store], Interpreter]:
     """``MODULE[:ATTR]``: ATTR (default ``workflows``) is a list or dict of workflows, one
-    workflow, or a function taking the store and returning an Interpreter."""
+    workflow, or a function taking the store and returning an Interpreter. Checked before
+    any store is opened, so that a typo neither creates a database nor touches one; returns
+    what builds the Interpreter over the store."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "workflows"
     if os.getcwd() not in sys.path:  # as `python -m` does; a console script does not
@@ -92,14 +94,27 @@ def load_app(store: Store, spec: str) -> Interpreter:
         raise CLIError(f"module {module_name!r} has no attribute {attr!r}; name your workflows "
                        f"as MODULE:ATTR")
     obj = getattr(module, attr)
-    if isinstance(obj, (list, tuple, dict)):
-        return Interpreter(store, obj)
+    wrong = CLIError(f"{module_name}:{attr} must be a list or dict of workflows, or a function "
+                     f"(store) -> Interpreter; found {type(obj).__name__}")
     if inspect.isgeneratorfunction(obj):
-        return Interpreter(store, [obj])
-    if callable(obj) and isinstance(interp := obj(store), Interpreter):
+        obj = [obj]
+    if isinstance(obj, (list, tuple, dict)):
+        if not obj:
+            raise CLIError(f"{module_name}:{attr} holds no workflows: nothing to serve")
+        workflows = obj
+        # The engine's own checks (generator functions, names, duplicates) on a throwaway store.
+        Interpreter(MemoryStore(), workflows).shutdown(0)
+        return lambda store: Interpreter(store, workflows)
+    if not callable(obj):
+        raise wrong
+    factory = obj
+
+    def make(store: Store) -> Interpreter:  # a factory can only be checked by calling it
+        if not isinstance(interp := factory(store), Interpreter):
+            raise wrong
         return interp
-    raise CLIError(f"{module_name}:{attr} must be a list or dict of workflows, or a function "
-                   f"(store) -> Interpreter; found {type(obj).__name__}")
+
+    return make
 
 
 def get_run(store: Store, run_id: str) -> RunRecord:
@@ -342,7 +357,7 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
     r = get_run(store, a.run_id)
     if r.state in FINISHED:
         raise CLIError(f"run {r.run_id!r} is {r.state}; only unfinished runs can be resumed")
-    interp = load_app(store, a.app)
+    interp = a.make(store)
     try:
         interp.resume(r.run_id, a.timeout)
     finally:
@@ -355,7 +370,7 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
 
 
 def cmd_worker(store: Store, a: argparse.Namespace) -> int:
-    interp = load_app(store, a.app)
+    interp = a.make(store)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -426,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         else:  # not logging's last resort either: an error is the one line printed below
             logging.getLogger("replaygen").addHandler(logging.NullHandler())
+        if getattr(a, "app", None):  # before the store: a module that cannot be served creates none
+            a.make = load_app(a.app)
         store = open_store(a.store, create=a.command == "worker")
         try:
             return int(a.func(store, a))

@@ -202,3 +202,19 @@ def test_resume_that_stays_blocked_is_one_line_on_stderr(home: Path, runs: Any) 
     fails_in_one_line(done, "run 'wait-1' is still blocked", "NonDeterminismError",
                       "position 0")
     assert done.stdout == ""
+
+
+# ---- 7: nothing is created for a module that cannot be served ---------------------------------
+
+@pytest.mark.parametrize(("spec", "said"), [
+    ("no_such_module", "cannot import 'no_such_module'"),
+    ("app:nothing", "no attribute 'nothing'"),
+    ("empty", "holds no workflows"),
+    ("notgen", "not a generator function"),
+])
+def test_worker_with_a_module_it_cannot_serve_creates_no_store(home: Path, spec: str,
+                                                               said: str) -> None:
+    (home / "empty.py").write_text("workflows = []\n")
+    (home / "notgen.py").write_text("def f():\n    return 1\n\nworkflows = [f]\n")
+    fails_in_one_line(cli("worker", spec, cwd=home, store="new.db"), said)
+    assert sorted(p.name for p in home.iterdir() if p.name.startswith("new.db")) == []
