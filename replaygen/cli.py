@@ -15,11 +15,13 @@ shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -33,12 +35,14 @@ from typing import Any, cast
 
 from .codec import JSONCodec
 from .commands import check_name
-from .errors import ReplaygenError, RunNotFound
+from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
 from .store import ACTIVE, FINISHED, STATES, Entry, MemoryStore, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
 WIDTH = 60                     # widest value shown in a table cell, unless --full
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between a waiting worker's tries: doubling, capped
+WAIT_LOG_EVERY = 5.0               # seconds between its "waiting for the store" lines
 STORE_HELP = f"sqlite:///path.db, path.db or postgresql://... (default: ${ENV})"
 log = logging.getLogger("replaygen.cli")
 
@@ -369,12 +373,45 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(store: Store, a: argparse.Namespace) -> int:
-    interp = a.make(store)
+def _start_worker(a: argparse.Namespace, stop: threading.Event) -> Interpreter | None:
+    """Open the store, build the Interpreter and recover(). While the store is unavailable
+    (Postgres down or restarting, SQLite locked) wait and retry with backoff, as a running
+    worker does through an outage, until it answers or ``stop`` is set (then None). Any
+    other failure (a bad URL, a missing module, a newer schema) is raised at once."""
+    delay, logged = RETRY_FIRST, -math.inf
+    while not stop.is_set():
+        store: Store | None = None
+        interp: Interpreter | None = None
+        try:
+            store = open_store(a.store, create=True)
+            interp = a.make(store)
+            interp.recover()
+            return interp
+        except StoreUnavailable as exc:
+            with contextlib.suppress(Exception):  # tidying up after an outage may fail too
+                if interp is not None:
+                    interp.shutdown(0)
+                if store is not None:
+                    store.close()
+            if time.monotonic() - logged >= WAIT_LOG_EVERY:
+                log.warning("waiting for the store, trying again every %gs at most until it "
+                            "answers (stop with Ctrl-C or SIGTERM): %s", RETRY_MAX, _safe(str(exc)))
+                logged = time.monotonic()
+            else:
+                log.debug("store still unavailable; next try in %gs", delay)
+            stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+    return None
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    interp.recover()
+    interp = _start_worker(a, stop)
+    if interp is None:
+        log.info("stopped before the store could be opened; nothing to park")
+        return 0
     log.info("worker %s serving %s; stop with SIGINT or SIGTERM", interp.worker_id, a.app)
     while not stop.wait(1.0):
         pass
@@ -424,7 +461,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds to drive the run")
     sp.add_argument("--log-level", help="also log what the engine does, at this level (e.g. "
                                         "INFO), on stderr (default: only the outcome)")
-    sp = add("worker", cmd_worker, "serve workflows until SIGINT/SIGTERM")
+    sp = add("worker", cmd_worker, "serve workflows until SIGINT/SIGTERM (a store that is down "
+                                   "at start is waited for)")
     sp.add_argument("app", metavar="MODULE[:ATTR]",
                     help="ATTR (default: workflows) is a list/dict of workflows or a "
                          "function(store) returning an Interpreter")
@@ -443,11 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("replaygen").addHandler(logging.NullHandler())
         if getattr(a, "app", None):  # before the store: a module that cannot be served creates none
             a.make = load_app(a.app)
-        store = open_store(a.store, create=a.command == "worker")
+        if a.command == "worker":  # opens the store itself: it waits for one that is down
+            return cmd_worker(a)
+        store = open_store(a.store)
         try:
             return int(a.func(store, a))
         finally:
-            if a.command not in ("worker", "resume"):  # their threads may still read it
+            if a.command != "resume":  # its threads may still read it
                 store.close()
     except KeyboardInterrupt:
         return 130

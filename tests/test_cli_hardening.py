@@ -9,8 +9,10 @@ import json
 import os
 import re
 import runpy
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +220,51 @@ def test_worker_with_a_module_it_cannot_serve_creates_no_store(home: Path, spec:
     (home / "notgen.py").write_text("def f():\n    return 1\n\nworkflows = [f]\n")
     fails_in_one_line(cli("worker", spec, cwd=home, store="new.db"), said)
     assert sorted(p.name for p in home.iterdir() if p.name.startswith("new.db")) == []
+
+
+# ---- 17: a worker waits for its store -------------------------------------------------------
+
+class Lines:
+    """A process's stderr, read line by line on a thread so a test can wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        stream = proc.stderr
+        assert stream is not None
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")),
+                                        daemon=True)
+        self._thread.start()
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def join(self) -> str:
+        self._thread.join(30)
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_worker_waits_for_an_unreachable_store_until_stopped(home: Path, stop: int) -> None:
+    pytest.importorskip("psycopg")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "replaygen", "--store", "postgresql://nobody@127.0.0.1:1/none",
+         "worker", "app", "--log-level", "DEBUG"],
+        cwd=home, stderr=subprocess.PIPE, text=True)
+    try:
+        out = Lines(worker)
+        eventually(lambda: out.count("waiting for the store") >= 1, timeout=60)
+        retried = out.count("still unavailable")
+        eventually(lambda: out.count("still unavailable") > retried, timeout=60)  # it keeps trying
+        assert worker.poll() is None
+        worker.send_signal(stop)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    logs = out.join()
+    assert "Connection refused" in logs and "SIGTERM" in logs
+    assert "Traceback" not in logs and "stopped before the store could be opened" in logs
+
+
+@pytest.mark.parametrize("store", ["bogus://x", "postgresql://127.0.0.1:1/none?schema="])
+def test_worker_fails_at_once_on_a_bad_store_url(home: Path, store: str) -> None:
+    fails_in_one_line(cli("worker", "app", cwd=home, store=store))
