@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import unicodedata
+import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -43,7 +44,8 @@ ENV = "REPLAYGEN_STORE"
 WIDTH = 60                     # widest value shown in a table cell, unless --full
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between a waiting worker's tries: doubling, capped
 WAIT_LOG_EVERY = 5.0               # seconds between its "waiting for the store" lines
-STORE_HELP = f"sqlite:///path.db, path.db or postgresql://... (default: ${ENV})"
+STORE_HELP = f"sqlite:///path.db, path.db or postgresql://...[?schema=NAME] (default: ${ENV})"
+SCHEMA_HELP = "the Postgres schema that holds the store (default: replaygen), as ?schema=NAME"
 log = logging.getLogger("replaygen.cli")
 
 
@@ -53,19 +55,46 @@ class CLIError(ReplaygenError):
 
 # ---- the store and the user's workflows ------------------------------------------------
 
-def open_store(url: str | None, *, create: bool = False) -> Store:
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """Take ``schema=NAME`` out of a postgresql:// URL's query (libpq refuses a parameter it
+    does not know); every other parameter is kept exactly as written."""
+    base, sep, query = url.partition("?")
+    kept, found = [], set()
+    for part in query.split("&") if sep else ():
+        key, _, value = part.partition("=")
+        if urllib.parse.unquote(key) == "schema":
+            found.add(urllib.parse.unquote(value))
+        else:
+            kept.append(part)
+    if len(found) > 1:
+        raise CLIError(f"the store URL names several schemas ({', '.join(map(repr, sorted(found)))})"
+                       f"; give ?schema= once")
+    return base + ("?" + "&".join(kept) if kept else ""), next(iter(found), None)
+
+
+def open_store(url: str | None, *, schema: str | None = None, create: bool = False) -> Store:
     """A store from a URL: ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``path.db``, or
-    ``postgresql://...``. A SQLite file is created only when ``create`` (the worker)."""
+    ``postgresql://...[?schema=NAME]``. ``schema`` (--schema) names the Postgres schema, as
+    ``?schema=`` does. A SQLite file is created only when ``create`` (the worker)."""
     if not url:
         raise CLIError(f"no store given: pass --store sqlite:///path.db (or postgresql://...) "
                        f"or set ${ENV}")
     if url.startswith(("postgresql://", "postgres://")):
+        url, in_url = _split_schema(url)
+        if schema is not None and in_url is not None and schema != in_url:
+            raise CLIError(f"two different schemas: {in_url!r} (?schema= in the store URL) and "
+                           f"{schema!r} (--schema); give one")
+        schema = schema if schema is not None else in_url
         try:  # imported by name: psycopg is an optional extra
             postgres = importlib.import_module("replaygen.stores.postgres")
         except ImportError as exc:
             raise CLIError(f"Postgres support is not available ({exc}); "
                            f"pip install 'replaygen[postgres]'") from None
-        return cast(Store, postgres.PostgresStore(url))
+        options = {} if schema is None else {"schema": schema}  # else the store's default
+        return cast(Store, postgres.PostgresStore(url, **options))
+    if schema is not None:
+        raise CLIError(f"--schema {schema!r} is for a Postgres store; a SQLite file holds one "
+                       f"store (use another file)")
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
@@ -383,7 +412,7 @@ def _start_worker(a: argparse.Namespace, stop: threading.Event) -> Interpreter |
         store: Store | None = None
         interp: Interpreter | None = None
         try:
-            store = open_store(a.store, create=True)
+            store = open_store(a.store, schema=a.schema, create=True)
             interp = a.make(store)
             interp.recover()
             return interp
@@ -426,8 +455,10 @@ def cmd_worker(a: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
+    common.add_argument("--schema", default=argparse.SUPPRESS, help=SCHEMA_HELP)
     p = argparse.ArgumentParser(prog="replaygen", description="See and steer replaygen runs.")
     p.add_argument("--store", default=os.environ.get(ENV), help=STORE_HELP)  # before COMMAND
+    p.add_argument("--schema", help=SCHEMA_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
@@ -483,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.make = load_app(a.app)
         if a.command == "worker":  # opens the store itself: it waits for one that is down
             return cmd_worker(a)
-        store = open_store(a.store)
+        store = open_store(a.store, schema=a.schema)
         try:
             return int(a.func(store, a))
         finally:

@@ -5,14 +5,19 @@ store that is not there yet, a Postgres schema of its own, a module that cannot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import runpy
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ import pytest
 from replaygen import Interpreter
 from replaygen.stores.sqlite import SQLiteStore
 
+from .pg import postgres_dsn
 # The fixtures home, db and runs come from test_cli; ruff takes their parameters for redefinitions.
 # ruff: noqa: F811
 from .test_cli import cli, db, eventually, fails_in_one_line, home, runs  # noqa: F401
@@ -268,3 +274,139 @@ def test_worker_waits_for_an_unreachable_store_until_stopped(home: Path, stop: i
 @pytest.mark.parametrize("store", ["bogus://x", "postgresql://127.0.0.1:1/none?schema="])
 def test_worker_fails_at_once_on_a_bad_store_url(home: Path, store: str) -> None:
     fails_in_one_line(cli("worker", "app", cwd=home, store=store))
+
+
+# ---- 14: a Postgres store in a schema of its own ---------------------------------------------
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """(dsn, schema): a store in a fresh non-default schema holding one pending run 'pg-1'."""
+    dsn = postgres_dsn()
+    from replaygen.stores.postgres import PostgresStore
+
+    schema = f"rgcli_{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(dsn, schema=schema)
+    try:
+        store.create("pg-1", "flow", json.dumps({"args": [1], "kwargs": {}}), "starter")
+        store.release("starter")
+        yield dsn, schema
+    finally:
+        store.close()
+        PostgresStore.drop_schema(dsn, schema)
+
+
+def _ids(done: subprocess.CompletedProcess[str]) -> list[str]:
+    assert done.returncode == 0, done.stderr
+    return [r["run_id"] for r in json.loads(done.stdout)]
+
+
+def _schema_exists(dsn: str, schema: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                            [schema]).fetchone() is not None
+
+
+@pytest.mark.postgres
+def test_schema_in_the_url_or_as_an_option(home: Path, pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    assert _ids(cli("runs", "--json", cwd=home, store=f"{dsn}?schema={schema}")) == ["pg-1"]
+    assert _ids(cli("runs", "--json", "--schema", schema, cwd=home, store=dsn)) == ["pg-1"]
+    assert _ids(cli("--schema", schema, "runs", "--json", cwd=home,
+                    store=f"{dsn}?connect_timeout=7&schema={schema}&application_name=rg")) == ["pg-1"]
+    assert _ids(cli("runs", "--json", "--schema", schema, cwd=home,
+                    store=f"{dsn}?schema={schema}")) == ["pg-1"]  # the same twice is no conflict
+    shown = cli("show", "pg-1", "--schema", schema, cwd=home, store=dsn)
+    assert shown.returncode == 0 and "state:       pending" in shown.stdout
+
+
+@pytest.mark.postgres
+def test_other_url_parameters_reach_the_server(home: Path, pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    fails_in_one_line(cli("runs", cwd=home, store=f"{dsn}?sslmode=bogus&schema={schema}"),
+                      "sslmode")
+
+
+@pytest.mark.postgres
+def test_two_different_schemas_are_refused(home: Path, pg_schema: tuple[str, str]) -> None:
+    dsn, schema = pg_schema
+    fails_in_one_line(cli("runs", "--schema", "other", cwd=home, store=f"{dsn}?schema={schema}"),
+                      f"'{schema}' (?schema= in the store URL) and 'other' (--schema)")
+    fails_in_one_line(cli("runs", cwd=home, store=f"{dsn}?schema={schema}&schema=other"),
+                      "several schemas", f"'{schema}'", "'other'")
+
+
+def test_schema_for_a_sqlite_store_is_refused(home: Path, runs: Any) -> None:
+    fails_in_one_line(cli("runs", "--schema", "billing", cwd=home, store="runs.db"),
+                      "--schema", "Postgres")
+
+
+# ---- 171: a worker that waited for Postgres serves once it answers -----------------
+
+class Forwarder:
+    """A TCP port that forwards to the Postgres server, opened when the test says: until then
+    nothing listens on it, as when the server is down."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port, self.target = probe.getsockname()[1], target
+        probe.close()
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.mark.postgres
+def test_worker_serves_once_the_store_comes_up(home: Path) -> None:
+    dsn = postgres_dsn()
+    url = urllib.parse.urlsplit(dsn)
+    if not url.scheme.startswith("postgres"):
+        pytest.skip("needs the test DSN as a postgresql:// URL")
+    down = Forwarder((url.hostname or "127.0.0.1", url.port or 5432))
+    userinfo = url.netloc.rpartition("@")[0]
+    schema = f"rgcli_{uuid.uuid4().hex[:8]}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "replaygen", "worker", "app", "--schema", schema, "--store",
+         url._replace(netloc=f"{userinfo}@127.0.0.1:{down.port}".lstrip("@")).geturl()],
+        cwd=home, stderr=subprocess.PIPE, text=True)
+    try:
+        out = Lines(worker)
+        eventually(lambda: out.count("waiting for the store") >= 1, timeout=60)
+        down.open()  # the server is back
+        eventually(lambda: out.count("serving app") >= 1, timeout=60)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+        down.close()
+        from replaygen.stores.postgres import PostgresStore
+
+        PostgresStore.drop_schema(dsn, schema)
+    logs = out.join()
+    assert "recovered 0 runs" in logs and "Traceback" not in logs
