@@ -72,6 +72,20 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return base + ("?" + "&".join(kept) if kept else ""), next(iter(found), None)
 
 
+def _no_schema(url: str, schema: str) -> bool:
+    """True if the server answers and has no such schema; False if it cannot tell (opening
+    the store then reports why, without leaking a password, which this must not print)."""
+    try:
+        psycopg = importlib.import_module("psycopg")
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        params.setdefault("connect_timeout", "5")  # libpq's default is to wait forever
+        with psycopg.connect(**params, autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                [schema]).fetchone() is None
+    except Exception:
+        return False
+
+
 def open_store(url: str | None, *, schema: str | None = None, create: bool = False) -> Store:
     """A store from a URL: ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``path.db``, or
     ``postgresql://...[?schema=NAME]``. ``schema`` (--schema) names the Postgres schema, as
@@ -90,8 +104,12 @@ def open_store(url: str | None, *, schema: str | None = None, create: bool = Fal
         except ImportError as exc:
             raise CLIError(f"Postgres support is not available ({exc}); "
                            f"pip install 'replaygen[postgres]'") from None
-        options = {} if schema is None else {"schema": schema}  # else the store's default
-        return cast(Store, postgres.PostgresStore(url, **options))
+        if schema is None:
+            schema = inspect.signature(postgres.PostgresStore).parameters["schema"].default
+        if not create and _no_schema(url, str(schema)):  # opening the store would create it
+            raise CLIError(f"no schema {schema!r} in this database: check --schema or ?schema= "
+                           f"(a worker creates it)")
+        return cast(Store, postgres.PostgresStore(url, schema=schema))
     if schema is not None:
         raise CLIError(f"--schema {schema!r} is for a Postgres store; a SQLite file holds one "
                        f"store (use another file)")

@@ -410,3 +410,14 @@ def test_worker_serves_once_the_store_comes_up(home: Path) -> None:
         PostgresStore.drop_schema(dsn, schema)
     logs = out.join()
     assert "recovered 0 runs" in logs and "Traceback" not in logs
+
+
+# ---- 142: a mistyped schema creates nothing ------------------------------------------------
+
+@pytest.mark.postgres
+def test_a_missing_schema_is_refused_not_created(home: Path) -> None:
+    dsn = postgres_dsn()
+    missing = f"rgcli_missing_{uuid.uuid4().hex[:8]}"
+    fails_in_one_line(cli("runs", "--schema", missing, cwd=home, store=dsn),
+                      f"no schema '{missing}'")
+    assert not _schema_exists(dsn, missing)
