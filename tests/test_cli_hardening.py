@@ -342,7 +342,7 @@ def test_schema_for_a_sqlite_store_is_refused(home: Path, runs: Any) -> None:
                       "--schema", "Postgres")
 
 
-# ---- 171: a worker that waited for Postgres serves once it answers -----------------
+# ---- 17 and 14: a worker that waited for Postgres serves once it answers ------------------
 
 class Forwarder:
     """A TCP port that forwards to the Postgres server, opened when the test says: until then
@@ -412,7 +412,7 @@ def test_worker_serves_once_the_store_comes_up(home: Path) -> None:
     assert "recovered 0 runs" in logs and "Traceback" not in logs
 
 
-# ---- 142: a mistyped schema creates nothing ------------------------------------------------
+# ---- 14: a mistyped schema is refused, not created ------------------------------------------
 
 @pytest.mark.postgres
 def test_a_missing_schema_is_refused_not_created(home: Path) -> None:
