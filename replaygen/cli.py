@@ -438,10 +438,11 @@ def _start_worker(a: argparse.Namespace, stop: threading.Event) -> Interpreter |
             interp.recover()
             return interp
         except StoreUnavailable as exc:
-            with contextlib.suppress(Exception):  # tidying up after an outage may fail too
-                if interp is not None:
+            if interp is not None:
+                with contextlib.suppress(Exception):  # tidying up after an outage may fail too
                     interp.shutdown(0)
-                if store is not None:
+            if store is not None:
+                with contextlib.suppress(Exception):
                     store.close()
             if time.monotonic() - logged >= WAIT_LOG_EVERY:
                 log.warning("waiting for the store, trying again every %gs at most until it "
