@@ -5,39 +5,50 @@
     replaygen cancel RUN_ID                 replaygen resume RUN_ID --app myapp.flows
     replaygen worker myapp.flows            (serve until SIGINT/SIGTERM, then park every run)
 
-The store comes from ``--store`` or ``$REPLAYGEN_STORE``. This module only uses
-the store's public operations and the Interpreter: it must never change a run
-in a way the engine could not (no editing journals, no forcing states).
-Every failure is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1``
-shows the traceback).
+The store comes from ``--store`` or ``$REPLAYGEN_STORE`` (``--schema`` or ``?schema=``
+for a Postgres schema). This module only uses the store's public operations and the
+Interpreter: it must never change a run in a way the engine could not (no editing
+journals, no forcing states). Every failure, a ``resume`` that leaves the run blocked
+included, is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1`` shows the
+traceback; argparse's usage errors exit 2). Ids and names are printed with control
+characters escaped; ``--json`` is exact. A worker whose store is down at start waits
+for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from .codec import JSONCodec
 from .commands import check_name
-from .errors import ReplaygenError, RunNotFound
+from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
-from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
+from .store import ACTIVE, FINISHED, STATES, Entry, MemoryStore, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
 WIDTH = 60                     # widest value shown in a table cell, unless --full
-STORE_HELP = f"sqlite:///path.db, path.db or postgresql://... (default: ${ENV})"
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between a waiting worker's tries: doubling, capped
+WAIT_LOG_EVERY = 5.0               # seconds between its "waiting for the store" lines
+STORE_HELP = f"sqlite:///path.db, path.db or postgresql://...[?schema=NAME] (default: ${ENV})"
+SCHEMA_HELP = "the Postgres schema that holds the store (default: replaygen), as ?schema=NAME"
 log = logging.getLogger("replaygen.cli")
 
 
@@ -47,19 +58,64 @@ class CLIError(ReplaygenError):
 
 # ---- the store and the user's workflows ------------------------------------------------
 
-def open_store(url: str | None, *, create: bool = False) -> Store:
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """Take ``schema=NAME`` out of a postgresql:// URL's query (libpq refuses a parameter it
+    does not know); every other parameter is kept exactly as written."""
+    base, sep, query = url.partition("?")
+    kept, found = [], set()
+    for part in query.split("&") if sep else ():
+        key, _, value = part.partition("=")
+        if urllib.parse.unquote(key) == "schema":
+            found.add(urllib.parse.unquote(value))
+        else:
+            kept.append(part)
+    if len(found) > 1:
+        raise CLIError(f"the store URL names several schemas ({', '.join(map(repr, sorted(found)))})"
+                       f"; give ?schema= once")
+    return base + ("?" + "&".join(kept) if kept else ""), next(iter(found), None)
+
+
+def _no_schema(url: str, schema: str) -> bool:
+    """True if the server answers and has no such schema; False if it cannot tell (opening
+    the store then reports why, without leaking a password, which this must not print)."""
+    try:
+        psycopg = importlib.import_module("psycopg")
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        params.setdefault("connect_timeout", "5")  # libpq's default is to wait forever
+        with psycopg.connect(**params, autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                [schema]).fetchone() is None
+    except Exception:
+        return False
+
+
+def open_store(url: str | None, *, schema: str | None = None, create: bool = False) -> Store:
     """A store from a URL: ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``path.db``, or
-    ``postgresql://...``. A SQLite file is created only when ``create`` (the worker)."""
+    ``postgresql://...[?schema=NAME]``. ``schema`` (--schema) names the Postgres schema, as
+    ``?schema=`` does. A SQLite file is created only when ``create`` (the worker)."""
     if not url:
         raise CLIError(f"no store given: pass --store sqlite:///path.db (or postgresql://...) "
                        f"or set ${ENV}")
     if url.startswith(("postgresql://", "postgres://")):
+        url, in_url = _split_schema(url)
+        if schema is not None and in_url is not None and schema != in_url:
+            raise CLIError(f"two different schemas: {in_url!r} (?schema= in the store URL) and "
+                           f"{schema!r} (--schema); give one")
+        schema = schema if schema is not None else in_url
         try:  # imported by name: psycopg is an optional extra
             postgres = importlib.import_module("replaygen.stores.postgres")
         except ImportError as exc:
             raise CLIError(f"Postgres support is not available ({exc}); "
                            f"pip install 'replaygen[postgres]'") from None
-        return cast(Store, postgres.PostgresStore(url))
+        if schema is None:
+            schema = inspect.signature(postgres.PostgresStore).parameters["schema"].default
+        if not create and _no_schema(url, str(schema)):  # opening the store would create it
+            raise CLIError(f"no schema {schema!r} in this database: check --schema or ?schema= "
+                           f"(a worker creates it)")
+        return cast(Store, postgres.PostgresStore(url, schema=schema))
+    if schema is not None:
+        raise CLIError(f"--schema {schema!r} is for a Postgres store; a SQLite file holds one "
+                       f"store (use another file)")
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
@@ -74,9 +130,11 @@ def open_store(url: str | None, *, create: bool = False) -> Store:
     return cast(Store, importlib.import_module("replaygen.stores.sqlite").SQLiteStore(path))
 
 
-def load_app(store: Store, spec: str) -> Interpreter:
+def load_app(spec: str) -> Callable[[Store], Interpreter]:
     """``MODULE[:ATTR]``: ATTR (default ``workflows``) is a list or dict of workflows, one
-    workflow, or a function taking the store and returning an Interpreter."""
+    workflow, or a function taking the store and returning an Interpreter. Checked before
+    any store is opened, so that a typo neither creates a database nor touches one; returns
+    what builds the Interpreter over the store."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "workflows"
     if os.getcwd() not in sys.path:  # as `python -m` does; a console script does not
@@ -90,14 +148,27 @@ def load_app(store: Store, spec: str) -> Interpreter:
         raise CLIError(f"module {module_name!r} has no attribute {attr!r}; name your workflows "
                        f"as MODULE:ATTR")
     obj = getattr(module, attr)
-    if isinstance(obj, (list, tuple, dict)):
-        return Interpreter(store, obj)
+    wrong = CLIError(f"{module_name}:{attr} must be a list or dict of workflows, or a function "
+                     f"(store) -> Interpreter; found {type(obj).__name__}")
     if inspect.isgeneratorfunction(obj):
-        return Interpreter(store, [obj])
-    if callable(obj) and isinstance(interp := obj(store), Interpreter):
+        obj = [obj]
+    if isinstance(obj, (list, tuple, dict)):
+        if not obj:
+            raise CLIError(f"{module_name}:{attr} holds no workflows: nothing to serve")
+        workflows = obj
+        # The engine's own checks (generator functions, names, duplicates) on a throwaway store.
+        Interpreter(MemoryStore(), workflows).shutdown(0)
+        return lambda store: Interpreter(store, workflows)
+    if not callable(obj):
+        raise wrong
+    factory = obj
+
+    def make(store: Store) -> Interpreter:  # a factory can only be checked by calling it
+        if not isinstance(interp := factory(store), Interpreter):
+            raise wrong
         return interp
-    raise CLIError(f"{module_name}:{attr} must be a list or dict of workflows, or a function "
-                   f"(store) -> Interpreter; found {type(obj).__name__}")
+
+    return make
 
 
 def get_run(store: Store, run_id: str) -> RunRecord:
@@ -109,11 +180,29 @@ def get_run(store: Store, run_id: str) -> RunRecord:
 
 # ---- formatting ------------------------------------------------------------------------
 
+# What a terminal acts on instead of showing: C0 and C1 controls, DEL, the unicode line and
+# paragraph separators, and bidi overrides (they reorder what follows them on screen).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(text: str) -> str:
+    """``text`` with every control character escaped as repr() does (``\\x1b``, ``\\n``): an
+    id can then neither recolour the terminal nor break a line. Printable text, é and 中
+    included, is left as it is; spaces are kept, so an id is shown byte for byte."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def _decode(text: str | None) -> Any:
     try:
         return None if text is None else json.loads(text)
     except ValueError:
         return text
+
+
+def _arguments(text: str) -> Any:
+    """A run's stored arguments without the engine's nonce (it only seeds idempotency keys)."""
+    args = _decode(text)
+    return {k: v for k, v in args.items() if k != "nonce"} if isinstance(args, dict) else args
 
 
 def _ts(t: Any) -> str:
@@ -137,16 +226,27 @@ def _when(t: float | None) -> str:
 
 
 def _cut(text: str, full: bool) -> str:
-    text = " ".join(text.split()) if not full else text
+    """A value on one line: control characters escaped, cut at WIDTH unless ``full``."""
+    text = _safe(text)
     return text if full or len(text) <= WIDTH else text[:WIDTH - 1] + "…"
 
 
+def _traceback(text: str | None) -> str | None:
+    """A stored error's traceback, escaped line by line, or None."""
+    info = _decode(text)
+    tb = info.get("traceback") if isinstance(info, dict) else None
+    return "\n".join(_safe(line) for line in str(tb).rstrip("\n").split("\n")) if tb else None
+
+
 def _error(text: str | None, traceback: bool = False) -> str:
+    """A stored error as ``Type: message`` (escaped); with ``traceback``, the stored traceback
+    follows on lines of its own."""
     info = _decode(text)
     if not isinstance(info, dict):
-        return "" if info is None else str(info)
-    line = f"{info.get('type', 'Error')}: {info.get('message', '')}"
-    return line + ("\n" + info["traceback"] if traceback and info.get("traceback") else "")
+        return "" if info is None else _safe(str(info))
+    line = _safe(f"{info.get('type', 'Error')}: {info.get('message', '')}")
+    tb = _traceback(text) if traceback else None
+    return line + ("\n" + tb if tb else "")
 
 
 def _outcome(e: Entry, full: bool) -> str:
@@ -159,7 +259,7 @@ def _outcome(e: Entry, full: bool) -> str:
         return "timed out"
     if e.status == "error":
         info = _decode(e.value)
-        text = _error(e.value, full)
+        text = _error(e.value)  # a step's traceback goes below the table (show --full)
         if e.kind == "retry" and isinstance(info, dict):
             text = f"try {info.get('attempt')}, next at {_ts(info.get('next_at'))}: {text}"
         return _cut(text, full)
@@ -170,20 +270,29 @@ def _detail(r: RunRecord) -> str:
     if r.state == "sleeping":
         return f"until {_when(r.wake_at)}"
     if r.state == "waiting":
-        return f"for signal {r.waiting_for}" + (f", timeout {_ts(r.wake_at)}" if r.wake_at else "")
+        timeout = f", timeout {_ts(r.wake_at)}" if r.wake_at else ""
+        return f"for signal {_safe(r.waiting_for or '')}{timeout}"
     if r.error:
         return _error(r.error)
     return "cancel requested" if r.cancel_requested and r.state in ACTIVE else ""
 
 
+def _width(text: str) -> int:
+    """Terminal columns: wide characters (中) take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in (headers, *rows))
+    """Aligned columns; every cell escaped, so a value can never break its row."""
+    cells = [[_safe(str(c)) for c in row] for row in (headers, *rows)]
+    widths = [max(map(_width, col)) for col in zip(*cells, strict=True)]
+    return "\n".join("  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True))
+                     .rstrip() for row in cells)
 
 
 def _record_json(r: RunRecord) -> dict[str, Any]:
-    return {**dataclasses.asdict(r), "args": _decode(r.args), "result": _decode(r.result),
+    return {**dataclasses.asdict(r), "args": _arguments(r.args), "result": _decode(r.result),
             "error": _decode(r.error)}
 
 
@@ -194,6 +303,9 @@ def _entry_json(e: Entry) -> dict[str, Any]:
 # ---- subcommands ---------------------------------------------------------------------------
 
 def cmd_runs(store: Store, a: argparse.Namespace) -> int:
+    if a.limit < 1 or a.offset < 0:  # SQLite reads LIMIT -1 as "no limit": refuse, never list all
+        raise CLIError(f"--limit must be 1 or more and --offset 0 or more; got --limit {a.limit} "
+                       f"--offset {a.offset}")
     states = [s for v in a.state or () for s in v.split(",") if s] or None
     for s in states or ():
         if s not in STATES:
@@ -207,7 +319,7 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
     now, rows = time.time(), []
     for r in runs:
         t = tails[r.run_id]
-        step = f"#{t.slot} {t.kind} {t.name}".rstrip() if t else "-"
+        step = f"#{t.slot} {t.kind}" + (f" {t.name}" if t.name else "") if t else "-"
         rows.append((r.run_id, r.state, r.workflow, _span(now - r.created), step,
                      _cut(_detail(r), a.full)))
     print(_table(("RUN", "STATE", "WORKFLOW", "AGE", "LAST STEP", "DETAIL"), rows)
@@ -226,14 +338,14 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
                                       for s in signals]}, indent=2, ensure_ascii=False))
         return 0
     unowned = "none: the next worker to start picks it up" if r.state in ACTIVE else "-"
-    head = [("run", r.run_id), ("workflow", r.workflow),
+    head = [("run", _safe(r.run_id)), ("workflow", _safe(r.workflow)),
             ("state", r.state + (" (cancel requested)" if r.cancel_requested else "")),
-            ("owner", r.owner or unowned), ("created", _when(r.created)),
-            ("updated", _when(r.updated)), ("args", _cut(r.args, a.full))]
+            ("owner", _safe(r.owner) if r.owner else unowned), ("created", _when(r.created)),
+            ("updated", _when(r.updated)), ("args", _cut(json.dumps(_arguments(r.args)), a.full))]
     if r.wake_at is not None:
         head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
     if r.waiting_for:
-        head.append(("waiting for", f"signal {r.waiting_for}"))
+        head.append(("waiting for", f"signal {_safe(r.waiting_for)}"))
     if r.resumes:
         head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
     if r.result is not None:
@@ -250,19 +362,41 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         print(_table(("POS", "SEQ", "KIND", "NAME", "STATUS", "TOOK", "RESULT/ERROR"), [
             (str(e.slot), str(e.seq), e.kind, e.name or "-", e.status,
              _span(e.ended - e.started), _outcome(e, a.full)) for e in journal]))
+    for e in journal if a.full else ():  # below the table, so that it keeps one row per entry
+        if e.status == "error" and (tb := _traceback(e.value)):
+            print(f"\ntraceback of #{e.slot} {_safe(e.name)}:\n{tb}")
     return 0
+
+
+def _payload(arg: str | None) -> tuple[str | bytes | None, str]:
+    """The JSON text of the payload argument and where it came from: ``-`` is stdin and
+    ``@PATH`` a file (a large payload does not fit in an argument list), else the argument."""
+    if arg == "-":
+        return sys.stdin.buffer.read(), "from stdin"
+    if arg is not None and arg.startswith("@"):
+        try:
+            with open(arg[1:], "rb") as f:
+                return f.read(), f"from file {arg[1:]!r}"
+        except OSError as exc:
+            raise CLIError(f"cannot read the payload file {arg[1:]!r}: "
+                           f"{exc.strerror or exc}") from None
+    return arg, "" if arg is None else repr(arg[:WIDTH]) + ("…" if len(arg) > WIDTH else "")
 
 
 def cmd_signal(store: Store, a: argparse.Namespace) -> int:
     check_name("signal name", a.name)
-    try:
-        text = JSONCodec().encode(None if a.payload is None else json.loads(a.payload))
-    except ValueError as exc:  # JSONDecodeError and the codec's refusals (NaN, ...)
-        raise CLIError(f"bad JSON payload {_cut(a.payload, False)!r}: {exc} (quote it for the "
-                       f"shell, e.g. '{{\"approved\": true}}')") from None
-    if len(text.encode()) > DEFAULT_MAX_PAYLOAD:
-        raise CLIError(f"payload is {len(text.encode())} bytes encoded, over the limit of "
-                       f"{DEFAULT_MAX_PAYLOAD}; pass a reference to the data instead")
+    if a.max_payload < 1:
+        raise CLIError(f"--max-payload must be 1 or more bytes, got {a.max_payload}")
+    data, source = _payload(a.payload)
+    try:  # bytes from a file or stdin: json decodes UTF-8 (a BOM too), UTF-16 and UTF-32
+        text = JSONCodec().encode(None if data is None else json.loads(data))
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, the codec's refusals (NaN, ...)
+        hint = " (quote it for the shell, e.g. '{\"approved\": true}')" if isinstance(data, str) else ""
+        raise CLIError(f"bad JSON payload {source}: {_safe(str(exc))}{hint}") from None
+    if (size := len(text.encode())) > a.max_payload:
+        raise CLIError(f"payload is {size} bytes encoded, over the limit of {a.max_payload}; "
+                       f"pass a reference to the data instead, or raise --max-payload (the "
+                       f"workers must allow as much: Interpreter(max_payload=...))")
     store.deliver(check_name("run_id", a.run_id), a.name, text)
     print(f"signal {a.name!r} queued for run {a.run_id!r} ({get_run(store, a.run_id).state})")
     return 0
@@ -283,22 +417,58 @@ def cmd_resume(store: Store, a: argparse.Namespace) -> int:
     r = get_run(store, a.run_id)
     if r.state in FINISHED:
         raise CLIError(f"run {r.run_id!r} is {r.state}; only unfinished runs can be resumed")
-    interp = load_app(store, a.app)
+    interp = a.make(store)
     try:
         interp.resume(r.run_id, a.timeout)
     finally:
         interp.shutdown(a.timeout)
     r = get_run(store, r.run_id)
+    if r.state == "blocked":  # the command failed at what it was asked: an error like any other
+        raise CLIError(f"run {r.run_id!r} is still blocked: {_detail(r) or 'no reason stored'}")
     print(f"run {r.run_id!r} is {r.state}" + (f": {d}" if (d := _detail(r)) else ""))
-    return 1 if r.state == "blocked" else 0
+    return 0
 
 
-def cmd_worker(store: Store, a: argparse.Namespace) -> int:
-    interp = load_app(store, a.app)
+def _start_worker(a: argparse.Namespace, stop: threading.Event) -> Interpreter | None:
+    """Open the store, build the Interpreter and recover(). While the store is unavailable
+    (Postgres down or restarting, SQLite locked) wait and retry with backoff, as a running
+    worker does through an outage, until it answers or ``stop`` is set (then None). Any
+    other failure (a bad URL, a missing module, a newer schema) is raised at once."""
+    delay, logged = RETRY_FIRST, -math.inf
+    while not stop.is_set():
+        store: Store | None = None
+        interp: Interpreter | None = None
+        try:
+            store = open_store(a.store, schema=a.schema, create=True)
+            interp = a.make(store)
+            interp.recover()
+            return interp
+        except StoreUnavailable as exc:
+            if interp is not None:
+                with contextlib.suppress(Exception):  # tidying up after an outage may fail too
+                    interp.shutdown(0)
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
+            if time.monotonic() - logged >= WAIT_LOG_EVERY:
+                log.warning("waiting for the store, trying again every %gs at most until it "
+                            "answers (stop with Ctrl-C or SIGTERM): %s", RETRY_MAX, _safe(str(exc)))
+                logged = time.monotonic()
+            else:
+                log.debug("store still unavailable; next try in %gs", delay)
+            stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+    return None
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    interp.recover()
+    interp = _start_worker(a, stop)
+    if interp is None:
+        log.info("stopped before the store could be opened; nothing to park")
+        return 0
     log.info("worker %s serving %s; stop with SIGINT or SIGTERM", interp.worker_id, a.app)
     while not stop.wait(1.0):
         pass
@@ -322,8 +492,10 @@ def cmd_lint(a: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
+    common.add_argument("--schema", default=argparse.SUPPRESS, help=SCHEMA_HELP)
     p = argparse.ArgumentParser(prog="replaygen", description="See and steer replaygen runs.")
     p.add_argument("--store", default=os.environ.get(ENV), help=STORE_HELP)  # before COMMAND
+    p.add_argument("--schema", help=SCHEMA_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Any, text: str) -> argparse.ArgumentParser:
@@ -334,8 +506,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("runs", cmd_runs, "list runs, newest first")
     sp.add_argument("--state", action="append", help="only these states (repeat, or a,b)")
     sp.add_argument("--workflow", help="only runs of this workflow")
-    sp.add_argument("--limit", type=int, default=50)
-    sp.add_argument("--offset", type=int, default=0)
+    sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
+    sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
     sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
     sp.add_argument("run_id")
     for listing in (sub.choices["runs"], sp):
@@ -344,18 +516,26 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("signal", cmd_signal, "queue a signal for a run")
     sp.add_argument("run_id")
     sp.add_argument("name")
-    sp.add_argument("payload", nargs="?", metavar="JSON", help="the payload (default: null)")
+    sp.add_argument("payload", nargs="?", metavar="JSON",
+                    help="the payload as JSON (default: null); - reads it from stdin and @FILE "
+                         "from a file, for payloads too large for an argument")
+    sp.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES",
+                    help=f"refuse a larger encoded payload (default: {DEFAULT_MAX_PAYLOAD}, the "
+                         f"Interpreter's default max_payload)")
     add("cancel", cmd_cancel, "raise Cancelled inside a run").add_argument("run_id")
     sp = add("resume", cmd_resume, "retry a blocked (or unowned) run with the current code")
     sp.add_argument("run_id")
     sp.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="the workflows")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds to drive the run")
-    sp = add("worker", cmd_worker, "serve workflows until SIGINT/SIGTERM")
+    sp.add_argument("--log-level", help="also log what the engine does, at this level (e.g. "
+                                        "INFO), on stderr (default: only the outcome)")
+    sp = add("worker", cmd_worker, "serve workflows until SIGINT/SIGTERM (a store that is down "
+                                   "at start is waited for)")
     sp.add_argument("app", metavar="MODULE[:ATTR]",
                     help="ATTR (default: workflows) is a list/dict of workflows or a "
                          "function(store) returning an Interpreter")
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
-    sp.add_argument("--log-level", default="INFO")
+    sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
     text = "report calls in workflow bodies that differ between runs (needs no store)"
     sp = sub.add_parser("lint", help=text, description=text)  # not add(): no --store
     sp.set_defaults(func=cmd_lint)
@@ -370,14 +550,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.command == "lint":  # needs no store
             return cmd_lint(a)
-        if a.command in ("worker", "resume"):  # the engine logs under "replaygen"
-            logging.basicConfig(level=getattr(a, "log_level", "WARNING").upper(),
+        if getattr(a, "log_level", None):  # the engine logs under "replaygen"
+            logging.basicConfig(level=a.log_level.upper(),
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        store = open_store(a.store, create=a.command == "worker")
+        else:  # not logging's last resort either: an error is the one line printed below
+            logging.getLogger("replaygen").addHandler(logging.NullHandler())
+        if getattr(a, "app", None):  # before the store: a module that cannot be served creates none
+            a.make = load_app(a.app)
+        if a.command == "worker":  # opens the store itself: it waits for one that is down
+            return cmd_worker(a)
+        store = open_store(a.store, schema=a.schema)
         try:
             return int(a.func(store, a))
         finally:
-            if a.command not in ("worker", "resume"):  # their threads may still read it
+            if a.command != "resume":  # its threads may still read it
                 store.close()
     except KeyboardInterrupt:
         return 130
@@ -388,5 +574,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("REPLAYGEN_DEBUG"):
             raise
         text = str(exc) if isinstance(exc, ReplaygenError) else f"{type(exc).__name__}: {exc}"
-        print("replaygen: error: " + " ".join(text.split()), file=sys.stderr)
+        # Escaped, not squashed: squashing whitespace would name another run ('a   b').
+        print("replaygen: error: " + _safe(text), file=sys.stderr)
         return 1

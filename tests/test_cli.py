@@ -175,7 +175,7 @@ def test_cancel_requests_once_and_ignores_finished_runs(home: Path, runs: Any,
 def test_resume_retries_a_blocked_run_with_the_current_code(home: Path, runs: Any,
                                                             db: SQLiteStore) -> None:
     bad = cli("resume", "wait-1", "--app", "broken", cwd=home, store="runs.db")
-    assert bad.returncode == 1 and "blocked" in bad.stdout
+    fails_in_one_line(bad, "still blocked")
     shown = cli("show", "wait-1", cwd=home, store="runs.db").stdout
     assert ("blocked:     NonDeterminismError: run 'wait-1' is not deterministic at position 0: "
             "the journal holds do 'first' but the code yielded Do('renamed')") in shown
