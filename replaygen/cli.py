@@ -40,7 +40,9 @@ from typing import Any, cast
 from .codec import JSONCodec
 from .commands import check_name
 from .errors import ReplaygenError, RunNotFound, StoreUnavailable
+from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
+from .registry import registered
 from .store import ACTIVE, FINISHED, STATES, Entry, MemoryStore, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
@@ -130,31 +132,43 @@ def open_store(url: str | None, *, schema: str | None = None, create: bool = Fal
     return cast(Store, importlib.import_module("replaygen.stores.sqlite").SQLiteStore(path))
 
 
-def load_app(spec: str) -> Callable[[Store], Interpreter]:
-    """``MODULE[:ATTR]``: ATTR (default ``workflows``) is a list or dict of workflows, one
-    workflow, or a function taking the store and returning an Interpreter. Checked before
-    any store is opened, so that a typo neither creates a database nor touches one; returns
-    what builds the Interpreter over the store."""
+def load_workflows(spec: str) -> Any:
+    """``MODULE[:ATTR]``: ATTR (default ``workflows``) if the module has it (a list or dict of
+    workflows, one workflow, or a function taking the store and returning an Interpreter),
+    else the workflows the module registered with ``@workflow``."""
     module_name, _, attr = spec.partition(":")
-    attr = attr or "workflows"
     if os.getcwd() not in sys.path:  # as `python -m` does; a console script does not
         sys.path.insert(0, os.getcwd())
+    before = registered()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CLIError(f"cannot import {module_name!r}: {exc} (run from the directory that "
                        f"holds it, or set PYTHONPATH)") from None
-    if not hasattr(module, attr):
-        raise CLIError(f"module {module_name!r} has no attribute {attr!r}; name your workflows "
-                       f"as MODULE:ATTR")
-    obj = getattr(module, attr)
-    wrong = CLIError(f"{module_name}:{attr} must be a list or dict of workflows, or a function "
+    if hasattr(module, attr or "workflows"):
+        obj = getattr(module, attr or "workflows")
+        return [obj] if inspect.isgeneratorfunction(obj) else obj
+    if attr:
+        raise CLIError(f"module {module_name!r} has no attribute {attr!r}")
+    # Registered by this import, or defined in the module or below it.
+    mine = {name: fn for name, fn in registered().items() if name not in before or (
+        fn.__module__ == module_name or fn.__module__.startswith(module_name + "."))}
+    if not mine:
+        raise CLIError(f"module {module_name!r} has no `workflows` and registered no @workflow; "
+                       f"decorate its workflows or name them as MODULE:ATTR")
+    return mine
+
+
+def load_app(spec: str) -> Callable[[Store], Interpreter]:
+    """What builds the Interpreter of ``MODULE[:ATTR]`` (see ``load_workflows``) over a store.
+    Checked before any store is opened, so that a typo neither creates a database nor
+    touches one."""
+    obj = load_workflows(spec)
+    wrong = CLIError(f"{spec} must be a list or dict of workflows, or a function "
                      f"(store) -> Interpreter; found {type(obj).__name__}")
-    if inspect.isgeneratorfunction(obj):
-        obj = [obj]
     if isinstance(obj, (list, tuple, dict)):
         if not obj:
-            raise CLIError(f"{module_name}:{attr} holds no workflows: nothing to serve")
+            raise CLIError(f"{spec} holds no workflows: nothing to serve")
         workflows = obj
         # The engine's own checks (generator functions, names, duplicates) on a throwaway store.
         Interpreter(MemoryStore(), workflows).shutdown(0)
@@ -406,10 +420,89 @@ def cmd_cancel(store: Store, a: argparse.Namespace) -> int:
     r = store.cancel(check_name("run_id", a.run_id))
     if r.state in FINISHED:
         print(f"run {r.run_id!r} is already {r.state}; nothing changed")
+    elif r.state == "blocked":
+        print(f"cancel requested for run {r.run_id!r}, which is blocked: it takes effect when "
+              f"code that replays the run runs it again (Cancelled is raised in the workflow "
+              f"then). To end it now, without running workflow code: replaygen terminate "
+              f"{_safe(repr(r.run_id))}")
     else:
         where = "its worker raises" if r.owner else "no worker holds it now; the next one raises"
         print(f"cancel requested for run {r.run_id!r} ({r.state}): {where} Cancelled in the "
               f"workflow at its current yield")
+    return 0
+
+
+def cmd_start(store: Store, a: argparse.Namespace) -> int:
+    try:
+        args = json.loads(a.args)
+    except ValueError as exc:
+        raise CLIError(f"the arguments must be a JSON array, e.g. '[42, \"x\"]': {exc}") from None
+    if not isinstance(args, list):
+        raise CLIError(f"the arguments must be a JSON array (the positional arguments), got "
+                       f"{type(args).__name__}")
+    print(Client(store).start(check_name("workflow name", a.workflow), *args, run_id=a.run_id))
+    return 0
+
+
+def cmd_terminate(store: Store, a: argparse.Namespace) -> int:
+    before = get_run(store, a.run_id)
+    status = Client(store).terminate(a.run_id, a.reason)
+    if before.state in FINISHED:
+        print(f"run {_safe(repr(a.run_id))} is already {before.state}; nothing changed")
+    else:
+        print(f"run {_safe(repr(a.run_id))} terminated ({before.state} -> {status.state})")
+    return 0
+
+
+def cmd_check(store: Store, a: argparse.Namespace) -> int:
+    from .testing import check  # the testing kit: only this command needs it
+
+    workflows = load_workflows(a.app)
+    if not isinstance(workflows, (list, tuple, dict)):
+        raise CLIError(f"{a.app} must name workflows (a list or dict, or @workflow functions) "
+                       f"for check, not a factory")
+    states = [s for v in a.state or () for s in v.split(",") if s] or None
+    results = check(store, workflows, states=states)
+    bad = [c for c in results if not c.ok]
+    if a.json:
+        print(json.dumps([dataclasses.asdict(c) for c in results]))
+    else:
+        for c in bad:
+            print(_safe(f"{c.run_id}  {c.workflow}  {c.state}  {c.message}"))
+        taken: dict[tuple[str, int], int] = {}
+        for c in results:
+            for change, branch in c.versions:
+                taken[change, branch] = taken.get((change, branch), 0) + 1
+        versions = ", ".join(f"{n} would take Version({ch!r}) = {b}" for (ch, b), n in
+                             sorted(taken.items()))
+        print(f"{len(results)} runs checked: {len(results) - len(bad)} replay, {len(bad)} would "
+              f"block" + (f"; {versions}" if versions else ""))
+    return 1 if bad else 0
+
+
+def cmd_export(store: Store, a: argparse.Namespace) -> int:
+    from .testing import export_run
+
+    text = json.dumps(export_run(store, check_name("run_id", a.run_id)), indent=1)
+    if a.output in (None, "-"):
+        print(text)
+    else:
+        with open(a.output, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def cmd_versions(store: Store, a: argparse.Namespace) -> int:
+    from .testing import census
+
+    counts = census(store, a.change)
+    if a.json:
+        print(json.dumps({c: {str(k): n for k, n in b.items()} for c, b in counts.items()}))
+        return 0
+    rows = [[c, "no marker" if b is None else str(b), str(n)] for c, branches in counts.items()
+            for b, n in sorted(branches.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    print(_table(["CHANGE", "BRANCH", "UNFINISHED RUNS"], rows) if rows else
+          "no unfinished run has a Version marker")
     return 0
 
 
@@ -536,6 +629,29 @@ def _parser() -> argparse.ArgumentParser:
                          "function(store) returning an Interpreter")
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
     sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
+    sp = add("start", cmd_start, "queue a run for a worker that knows the workflow (this "
+                                 "process executes nothing)")
+    sp.add_argument("workflow", help="the workflow's registered name")
+    sp.add_argument("args", nargs="?", default="[]", metavar="JSON_ARRAY",
+                    help="the positional arguments as a JSON array (default: [])")
+    sp.add_argument("--run-id", help="the run's id (default: a new one); an existing id with "
+                                     "the same workflow and arguments starts nothing")
+    sp = add("terminate", cmd_terminate, "end an unfinished run now, as cancelled, running no "
+                                         "workflow code")
+    sp.add_argument("run_id")
+    sp.add_argument("--reason", help="stored as the run's error message")
+    sp = add("check", cmd_check, "replay stored runs against code before deploying it; exit 1 "
+                                 "if any would block (writes nothing, takes no lease)")
+    sp.add_argument("app", metavar="MODULE[:ATTR]", help="the new code's workflows")
+    sp.add_argument("--state", action="append", help="only runs in these states (default: "
+                                                     "every unfinished one, blocked included)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp = add("export", cmd_export, "write a run as JSON, for replaygen.testing.replay_run")
+    sp.add_argument("run_id")
+    sp.add_argument("-o", "--output", help="the file (default: stdout)")
+    sp = add("versions", cmd_versions, "unfinished runs per Version branch")
+    sp.add_argument("--change", help="only this change id")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     text = "report calls in workflow bodies that differ between runs (needs no store)"
     sp = sub.add_parser("lint", help=text, description=text)  # not add(): no --store
     sp.set_defaults(func=cmd_lint)
