@@ -1,0 +1,18 @@
+"""Service "shipping" of the two-service tests: it knows only the workflow ``shipping``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replaygen import Do, Wait, workflow
+
+from . import _effects
+
+
+@workflow
+def shipping(box: str, key: str, park: bool) -> Any:
+    """A step; with ``park``, a Wait for signal "go"; a step; the result names the service."""
+    yield Do("first", _effects.record, box, key, "first")
+    note = (yield Wait("go")) if park else "now"
+    yield Do("second", _effects.record, box, key, "second")
+    return f"shipping {key} {note}"
