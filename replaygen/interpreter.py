@@ -313,10 +313,12 @@ class Interpreter(Client):
         runs whose owner died or that clients started."""
         token: object = None
         beat = adopt = sweep = 0.0
-        failing = False
+        failing = backlog = False
         while not self._runtime.stopped:
             try:
-                new = self._store.watch(token, min(1.0, self._lease / 3))
+                # With runs left unclaimed for want of room, look for room often: a slot a
+                # finished run frees wakes no watcher.
+                new = self._store.watch(token, 0.05 if backlog else min(1.0, self._lease / 3))
                 if self._runtime.stopped:
                     return
                 now = time.monotonic()
@@ -333,9 +335,11 @@ class Interpreter(Client):
                     self._strangers = False
                     self._log_strangers()
                 if self._adopting and now >= adopt and not self._closed and (room := self._room()):
-                    for claim in self._claim(blocked=False, limit=room):
+                    claims = self._claim(blocked=False, limit=room)
+                    for claim in claims:
                         self._adopt(claim)
-                    adopt = now + min(1.0, self._lease / 4)
+                    backlog = len(claims) == room  # every free slot taken: more may wait
+                    adopt = now + (0.05 if backlog else min(1.0, self._lease / 4))
                 failing = False
             except Exception as exc:
                 if not failing:  # one line per outage, not one per retry

@@ -537,9 +537,11 @@ class Runtime:
         if result is True:
             actor.reply = None
             return True
-        if result is False:  # refused: another worker owns the run now (unless we finished it)
-            if not (actor.life.finishing and self._finished(actor.id)):
-                log.warning("run %s was taken over by another worker; stopped here", actor.id)
+        if result is False:  # refused: another worker owns the run, or it was terminated
+            ended = self._finished(actor.id)
+            if not (actor.life.finishing and ended):  # else it was our own last write
+                log.warning("run %s was %s; stopped here", actor.id, "ended elsewhere (terminated)"
+                            if ended else "taken over by another worker")
         elif not isinstance(result, _Abandon):
             actor.reply = result  # an error the rules handle (they block the run)
             return True

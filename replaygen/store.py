@@ -89,9 +89,10 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     """Only ``entries`` are new; the run row is unchanged (a store may skip rewriting it, but
     must still check the fence)."""
     create: tuple[str, str] | None = None
-    """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence``,
-    unless a run with this id exists (then the write is refused). Lets ``start()`` share
-    the group commit of other runs' steps."""
+    """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence`` (by
+    nobody with ``release``: a client's start, which wakes the watchers), unless a run with
+    this id exists (then the write is refused). Lets ``start()`` share the group commit of
+    other runs' steps."""
 
 
 class Store(Protocol):
@@ -237,7 +238,8 @@ class MemoryStore:
             if w.run_id in self._runs:
                 return False
             now = time.time()
-            self._runs[w.run_id] = RunRecord(w.run_id, *w.create, w.state, w.owner, w.fence, now, now)
+            owner = None if w.release else w.owner  # released at once: a client's start
+            self._runs[w.run_id] = RunRecord(w.run_id, *w.create, w.state, owner, w.fence, now, now)
             self._journals[w.run_id], self._signals[w.run_id] = [], []
             if w.release:  # a client's start: wake the workers
                 self._bump()

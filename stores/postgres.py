@@ -419,8 +419,9 @@ class PostgresStore:
             with conn.transaction():
                 for i, w in enumerate(writes):
                     if w.create:
-                        done[i] = conn.execute(self._q["create"], [
-                            w.run_id, *w.create, w.owner, uuid.uuid4().hex]).fetchone() is not None
+                        done[i] = conn.execute(self._q["create"], [  # released: no owner
+                            w.run_id, *w.create, None if w.release else w.owner,
+                            uuid.uuid4().hex]).fetchone() is not None
                         if done[i]:
                             self._notify(conn, "create", w.run_id)
                 for batch in _rounds(writes):

@@ -102,7 +102,8 @@ _NO_RUN = (None,) * 18
 def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
     """The rows of the batch view (columns ``_BATCH_COLUMNS``) that apply one write."""
     run = (w.run_id, w.owner, w.fence)
-    if w.create:
+    if w.create:  # released at once (a client's start): no owner, claimable by any worker
+        run = (w.run_id, None if w.release else w.owner, w.fence)
         return [("create", *run, w.state, None, None, None, w.create[0], None, w.create[1], None,
                  now, None, None, None, None, 0, None)]
     rows: list[tuple[Any, ...]] = [("entry", *run, None, *e, None, None, None, None, 0, None)

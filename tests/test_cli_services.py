@@ -31,10 +31,10 @@ def order(n):
     yield Wait("approved")
     return charged
 '''
-CHANGED = DECORATED.replace('yield Do("charge"', 'yield Do("audit", double, n)\n    charged = yield Do("charge"')
-VERSIONED = DECORATED.replace('    charged = yield Do("charge", double, n)', '''    if (yield Version("audit", 1, 2)) == 2:
-        yield Do("audit", double, n)
-    charged = yield Do("charge", double, n)''')
+CHARGE = '    charged = yield Do("charge", double, n)'
+CHANGED = DECORATED.replace(CHARGE, '    yield Do("audit", double, n)\n' + CHARGE)
+VERSIONED = DECORATED.replace(CHARGE, '    if (yield Version("audit", 1, 2)) == 2:\n'
+                                      '        yield Do("audit", double, n)\n' + CHARGE)
 
 
 def cli(*args: str, cwd: Path, store: Path) -> Any:

@@ -250,9 +250,7 @@ def test_each_service_runs_its_own_workflow_and_never_touches_the_other_services
         for key in parked[wf]:
             svc.client.deliver(key, "go", f"go-{key}")
     before = {key: (r, svc.store.journal(key)) for key, r in svc.runs().items()}
-    # A run a Client started stays marked with the client's id until a worker claims it
-    # (see test_a_run_a_client_starts_is_owned_by_nobody): no lease backs that id.
-    nobody = (None, svc.client.client_id)
+    nobody = (None,)  # a run a Client started is owned by nobody until a worker claims it
     assert sorted(r.state for r, _ in before.values()) == ["pending"] * 4 + ["waiting"] * 4
     assert all(r.owner in nobody for r, _ in before.values())
 
@@ -475,22 +473,15 @@ def test_a_run_terminated_while_its_step_runs_never_runs_again_after_its_worker_
     _assert_terminated(svc.client, "doomed", "customer withdrew")
 
 
-# ---- engine bugs found by these tests -------------------------------------------------------
-
-CLIENT_OWNS = ("engine bug: Client.start() commits its create Write with release=True, but every "
-               "store applies only the create of such a write, so the new run is owned by the "
-               "client's id until a worker claims it")
+# ---- a client's start -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=CLIENT_OWNS)
 def test_a_run_a_client_starts_is_owned_by_nobody(services: Services) -> None:
     services.client.start("anything", run_id="queued")
     record = services.store.get("queued")
     assert record is not None and (record.state, record.owner) == ("pending", None)
 
 
-@pytest.mark.xfail(strict=True, reason=CLIENT_OWNS + "; so the first claim counts as a resumption "
-                   "without progress, and with max_resumes=0 a fresh run is blocked as a crash loop")
 def test_the_first_claim_of_a_run_a_client_started_is_no_crash_resumption(services: Services) -> None:
     def once() -> Any:
         return (yield Do("only", int, 7))
