@@ -538,10 +538,9 @@ class Runtime:
             actor.reply = None
             return True
         if result is False:  # refused: another worker owns the run, or it was terminated
-            ended = self._finished(actor.id)
-            if not (actor.life.finishing and ended):  # else it was our own last write
-                log.warning("run %s was %s; stopped here", actor.id, "ended elsewhere (terminated)"
-                            if ended else "taken over by another worker")
+            if not (actor.life.finishing and self._finished(actor.id)):  # else our own write
+                log.warning("run %s was taken over by another worker, or terminated; stopped "
+                            "here", actor.id)
         elif not isinstance(result, _Abandon):
             actor.reply = result  # an error the rules handle (they block the run)
             return True
