@@ -242,11 +242,11 @@ class Interpreter(Client):
         self._runtime.hint(run_id, cancel)
 
     def _wait_for(self, run_id: str, seconds: float) -> None:
-        actor = self._runtime.actors.get(run_id)
-        if actor is None:  # executed by another worker: poll
+        ended = self._runtime.waiter(run_id)
+        if ended is None:  # executed by another worker: poll
             super()._wait_for(run_id, seconds)
         else:  # its end sets the event, so no wake-up is missed
-            actor.ended.wait(seconds)
+            ended.wait(seconds)
 
     def _emit(self, event: Event) -> None:
         if self._observer is not None:

@@ -111,14 +111,14 @@ class Journal:
     def cancelled_at(self, slot: int) -> bool:
         return any(e.kind == "cancel" for e in self.slots.get(slot, ()))
 
-    def match(self, slot: int, kinds: tuple[str, ...], name: str, code: str) -> list[Entry]:
-        """The entries at ``slot`` of a command owning ``kinds`` named ``name``; a
-        NonDeterminismError (``code`` says what the code yielded) if they are another's."""
+    def match(self, slot: int, kinds: tuple[str, ...], name: str, cmd: Any) -> list[Entry]:
+        """The entries at ``slot`` of command ``cmd``, owning ``kinds`` and named ``name``; a
+        NonDeterminismError if they are another's."""
         found = [e for e in self.slots.get(slot, ()) if e.kind != "cancel"]
         for e in found:
             if e.kind not in kinds or e.name != name:
                 held = f"{e.kind} {e.name!r}" if e.name else e.kind
-                raise NonDeterminismError(self.run_id, slot, held, f"yielded {code}")
+                raise NonDeterminismError(self.run_id, slot, held, f"yielded {cmd.describe()}")
         return found
 
     def rest(self, slot: int) -> list[Entry]:

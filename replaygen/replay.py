@@ -356,7 +356,7 @@ class Life:
         if m.slot >= self.journal.end:  # nothing journaled here yet: live
             return []
         kinds, name, _ = MEMBERS[type(m.cmd)]
-        return self.journal.match(m.slot, kinds, name(m.cmd), m.cmd.describe())
+        return self.journal.match(m.slot, kinds, name(m.cmd), m.cmd)
 
     # ---- steps ------------------------------------------------------------------------------
 

@@ -255,7 +255,7 @@ class Actor:
         self.held: set[int] = set()     # members holding a slot for their next Call
         self.queued: set[int] = set()   # members waiting for a slot
         self.timer: _Timer | None = None
-        self.ended = threading.Event()  # set when this worker lets the run go
+        self.ended: threading.Event | None = None  # made by the first waiter (see waiter())
 
     def busy(self) -> bool:
         return self.scheduled or any(m.running for m in self.life.members)
@@ -463,7 +463,19 @@ class Runtime:
             actor.gen.close()
         except BaseException:  # it may be executing on another thread; it stops after its turn
             pass
-        actor.ended.set()
+        with self.lock:
+            if actor.ended is not None:
+                actor.ended.set()
+
+    def waiter(self, run_id: str) -> threading.Event | None:
+        """An event set when this worker lets the run go; None if it does not hold it."""
+        with self.lock:
+            actor = self.actors.get(run_id)
+            if actor is None:
+                return None
+            if actor.ended is None:  # most runs are never waited for: no Event each
+                actor.ended = threading.Event()
+            return actor.ended
 
     # ---- the driver ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from bench_common import noop  # noqa: E402
 
 import replaygen.interpreter as ri  # noqa: E402
+import replaygen.runtime as rt  # noqa: E402
 from replaygen import Do, Interpreter  # noqa: E402
 from replaygen.stores.sqlite import SQLiteStore  # noqa: E402
 
@@ -105,7 +106,7 @@ def fsync_floor(directory: str, n: int = 300) -> float:
 # ---- profiling every engine thread ----------------------------------------------------------
 
 PROFILES: list[cProfile.Profile] = []
-_orig_drive = ri.Interpreter._drive
+_orig_drive = rt.Runtime._drive
 
 
 def _profiled_drive(self: Any, me: object) -> None:
@@ -270,7 +271,7 @@ def main() -> None:
     w2(tmp, "NORMAL", a.top, profile=False)
     w3(tmp, "FULL", a.steps, a.top, profile=False)
     w3(tmp, "NORMAL", a.steps, a.top, profile=False)
-    ri.Interpreter._drive = _profiled_drive  # type: ignore[method-assign]
+    rt.Runtime._drive = _profiled_drive  # type: ignore[method-assign]
     w1(tmp, "NORMAL", a.steps, a.top, profile=True)
     w2(tmp, "NORMAL", a.top, profile=True)
     w3(tmp, "NORMAL", a.steps, a.top, profile=True)
