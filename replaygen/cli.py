@@ -582,6 +582,33 @@ def cmd_lint(a: argparse.Namespace) -> int:
 
 # ---- entry point ---------------------------------------------------------------------------
 
+def _add_service_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """start and terminate (a client's), check, export and versions (before a deploy)."""
+    sp = add("start", cmd_start, "queue a run for a worker that knows the workflow (this "
+                                 "process executes nothing)")
+    sp.add_argument("workflow", help="the workflow's registered name")
+    sp.add_argument("args", nargs="?", default="[]", metavar="JSON_ARRAY",
+                    help="the positional arguments as a JSON array (default: [])")
+    sp.add_argument("--run-id", help="the run's id (default: a new one); an existing id with "
+                                     "the same workflow and arguments starts nothing")
+    sp = add("terminate", cmd_terminate, "end an unfinished run now, as cancelled, running no "
+                                         "workflow code")
+    sp.add_argument("run_id")
+    sp.add_argument("--reason", help="stored as the run's error message")
+    sp = add("check", cmd_check, "replay stored runs against code before deploying it; exit 1 "
+                                 "if any would block (writes nothing, takes no lease)")
+    sp.add_argument("app", metavar="MODULE[:ATTR]", help="the new code's workflows")
+    sp.add_argument("--state", action="append", help="only runs in these states (default: "
+                                                     "every unfinished one, blocked included)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp = add("export", cmd_export, "write a run as JSON, for replaygen.testing.replay_run")
+    sp.add_argument("run_id")
+    sp.add_argument("-o", "--output", help="the file (default: stdout)")
+    sp = add("versions", cmd_versions, "unfinished runs per Version branch")
+    sp.add_argument("--change", help="only this change id")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
@@ -629,29 +656,7 @@ def _parser() -> argparse.ArgumentParser:
                          "function(store) returning an Interpreter")
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
     sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
-    sp = add("start", cmd_start, "queue a run for a worker that knows the workflow (this "
-                                 "process executes nothing)")
-    sp.add_argument("workflow", help="the workflow's registered name")
-    sp.add_argument("args", nargs="?", default="[]", metavar="JSON_ARRAY",
-                    help="the positional arguments as a JSON array (default: [])")
-    sp.add_argument("--run-id", help="the run's id (default: a new one); an existing id with "
-                                     "the same workflow and arguments starts nothing")
-    sp = add("terminate", cmd_terminate, "end an unfinished run now, as cancelled, running no "
-                                         "workflow code")
-    sp.add_argument("run_id")
-    sp.add_argument("--reason", help="stored as the run's error message")
-    sp = add("check", cmd_check, "replay stored runs against code before deploying it; exit 1 "
-                                 "if any would block (writes nothing, takes no lease)")
-    sp.add_argument("app", metavar="MODULE[:ATTR]", help="the new code's workflows")
-    sp.add_argument("--state", action="append", help="only runs in these states (default: "
-                                                     "every unfinished one, blocked included)")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp = add("export", cmd_export, "write a run as JSON, for replaygen.testing.replay_run")
-    sp.add_argument("run_id")
-    sp.add_argument("-o", "--output", help="the file (default: stdout)")
-    sp = add("versions", cmd_versions, "unfinished runs per Version branch")
-    sp.add_argument("--change", help="only this change id")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_service_commands(add)
     text = "report calls in workflow bodies that differ between runs (needs no store)"
     sp = sub.add_parser("lint", help=text, description=text)  # not add(): no --store
     sp.set_defaults(func=cmd_lint)

@@ -277,20 +277,6 @@ class Interpreter(Client):
                    for a in list(self._runtime.actors.values()))
         return max(0, self._concurrency - busy)
 
-    def _log_strangers(self) -> None:
-        """Say once which unfinished runs are left for workers that know their workflows."""
-        try:
-            known = self._known()
-            strangers: dict[str, int] = {}
-            for r in self._store.runs(states=(*ACTIVE, "blocked"), limit=1000):
-                if r.workflow not in known:
-                    strangers[r.workflow] = strangers.get(r.workflow, 0) + 1
-        except Exception:
-            return
-        if strangers:
-            log.info("left %s for workers that know them (this one knows %s)", ", ".join(
-                f"{n} runs of {w!r}" for w, n in sorted(strangers.items())), sorted(known))
-
     def _adopt(self, claim: Claim) -> None:
         record, broken = claim.run, None
         try:
@@ -333,7 +319,7 @@ class Interpreter(Client):
                         adopt = 0.0
                 if self._strangers:
                     self._strangers = False
-                    self._log_strangers()
+                    _log_strangers(self._store, self._known())
                 if self._adopting and now >= adopt and not self._closed and (room := self._room()):
                     claims = self._claim(blocked=False, limit=room)
                     for claim in claims:
@@ -346,3 +332,17 @@ class Interpreter(Client):
                     log.warning("cannot watch the store (%s); retrying until it is back", exc)
                 failing = True
                 time.sleep(0.5)
+
+
+def _log_strangers(store: Store, known: Mapping[str, Workflow]) -> None:
+    """Say once which unfinished runs a worker leaves for workers that know their workflows."""
+    try:
+        strangers: dict[str, int] = {}
+        for r in store.runs(states=(*ACTIVE, "blocked"), limit=1000):
+            if r.workflow not in known:
+                strangers[r.workflow] = strangers.get(r.workflow, 0) + 1
+    except Exception:
+        return
+    if strangers:
+        log.info("left %s for workers that know them (this one knows %s)", ", ".join(
+            f"{n} runs of {w!r}" for w, n in sorted(strangers.items())), sorted(known))

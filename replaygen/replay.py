@@ -424,7 +424,7 @@ class Life:
                                 rules.encode_error(error_record(error)), outcome.started)
         yield from self._save("running", (entry,))
         if rules.always_replay:
-            self._compare()
+            compare(self)
         if rules.observed:
             yield from self._emit("step_committed", step=cmd.name, position=m.slot,
                                   attempt=attempt, duration=entry.ended - outcome.started)
@@ -484,19 +484,20 @@ class Life:
         log.warning("run %s blocked: %s", self.id, exc)
         yield from self._emit("run_blocked", error=str(exc))
 
-    def _compare(self) -> None:
-        """Replay the run from the top against its journal, as a recovery would, and raise
-        where the code first disagrees (``always_replay``: non-determinism found at once)."""
-        entries = [e for slot in self.journal.slots.values() for e in slot]
-        entries += self.journal.versions.values()
-        shadow = Life(self.rules, self.id, self.workflow, self.fn, self.args, Journal(
-            self.id, sorted(entries, key=lambda e: e.seq), self.rules.codec))
-        if dry_run(shadow)[0] == "blocked" and isinstance(shadow.ended, NonDeterminismError):
-            raise shadow.ended
-
     def _emit(self, kind: str, **fields: Any) -> _Gen:
         if self.rules.observed:
             yield Emit(Event(kind, self.id, self.workflow, **fields))
+
+
+def compare(life: Life) -> None:
+    """Replay the run from the top against its journal, as a recovery would, and raise
+    where the code first disagrees (``always_replay``: non-determinism found at once)."""
+    entries = [e for slot in life.journal.slots.values() for e in slot]
+    entries += life.journal.versions.values()
+    shadow = Life(life.rules, life.id, life.workflow, life.fn, life.args, Journal(
+        life.id, sorted(entries, key=lambda e: e.seq), life.rules.codec))
+    if dry_run(shadow)[0] == "blocked" and isinstance(shadow.ended, NonDeterminismError):
+        raise shadow.ended
 
 
 def dry_run(life: Life) -> tuple[str | None, list[Entry]]:
