@@ -429,6 +429,27 @@ def test_cancel_reaches_a_waiting_run_on_this_store(store_factory: StoreFactory)
     interp.shutdown()
 
 
+class _Price(float):
+    """A float subclass, as numpy.float64 is."""
+
+
+def _priced(n: int) -> Any:
+    price = yield Do("price", _Price, 1.5)
+    try:
+        yield Do("nan", _Price, "nan")
+    except StepFailed as exc:
+        return [price, type(price).__name__, str(exc)]
+
+
+def test_a_float_subclass_is_stored_as_its_float_and_a_nan_one_fails_its_step(
+        store_factory: StoreFactory) -> None:
+    interp = Interpreter(store_factory(), [_priced])
+    result = interp.result(interp.start(_priced, 1), timeout=10)
+    interp.shutdown()
+    assert result[:2] == [1.5, "float"]  # live equals replayed: the decoded value
+    assert "'nan'" in result[2] and "JSON has no NaN or infinity" in result[2]
+
+
 def test_a_non_deterministic_error_names_both_sides() -> None:
     err = NonDeterminismError("r", 3, "do 'a'", "yielded Do('b')")
     assert "position 3" in str(err) and "'a'" in str(err) and "'b'" in str(err)
