@@ -10,11 +10,15 @@ lose the last commits (steps whose entries were lost run again on recovery).
 Contention between processes is absorbed here (busy timeout plus retries);
 what cannot be absorbed (disk full, I/O error, a lock held for too long)
 surfaces as ``StoreUnavailable``, which the interpreter waits out.
+
+A row damaged by another program (text that is not UTF-8, a value of the wrong type)
+stops its own run only: reads never fail for it, and a claim blocks such a run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -25,7 +29,10 @@ from typing import Any, TypeVar
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
 
+from ._rows import blocked_error, damage
+
 T = TypeVar("T")
+log = logging.getLogger("replaygen")
 SCHEMA_VERSION = 1
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
                 "wake_at, waiting_for, cancel_requested, resumes")
@@ -122,7 +129,35 @@ def _bump(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(*row[:12], cancel_requested=bool(row[12]), resumes=row[13])  # type: ignore[misc]
+    flag = bool(row[12]) if isinstance(row[12], int) else row[12]  # a damaged cell stays visible
+    return RunRecord(*row[:12], cancel_requested=flag, resumes=row[13])  # type: ignore[misc]
+
+
+_UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's error for a TEXT cell that is not UTF-8
+
+
+def _text(raw: bytes) -> str | bytes:
+    """A TEXT cell as str, or its raw bytes when they are not UTF-8 (a damaged row): the check
+    of whoever uses the value then stops that row's run alone."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def _fetch(c: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Every row of a query; a cell that is not UTF-8 comes back as bytes instead of failing
+    the whole query. sqlite3's own decoder is tried first: a text_factory costs ~50% per row."""
+    try:
+        return c.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if _UNDECODABLE not in str(exc):
+            raise
+    c.text_factory = _text
+    try:
+        return c.execute(sql, params).fetchall()
+    finally:
+        c.text_factory = str
 
 
 class SQLiteStore:
@@ -165,7 +200,12 @@ class SQLiteStore:
     def _migrate(self, c: sqlite3.Connection) -> None:
         has_meta = c.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-        found = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if has_meta else None
+        rows = _fetch(c, "SELECT value FROM meta WHERE key = 'schema'") if has_meta else []
+        found = rows[0] if rows else None
+        if found is not None and (type(found[0]) is not int or found[0] < 1):
+            raise ReplaygenError(
+                f"{self.path!r}: its meta table holds the schema version {found[0]!r}, which "
+                f"no replaygen writes; the file is damaged (restore it from a backup)")
         if found is not None and found[0] > SCHEMA_VERSION:
             raise ReplaygenError(
                 f"{self.path!r} was written by a newer replaygen (schema {found[0]}; this version "
@@ -218,7 +258,7 @@ class SQLiteStore:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._rlock:
             try:
-                return self._r.execute(sql, params).fetchall()
+                return _fetch(self._r, sql, params)
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
 
@@ -289,7 +329,7 @@ class SQLiteStore:
         blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
     ) -> list[Claim]:
         states = [*ACTIVE, "blocked"] if blocked else list(ACTIVE)
-        sql = (f"SELECT run_id FROM runs WHERE state IN {_IN} AND (owner IS NULL OR (owner != ? "
+        sql = (f"SELECT rowid FROM runs WHERE state IN {_IN} AND (owner IS NULL OR (owner != ? "
                f"AND (owner IN {_IN} OR owner NOT IN (SELECT owner FROM workers "
                f"WHERE lease_until >= ?))))")
         params: list[Any] = [json.dumps(states), owner, json.dumps(list(dead)), time.time()]
@@ -300,26 +340,39 @@ class SQLiteStore:
         params.append(limit)
 
         def tx(c: sqlite3.Connection) -> list[Claim]:
+            # Runs are picked by rowid, not run_id: a damaged run_id must not stop the claim.
             ids = json.dumps([r[0] for r in c.execute(sql + " ORDER BY created LIMIT ?", params)])
             c.execute(
                 f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = CASE WHEN state = 'blocked' "
                 f"THEN 0 ELSE resumes + (owner IS NOT NULL AND state IN ('pending', 'running')) END "
-                f"WHERE run_id IN {_IN}",
+                f"WHERE rowid IN {_IN}",
                 (owner, ids))
-            journals: dict[str, list[Entry]] = {}
-            for row in c.execute(
-                f"SELECT run_id, seq, slot, kind, name, status, value, started, ended FROM journal "
-                f"WHERE run_id IN {_IN} ORDER BY run_id, seq", (ids,)
+            runs: list[RunRecord] = []
+            for rowid, *row in _fetch(c, f"SELECT rowid, {_RUN_COLUMNS} FROM runs "
+                                         f"WHERE rowid IN {_IN} ORDER BY created", (ids,)):
+                run = _record(row)
+                problem = damage(run)
+                if problem is None:
+                    runs.append(run)
+                    continue
+                log.warning("run %r blocked: its row (rowid %d) is damaged: %s", run.run_id,
+                            rowid, problem)
+                c.execute("UPDATE runs SET state = 'blocked', owner = NULL, error = ?, updated = ? "
+                          "WHERE rowid = ?", (blocked_error(run, f"rowid {rowid}", problem),
+                                              time.time(), rowid))
+            journals: dict[str, list[Entry]] = {r.run_id: [] for r in runs}
+            for row in _fetch(
+                c, f"SELECT run_id, seq, slot, kind, name, status, value, started, ended FROM "
+                   f"journal WHERE run_id IN {_IN} ORDER BY run_id, seq", (json.dumps(list(journals)),)
             ):
-                journals.setdefault(row[0], []).append(Entry(*row[1:]))
-            return [Claim(r, journals.get(r.run_id, [])) for r in map(_record, c.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN {_IN} ORDER BY created", (ids,)))]
+                journals[row[0]].append(Entry(*row[1:]))
+            return [Claim(r, journals[r.run_id]) for r in runs]
         return self._tx(tx)
 
     def owners(self) -> list[str]:
-        return [r[0] for r in self._read(
+        return [r[0] for r in self._read(  # a damaged owner is nobody's: its lease has lapsed
             f"SELECT DISTINCT owner FROM runs WHERE owner IS NOT NULL AND state NOT IN {_IN}",
-            (json.dumps(FINISHED),))]
+            (json.dumps(FINISHED),)) if isinstance(r[0], str)]
 
     def heartbeat(self, owner: str, lease: float) -> None:
         def tx(c: sqlite3.Connection) -> None:
@@ -337,10 +390,10 @@ class SQLiteStore:
         self._tx(tx)
 
     def _state(self, c: sqlite3.Connection, run_id: str, doing: str) -> RunRecord:
-        row = c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
+        rows = _fetch(c, f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
             raise RunNotFound(f"cannot {doing}: no run {run_id!r} in {self.path!r}")
-        return _record(row)
+        return _record(rows[0])
 
     def deliver(self, run_id: str, name: str, payload: str) -> None:
         def tx(c: sqlite3.Connection) -> None:
@@ -366,7 +419,7 @@ class SQLiteStore:
         return [(r[0], bool(r[1])) for r in self._read(
             "SELECT run_id, cancel_requested AND NOT cancel_seen FROM runs r WHERE owner = ? AND "
             "((cancel_requested AND NOT cancel_seen) OR EXISTS "
-            "(SELECT 1 FROM signals s WHERE s.run_id = r.run_id))", (owner,))]
+            "(SELECT 1 FROM signals s WHERE s.run_id = r.run_id))", (owner,)) if isinstance(r[0], str)]
 
     def watch(self, token: object, timeout: float) -> object:
         # Another connection's commit changes PRAGMA data_version, a cheap check against
