@@ -1,13 +1,15 @@
-"""A row damaged behind a SQLite store's back stops its own run only (issue 15). The damage
-is real: written by raw SQL, as another program would, in the ways that TEXT-typed
-conformance tests cannot reach (bytes that are not UTF-8, blobs, values of the wrong
-storage class). Each test checks that a neighbour run still completes through an
-Interpreter and that the damaged run is blocked with a message naming it."""
+"""A row damaged behind a store's back stops its own run only, on SQLite and PostgreSQL
+(issue 15). The damage is real: written by raw SQL, as another program would, in the ways
+that TEXT-typed conformance tests cannot reach (bytes that are not UTF-8, blobs, values
+of the wrong storage class). Each test checks that a neighbour run still completes
+through an Interpreter and that the damaged run is blocked with a message naming it."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import pytest
 from replaygen import Do, Interpreter, ReplaygenError, StoreUnavailable, Wait
 from replaygen.store import Store
 from replaygen.stores.sqlite import SQLiteStore
+
+from .pg import postgres_dsn
 
 BAD_TEXT = "CAST(x'ff' AS TEXT)"  # a TEXT cell holding a byte that is not UTF-8
 BLOB = "x'7b7d'"  # a blob ('{}' as bytes) where text belongs
@@ -206,3 +210,112 @@ def test_a_damaged_schema_version_is_refused_clearly(db: Path, value: str) -> No
     damage(db, f"UPDATE meta SET value = {value} WHERE key = 'schema'")
     with pytest.raises(ReplaygenError, match="schema version .* damaged"):
         SQLiteStore(db)
+
+
+# ---- PostgreSQL in a SQL_ASCII database ---------------------------------------------
+# A UTF8 database refuses bytes that are not UTF-8, and every column is typed, so there
+# damage is a matter of content (the conformance suite's tamper tests). A SQL_ASCII
+# database (what initdb makes under the C locale) stores any bytes and validates nothing.
+
+
+@pytest.fixture(scope="module")
+def ascii_dsn() -> Iterator[str]:
+    import psycopg
+
+    dsn = postgres_dsn()
+    name = "rg_ascii_" + uuid.uuid4().hex[:10]
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                      f"TEMPLATE template0")
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test role may not create a SQL_ASCII database")
+    url = psycopg.conninfo.make_conninfo(dsn, dbname=name)
+    yield url
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def ascii_store(ascii_dsn: str) -> Iterator[Callable[[], Store]]:
+    from replaygen.stores.postgres import PostgresStore
+
+    schema = "t_" + uuid.uuid4().hex[:10]
+    made: list[Store] = []
+
+    def make() -> Store:
+        made.append(PostgresStore(ascii_dsn, schema=schema))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+    PostgresStore.drop_schema(ascii_dsn, schema)
+
+
+def pg_damage(dsn: str, store: Store, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"SET search_path TO {store.schema}")  # type: ignore[attr-defined]
+        assert c.execute(sql).rowcount in (1, -1)  # one row changed, or a DDL statement
+
+
+@pytest.mark.postgres
+def test_a_sql_ascii_database_returns_text_not_bytes(ascii_store: Callable[[], Store]) -> None:
+    store = ascii_store()
+    name = "ünïcödé ✓ 漢字 🚀"
+    assert store.create(name, name, '{"é":1}', "A") is None
+    record = store.get(name)
+    assert record is not None and (record.run_id, record.workflow, record.args) == (name, name, '{"é":1}')
+    assert [r.run_id for r in store.runs(workflow=name)] == [name]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("table, column", [("journal", "value"), ("journal", "name"), ("runs", "args")])
+def test_bytes_that_are_not_utf8_block_their_run_only_in_a_sql_ascii_database(
+        ascii_dsn: str, ascii_store: Callable[[], Store], table: str, column: str) -> None:
+    park(ascii_store(), "bad", "good")
+    seq = " AND seq = 1" if table == "journal" else ""
+    pg_damage(ascii_dsn, ascii_store(), f"UPDATE {table} SET {column} = E'\\xff' "
+                                        f"WHERE run_id = 'bad'{seq}")
+    interp = Interpreter(ascii_store(), WORKFLOWS)
+    assert "good" in interp.recover()
+    good_completes(interp)
+    error = blocked_error(interp, "bad")
+    assert "'bad'" in error and ("journal row 1" if table == "journal" else "column args") in error
+    interp.shutdown()
+
+
+@pytest.mark.postgres
+def test_a_run_id_that_is_not_utf8_is_blocked_in_a_sql_ascii_database(
+        ascii_dsn: str, ascii_store: Callable[[], Store]) -> None:
+    park(ascii_store(), "bad", "good")
+    pg_damage(ascii_dsn, ascii_store(), "ALTER TABLE journal DROP CONSTRAINT journal_run_id_fkey")
+    pg_damage(ascii_dsn, ascii_store(), "UPDATE runs SET run_id = E'\\xff' WHERE run_id = 'bad'")
+    interp = Interpreter(ascii_store(), WORKFLOWS)
+    assert interp.recover() == ["good"]
+    good_completes(interp)
+    [damaged] = [r for r in interp._store.runs() if r.run_id != "good"]  # noqa: SLF001
+    assert (damaged.run_id, damaged.state) == (b"\xff", "blocked")
+    assert "column run_id" in (damaged.error or "")
+    interp.shutdown()
+
+
+@pytest.mark.postgres
+def test_a_client_encoding_in_the_dsn_changes_nothing_stored() -> None:
+    import psycopg
+
+    from replaygen.stores.postgres import PostgresStore
+
+    dsn = psycopg.conninfo.make_conninfo(postgres_dsn(), client_encoding="LATIN1")
+    schema = "t_" + uuid.uuid4().hex[:10]
+    store = PostgresStore(dsn, schema=schema)
+    try:
+        name = "ünïcödé ✓ 漢字 🚀"  # most of it has no LATIN1 form
+        assert store.create(name, "wf", '{"k":"漢字"}', "A") is None
+        record = store.get(name)
+        assert record is not None and (record.run_id, record.args) == (name, '{"k":"漢字"}')
+    finally:
+        store.close()
+        PostgresStore.drop_schema(dsn, schema)
