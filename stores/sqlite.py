@@ -7,8 +7,8 @@ committed step survives power loss. ``synchronous="NORMAL"`` is several times
 faster and still survives any process crash, but a power loss or OS crash may
 lose the last commits (steps whose entries were lost run again on recovery).
 
-Contention between processes is absorbed here (busy timeout plus retries);
-what cannot be absorbed (disk full, I/O error, a lock held for too long)
+Contention between processes is absorbed here (busy timeout plus retries, set-up
+included); what cannot be absorbed (disk full, I/O error, a lock held for too long)
 surfaces as ``StoreUnavailable``, which the interpreter waits out.
 
 A row damaged by another program (text that is not UTF-8, a value of the wrong type)
@@ -133,6 +133,10 @@ def _record(row: Sequence[Any]) -> RunRecord:
     return RunRecord(*row[:12], cancel_requested=flag, resumes=row[13])  # type: ignore[misc]
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 _UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's error for a TEXT cell that is not UTF-8
 
 
@@ -180,7 +184,7 @@ class SQLiteStore:
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._local = threading.local()
         self._w = self._connect()
-        self._w.executescript(_BATCH)
+        self._retry(lambda: self._w.executescript(_BATCH))
         self._r = self._connect()
         self._tx(self._migrate)
 
@@ -191,7 +195,9 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=min(self._busy, 5.0))
-            conn.execute("PRAGMA journal_mode=WAL")
+            # A new file's switch to WAL takes an exclusive lock without calling the busy
+            # handler: another process opening the same new file must wait here too.
+            self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             return conn
         except sqlite3.Error as exc:
@@ -223,6 +229,19 @@ class SQLiteStore:
     def _fail(self, exc: sqlite3.Error) -> StoreUnavailable:
         return StoreUnavailable(f"SQLite store {self.path!r}: {exc}")
 
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """``fn()``, called again while another process holds the lock, up to the busy timeout."""
+        give_up = time.monotonic() + self._busy
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= give_up:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
     def _tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
         """Run ``fn`` in one write transaction, retrying while another process holds the lock.
         With ``begin=False``, ``fn`` is a single statement, a transaction of its own."""
@@ -244,7 +263,7 @@ class SQLiteStore:
                             c.execute("ROLLBACK")
                         raise
                 except sqlite3.OperationalError as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
+                    if _busy(exc):
                         if time.monotonic() < give_up:
                             time.sleep(delay)
                             delay = min(delay * 2, 0.1)
