@@ -324,7 +324,7 @@ for round in range(int(sys.argv[4])):
 
 
 def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
-    rounds, openers = 50, 3
+    rounds, openers = 40, 3
     gates = [os.pipe() for _ in range(openers)]
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), f"p{i}", str(r),
                                str(rounds)], pass_fds=(r,), stdout=subprocess.PIPE, text=True)
