@@ -413,7 +413,12 @@ class SQLiteStore:
                 f"SQLite store {self.path!r} is open read-only, so it cannot be changed: "
                 f"{self._readonly}. Let this user write the file and its directory (chmod, "
                 f"chown), or run as their owner")
-        return self._in_tx(fn, begin)
+        try:
+            return self._in_tx(fn, begin)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
 
     def _in_tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
         """Run ``fn`` in one write transaction, retrying while another process holds the lock.
@@ -435,12 +440,7 @@ class SQLiteStore:
                 raise
 
         with self._wlock:
-            try:
-                return self._retry(attempt)
-            except sqlite3.IntegrityError:
-                raise
-            except sqlite3.Error as exc:
-                raise self._fail(exc) from exc
+            return self._retry(attempt)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of a query; nothing (and no file made) while the file does not exist."""

@@ -27,6 +27,7 @@ import pytest
 
 from replaygen import Do, Interpreter, RunNotFound, StoreUnavailable, UsageError
 from replaygen.store import Entry, Write
+import replaygen.stores.sqlite as sqlite_store
 from replaygen.stores.sqlite import SQLiteStore
 
 NOBODY = 65534
@@ -41,14 +42,18 @@ def unprivileged(fn: Callable[[], Any]) -> dict[str, Any]:
     if pid == 0:  # the child: never returns into pytest
         try:
             os.close(r)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
             try:
-                out = {"value": fn()}
-            except Exception as exc:  # noqa: BLE001 - reported to the parent
-                out = {"error": type(exc).__name__, "message": str(exc)}
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+            except OSError as exc:
+                out: dict[str, Any] = {"skip": f"cannot drop root here: {exc}"}
+            else:
+                try:
+                    out = {"value": fn()}
+                except Exception as exc:  # noqa: BLE001 - reported to the parent
+                    out = {"error": type(exc).__name__, "message": str(exc)}
             with os.fdopen(w, "wb") as f:
                 f.write(json.dumps(out, default=repr).encode())
         finally:
@@ -69,7 +74,10 @@ def unprivileged(fn: Callable[[], Any]) -> dict[str, Any]:
     finally:
         os.close(r)
         os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
+    out = json.loads(data)
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    return out  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -180,6 +188,23 @@ def test_a_writable_file_in_a_read_only_directory_says_the_directory_is_the_prob
     assert out["value"]["read"] == READ
     for refused in out["value"]["refused"]:
         assert "read-only" in refused and f"directory {str(shared)!r} is not writable" in refused
+
+
+def test_a_file_sqlite_cannot_write_is_opened_read_only_whatever_access_says(shared: Path) -> None:
+    db = shared / "runs.db"
+    filled(db)
+    db.chmod(0o444)
+    shared.chmod(0o555)
+
+    def act() -> Any:
+        # As on a mount or a file system whose permissions access() does not see.
+        sqlite_store._write_problem = lambda path: None
+        return reads_then_writes(db)()
+
+    out = unprivileged(act)
+    assert out["value"]["read"] == READ
+    for refused in out["value"]["refused"]:
+        assert "read-only" in refused and "SQLite cannot write it" in refused
 
 
 def test_a_read_only_reader_sees_what_a_live_writer_commits(shared: Path) -> None:
