@@ -670,6 +670,9 @@ class SQLiteStore:
             sql + " ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset])]
 
     def close(self) -> None:
-        for conn in (self._w, self._r, getattr(self._local, "watch", None)):
-            if conn is not None:
-                conn.close()
+        # Closing a connection while another thread runs a statement on it crashes the process
+        # (CPython's sqlite3): wait for each one's lock. Later calls raise StoreUnavailable.
+        with self._open_lock, self._wlock, self._rlock:
+            for conn in (self._w, self._r, getattr(self._local, "watch", None)):
+                if conn is not None:
+                    conn.close()

@@ -328,6 +328,48 @@ def test_a_watcher_wakes_when_another_handle_makes_the_file(tmp_path: Path) -> N
     assert seen and seen[0] is not None
 
 
+# ---- closing ----------------------------------------------------------------------------
+
+CLOSER = r"""
+import os, sys, threading, time
+from replaygen import StoreUnavailable
+from replaygen.stores.sqlite import SQLiteStore
+for i in range(30):
+    store = SQLiteStore(os.path.join(sys.argv[1], f"{i}.db"))
+    store.create("r", "wf", "{}", "A")
+    stop, done, errors = threading.Event(), [0], []
+    def use(claim):
+        while not stop.is_set():
+            try:
+                store.claim("B", dead=["A"]) if claim else store.get("r")
+                done[0] += 1
+            except StoreUnavailable:
+                pass  # closed: the store says so
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+    users = [threading.Thread(target=use, args=(claim,)) for claim in (True, False)]
+    for t in users:
+        t.start()
+    while done[0] < 20:  # both threads are busy with the store
+        time.sleep(0.001)
+    store.close()
+    stop.set()
+    for t in users:
+        t.join()
+    assert not errors, errors
+print("ok")
+"""
+
+
+def test_closing_a_store_other_threads_still_use_does_not_crash(tmp_path: Path) -> None:
+    # An Interpreter's threads may still touch the store just after shutdown() (a claim
+    # begun before it). In a subprocess: a crash must fail this test, not the test run.
+    done = subprocess.run([sys.executable, "-c", CLOSER, str(tmp_path)], capture_output=True,
+                          text=True, timeout=PATIENCE)
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-2000:]
+
+
 # ---- processes opening a new file at the same moment ---------------------------------------
 
 OPENER = r"""
