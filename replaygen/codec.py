@@ -49,9 +49,12 @@ def _check(value: Any) -> None:
         items = value.items()
     elif kind in (list, tuple) or isinstance(value, (list, tuple)):
         items = enumerate(value)
-    elif isinstance(value, float):
-        raise _Refused(ValueError(f"is {value!r}; JSON has no NaN or infinity"))
-    elif isinstance(value, (str, int)):
+    elif isinstance(value, float):  # a subclass (numpy.float64): stored as the float it is
+        if math.isfinite(value):
+            return
+        shown = float.__repr__(value) + ("" if kind is float else f" ({kind.__name__})")
+        raise _Refused(ValueError(f"is {shown}; JSON has no NaN or infinity"))
+    elif isinstance(value, (str, int)):  # subclasses (enums too) are stored as their base value
         return
     else:
         raise _Refused(TypeError(

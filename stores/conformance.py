@@ -23,13 +23,16 @@ from typing import Any
 import pytest
 
 from replaygen import (
-    All, Cancelled, Do, Interpreter, NonDeterminismError, RunFinished, RunNotFound, Sleep,
-    StepFailed, Store, Version, Wait,
+    All, Cancelled, Do, Interpreter, NonDeterminismError, ReplaygenError, RunFinished,
+    RunNotFound, Sleep, StepFailed, Store, Version, Wait,
 )
 from replaygen.store import Entry, Write
 from replaygen.testing import FakeClock
 
 StoreFactory = Callable[[], Store]
+Tamper = Callable[[str, "int | None", str, Any], None]
+"""``tamper(run_id, seq, column, value)``: set one column of a run's row (``seq`` None) or of
+its journal row ``seq`` behind the store's back, as another program damaging it would."""
 HOSTILE = ["o'brien \"quoted\"", "'; DROP TABLE runs; --", "ünïcödé ✓ 漢字 🚀", "a\\b%_*?", " ", "x" * 255]
 
 
@@ -43,6 +46,12 @@ def store(store_factory: StoreFactory) -> Iterator[Store]:
     s = store_factory()
     yield s
     s.close()
+
+
+@pytest.fixture
+def tamper() -> Tamper:
+    """Override it to run the tests of damaged rows (see ``Tamper``)."""
+    pytest.skip("this store's test module gives the suite no way to damage a row")
 
 
 # ---- the protocol -----------------------------------------------------------------
@@ -491,6 +500,119 @@ def test_terminate_ends_a_blocked_run(store: Store) -> None:
     store.commit([Write("r", "A", 1, "blocked", error='{"message":"bad"}', release=True)])
     assert store.terminate("r", '{"message":"gone"}').state == "cancelled"
     assert store.claim("B", blocked=True) == []
+
+class _Price(float):
+    """A float subclass, as numpy.float64 is."""
+
+
+def _priced(n: int) -> Any:
+    price = yield Do("price", _Price, 1.5)
+    try:
+        yield Do("nan", _Price, "nan")
+    except StepFailed as exc:
+        return [price, type(price).__name__, str(exc)]
+
+
+def test_a_float_subclass_is_stored_as_its_float_and_a_nan_one_fails_its_step(
+        store_factory: StoreFactory) -> None:
+    store = store_factory()
+    interp = Interpreter(store, [_priced])
+    result = interp.result(interp.start(_priced, 1), timeout=10)
+    interp.shutdown()
+    store.close()
+    assert result[:2] == [1.5, "float"]  # live equals replayed: the decoded value
+    assert "'nan'" in result[2] and "JSON has no NaN or infinity" in result[2]
+
+
+# ---- rows damaged by another program: only their own run suffers -------------------
+
+
+def _stepper(n: int) -> Any:
+    total = 0
+    for i in range(3):
+        total += yield Do(f"s{i}", int, n + i)
+    got = yield Wait("go")
+    return total + got
+
+
+def _parked(store_factory: StoreFactory, *run_ids: str) -> None:
+    """Runs of _stepper, three steps in and parked at their Wait by a worker that stopped."""
+    store = store_factory()
+    interp = Interpreter(store, {"stepper": _stepper})
+    for run_id in run_ids:
+        interp.start("stepper", 1, run_id=run_id)
+    for run_id in run_ids:
+        _poll(interp, run_id, "waiting")
+    interp.shutdown()
+    store.close()
+
+
+def _only_bad_is_blocked(store_factory: StoreFactory) -> str:
+    """Recover after the damage: 'good' still completes; return the blocked 'bad' run's error."""
+    store = store_factory()
+    interp = Interpreter(store, {"stepper": _stepper})
+    assert "good" in interp.recover()
+    interp.deliver("good", "go", 10)
+    assert interp.result("good", timeout=10) == 1 + 2 + 3 + 10
+    _poll(interp, "bad", "blocked")
+    error = interp.status("bad").error or ""
+    interp.shutdown()
+    store.close()
+    return error
+
+
+@pytest.mark.parametrize("column, value, says", [
+    ("value", "{truncated", "journal row 1"), ("value", "", "journal row 1"),
+    ("kind", "bogus", "position 1"), ("name", "renamed", "'renamed'"),
+    ("seq", 7, "where row 1 was expected"),
+])
+def test_a_damaged_journal_row_blocks_its_run_only(
+        store_factory: StoreFactory, tamper: Tamper, column: str, value: Any, says: str) -> None:
+    _parked(store_factory, "bad", "good")
+    tamper("bad", 1, column, value)
+    error = _only_bad_is_blocked(store_factory)
+    assert "'bad'" in error and says in error
+
+
+@pytest.mark.parametrize("args", ["{truncated", "[1, 2]", '{"args": 5}', ""])
+def test_damaged_arguments_block_their_run_only(
+        store_factory: StoreFactory, tamper: Tamper, args: str) -> None:
+    _parked(store_factory, "bad", "good")
+    tamper("bad", None, "args", args)
+    error = _only_bad_is_blocked(store_factory)
+    assert "'bad'" in error and "arguments" in error
+
+
+def _ends(n: int) -> Any:
+    yield Do("s", int, n)
+    if n < 0:
+        raise ValueError("negative")
+    return n
+
+
+def test_a_damaged_result_or_error_spoils_that_run_s_answer_only(
+        store_factory: StoreFactory, tamper: Tamper) -> None:
+    store = store_factory()
+    first = Interpreter(store, {"ends": _ends})
+    for run_id, n in (("ok", 1), ("bad-result", 2), ("bad-error", -1)):
+        first.start("ends", n, run_id=run_id)
+        _poll(first, run_id, "failed" if n < 0 else "completed")
+    first.shutdown()
+    store.close()
+    tamper("bad-result", None, "result", "{truncated")
+    tamper("bad-error", None, "error", "{truncated")
+
+    store = store_factory()
+    interp = Interpreter(store, {"ends": _ends})
+    interp.recover()
+    assert interp.result("ok", timeout=10) == 1
+    with pytest.raises(ReplaygenError, match="'bad-result'.*cannot be decoded"):
+        interp.result("bad-result", timeout=10)
+    assert interp.status("bad-error").state == "failed"
+    assert "{truncated" in (interp.status("bad-error").error or "")
+    assert {r.run_id for r in store.runs()} == {"ok", "bad-result", "bad-error"}
+    interp.shutdown()
+    store.close()
 
 
 def test_a_non_deterministic_error_names_both_sides() -> None:

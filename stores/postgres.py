@@ -21,8 +21,11 @@ How the guarantees are kept:
   outcome is unknown (the connection died around COMMIT) is recognised when the
   interpreter retries it, so it is neither applied twice nor mistaken for a loss.
 
-Values are stored as TEXT, byte-exact (not JSONB, which would rewrite them). The
-DSN's password never appears in a log line, an error or a repr.
+Values are stored as TEXT, byte-exact (not JSONB, which would rewrite them), and
+exchanged as UTF-8 whatever the DSN's client_encoding. A SQL_ASCII database (initdb
+under the C locale) stores any bytes: there a text cell that is not UTF-8, written by
+another program, is read as bytes so that it blocks its own run only, never every claim.
+The DSN's password never appears in a log line, an error or a repr.
 
 This module must never import the interpreter: it implements ``replaygen.store.Store``.
 """
@@ -40,6 +43,7 @@ try:
     import psycopg
     from psycopg import conninfo as _conninfo
     from psycopg import sql
+    from psycopg.adapt import Buffer, Loader
     from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -48,6 +52,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
+
+from ._rows import blocked_error, damage
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION"]
 
@@ -124,6 +130,36 @@ def _entry(row: Sequence[Any]) -> Entry:
     return Entry(*row)
 
 
+class _LenientText(Loader):
+    """TEXT from a SQL_ASCII database: str when the bytes are UTF-8, else the raw bytes (a row
+    another program damaged), which the checks of its reader turn into a blocked run."""
+
+    def load(self, data: Buffer) -> str | bytes:
+        raw = bytes(data)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return raw
+
+
+def _connect(conninfo: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(conninfo, autocommit=True)
+    try:
+        # UTF-8 both ways: under another client_encoding one row the server cannot convert fails
+        # every statement that reads it. A SQL_ASCII server validates nothing it stores, but
+        # would check what it sends as UTF-8 and fail the statement: there, take raw bytes.
+        ascii_server = conn.info.parameter_status("server_encoding") == "SQL_ASCII"
+        want = "SQL_ASCII" if ascii_server else "UTF8"
+        if conn.info.parameter_status("client_encoding") != want:
+            conn.execute(f"SET client_encoding TO '{want}'")
+        if ascii_server:
+            conn.adapters.register_loader("text", _LenientText)
+    except BaseException:
+        _close_quietly(conn)
+        raise
+    return conn
+
+
 class _Connections:
     """A small pool: at most ``size`` connections, made on demand, each used by one thread
     at a time. A connection that failed is closed, never handed out again."""
@@ -136,7 +172,7 @@ class _Connections:
         self._closed = False
 
     def connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self._conninfo, autocommit=True)
+        return _connect(self._conninfo)
 
     def take(self) -> tuple[psycopg.Connection[Any], bool]:
         """A connection and whether it was reused (it may have died since)."""
@@ -324,6 +360,8 @@ class PostgresStore:
 
     def _notify(self, conn: psycopg.Connection[Any], kind: str, run_id: str = "") -> None:
         # Delivered at commit, to every listener (this process's included). Ids only.
+        if conn.info.encoding == "ascii" and not run_id.isascii():  # SQL_ASCII: psycopg decodes
+            run_id = run_id.encode("unicode_escape").decode()  # notifications as ASCII
         conn.execute("SELECT pg_notify(%s, %s)", [self._channel, f"{kind} {run_id}".strip()])
         self._bump()
 
@@ -503,11 +541,21 @@ class PostgresStore:
                     "unsure": unsure, "limit": limit,
                 }).fetchall()
                 rows.sort(key=lambda r: r[0])
-                journals: dict[str, list[Entry]] = {r[1]: [] for r in rows}
-                if rows:
+                runs: list[RunRecord] = []
+                for row_id, *row in rows:
+                    run = _record(row)
+                    if (problem := damage(run)) is None:  # damage needs a SQL_ASCII database
+                        runs.append(run)
+                        continue
+                    log.warning("run %r blocked: its row (id %d) is damaged: %s", run.run_id,
+                                row_id, problem)
+                    conn.execute(self._q["block"], [blocked_error(run, f"id {row_id}", problem),
+                                                    row_id])
+                journals: dict[str, list[Entry]] = {run.run_id: [] for run in runs}
+                if runs:
                     for row in conn.execute(self._q["journals"], [list(journals)]):
                         journals[row[0]].append(_entry(row[1:]))
-            return [Claim(_record(r[1:]), journals[r[1]]) for r in rows]
+            return [Claim(run, journals[run.run_id]) for run in runs]
         claims = self._call(tx, unsure=(owner, token))
         if unsure:  # any run those tokens took is claimed afresh now
             with self._unsure_lock:
@@ -516,7 +564,7 @@ class PostgresStore:
 
     def owners(self) -> list[str]:
         rows = self._call(lambda c: c.execute(self._q["owners"]).fetchall(), idempotent=True)
-        return sorted(r[0] for r in rows)
+        return sorted(r[0] for r in rows if isinstance(r[0], str))  # a damaged owner: nobody's
 
     def heartbeat(self, owner: str, lease: float) -> None:
         self._call(lambda c: c.execute(self._q["heartbeat"], [owner, float(lease)]),
@@ -573,7 +621,7 @@ class PostgresStore:
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
         rows = self._call(lambda c: c.execute(self._q["wakeups"], [owner]).fetchall(),
                           idempotent=True)
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], r[1]) for r in rows if isinstance(r[0], str)]
 
     def watch(self, token: object, timeout: float) -> object:
         with self._cv:
@@ -739,6 +787,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             FROM c WHERE r.run_id = c.run_id
             RETURNING r.id, {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}""",
         "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL",
+        "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
+                 f"updated = {_NOW} WHERE id = %s",
         "heartbeat": """
             INSERT INTO {workers} (owner, lease_until)
             VALUES (%s, clock_timestamp() + %s * interval '1 second')

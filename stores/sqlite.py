@@ -7,25 +7,39 @@ committed step survives power loss. ``synchronous="NORMAL"`` is several times
 faster and still survives any process crash, but a power loss or OS crash may
 lose the last commits (steps whose entries were lost run again on recovery).
 
-Contention between processes is absorbed here (busy timeout plus retries);
-what cannot be absorbed (disk full, I/O error, a lock held for too long)
-surfaces as ``StoreUnavailable``, which the interpreter waits out.
+Contention between processes is absorbed here (busy timeout plus retries, set-up
+included); what cannot be absorbed (disk full, I/O error, a lock held for too long, a
+file this process may not write) surfaces as ``StoreUnavailable``, which the
+interpreter waits out.
+
+The file is created on first use (starting a run, a claim: a write), never by the
+constructor, so a process that fails to start leaves no file behind; an existing file
+is opened and checked at once. A file this process may not write is opened read-only:
+reads work, writes raise ``StoreUnavailable`` saying why. A row damaged by another
+program (text that is not UTF-8, a value of the wrong type) stops its own run only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
 
+from ._rows import blocked_error, damage
+
 T = TypeVar("T")
+log = logging.getLogger("replaygen")
 SCHEMA_VERSION = 1
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
                 "wake_at, waiting_for, cancel_requested, resumes")
@@ -101,7 +115,7 @@ _NO_RUN = (None,) * 18
 
 def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
     """The rows of the batch view (columns ``_BATCH_COLUMNS``) that apply one write."""
-    run = (w.run_id, w.owner, w.fence)
+    run: tuple[str, str | None, int] = (w.run_id, w.owner, w.fence)
     if w.create:  # released at once (a client's start): no owner, claimable by any worker
         run = (w.run_id, None if w.release else w.owner, w.fence)
         return [("create", *run, w.state, None, None, None, w.create[0], None, w.create[1], None,
@@ -123,7 +137,95 @@ def _bump(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(*row[:12], cancel_requested=bool(row[12]), resumes=row[13])  # type: ignore[misc]
+    flag = bool(row[12]) if isinstance(row[12], int) else row[12]  # a damaged cell stays visible
+    return RunRecord(*row[:12], cancel_requested=flag, resumes=row[13])  # type: ignore[misc]
+
+
+_UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's error for a TEXT cell that is not UTF-8
+
+
+def _text(raw: bytes) -> str | bytes:
+    """A TEXT cell as str, or its raw bytes when they are not UTF-8 (a damaged row): the check
+    of whoever uses the value then stops that row's run alone."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def _fetch(c: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Every row of a query; a cell that is not UTF-8 comes back as bytes instead of failing
+    the whole query. sqlite3's own decoder is tried first: a text_factory costs ~50% per row."""
+    try:
+        return c.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if _UNDECODABLE not in str(exc):
+            raise
+    c.text_factory = _text
+    try:
+        return c.execute(sql, params).fetchall()
+    finally:
+        c.text_factory = str
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _read_only(exc: sqlite3.Error) -> bool:
+    """SQLite refused to write (a read-only file, directory or mount), or to create the -shm
+    file that even reading a WAL database needs."""
+    return "readonly" in str(exc) or "read-only" in str(exc)
+
+
+def _owner(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"this process runs as uid {os.geteuid()}"
+    return (f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}; this process runs as "
+            f"uid {os.geteuid()}")
+
+
+def _folder(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _folder_problem(path: str) -> str | None:
+    """Why no database file can be made at ``path`` at all, or None."""
+    folder = _folder(path)
+    if not os.path.exists(folder):
+        return f"the directory {folder!r} does not exist: create it (or fix the path)"
+    if not os.path.isdir(folder):
+        return f"{folder!r} is not a directory: fix the path"
+    return None
+
+
+def _write_problem(path: str) -> str | None:
+    """Why this process may not write the database at ``path``, or None. (Root may write
+    anything: permissions do not stop it.)"""
+    if not os.access(path, os.W_OK):
+        return f"the file is not writable by this process ({_owner(path)})"
+    folder = _folder(path)
+    if not os.access(folder, os.W_OK | os.X_OK) and not all(
+            os.access(path + suffix, os.W_OK) for suffix in ("-wal", "-shm")):
+        return (f"its directory {folder!r} is not writable by this process ({_owner(folder)}), "
+                f"and SQLite keeps its -wal and -shm files there")
+    return None
+
+
+def _open_problem(path: str) -> str | None:
+    """Why this process cannot open the file at all, in words, or None."""
+    if os.path.isdir(path):
+        return "it is a directory, not a database file: give the path of a file"
+    folder = _folder(path)
+    if not os.access(folder, os.X_OK):
+        return (f"permission denied: this process cannot enter the directory {folder!r} "
+                f"({_owner(folder)}); fix its permissions (chmod, chown) or run as its owner")
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        return (f"permission denied: this process cannot read the file ({_owner(path)}); fix "
+                f"its permissions (chmod, chown) or run as its owner")
+    return None
 
 
 class SQLiteStore:
@@ -133,6 +235,11 @@ class SQLiteStore:
     (survives process crashes; power loss may drop the last commits). ``busy_timeout``
     is how long (seconds) a write waits for another process's transaction before
     the store reports itself unavailable.
+
+    The file is made (owner-only) on the first write; an existing one is opened and its
+    schema checked by the constructor. Raises ``StoreUnavailable`` for a path that cannot
+    be used (no such directory, a directory, no permission) and ``ReplaygenError`` for a
+    file written by a newer replaygen or by another program.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
@@ -141,85 +248,209 @@ class SQLiteStore:
             raise ReplaygenError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         self.path = os.fspath(path)
         self._synchronous, self._busy = synchronous, busy_timeout
-        if self.path != ":memory:" and not os.path.exists(self.path):
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only from birth
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
+        self._open_lock = threading.Lock()  # guards opening: _w, _r, _uri, _readonly, _leases
         self._local = threading.local()
-        self._w = self._connect()
-        self._w.executescript(_BATCH)
-        self._r = self._connect()
-        self._tx(self._migrate)
+        self._w: sqlite3.Connection | None = None  # the writer; None while read-only
+        self._r: sqlite3.Connection | None = None  # the reader; set once the file is open
+        self._uri: str | None = None  # how to open a read-only file, when it is one
+        self._readonly: str | None = None  # why this process cannot write, when it cannot
+        self._leases: dict[str, float] = {}  # heartbeats given before the file existed
+        if self.path == ":memory:" or os.path.exists(self.path):
+            self._open()  # an existing file is checked now, not at its first use
+        elif (problem := _folder_problem(self.path)) is not None:
+            raise StoreUnavailable(f"cannot use SQLite store {self.path!r}: {problem}")
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, synchronous={self._synchronous!r})"
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=min(self._busy, 5.0))
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            return conn
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+    # ---- opening ------------------------------------------------------------------
 
-    def _migrate(self, c: sqlite3.Connection) -> None:
+    def _ready(self, create: bool) -> bool:
+        """Open the file if that has not been done; False if it does not exist and ``create``
+        is false (nothing was ever stored: a read answers empty, nothing is made)."""
+        if self._r is not None:
+            return True
+        with self._open_lock:
+            if self._r is None:
+                if not create and not os.path.exists(self.path):
+                    return False
+                self._open()
+            return True
+
+    def _open(self) -> None:
+        """Create the file if missing, then open it read-write, or read-only when this
+        process may not write it (called once, under _open_lock or by the constructor)."""
+        memory = self.path == ":memory:"
+        if not memory and not os.path.exists(self.path):
+            if (problem := _folder_problem(self.path)) is not None:
+                raise StoreUnavailable(f"cannot create SQLite store {self.path!r}: {problem}")
+            try:  # owner-only from birth; O_EXCL: another process may be making it right now
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                folder = _folder(self.path)
+                raise StoreUnavailable(
+                    f"cannot create SQLite store {self.path!r}: {exc.strerror} in the directory "
+                    f"{folder!r} ({_owner(folder)}); let this user write there (chmod, chown), or "
+                    f"choose another path") from None
+        if (problem := None if memory else _open_problem(self.path)) is not None:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {problem}")
+        why = None if memory else _write_problem(self.path)
+        try:
+            if why is None:
+                try:
+                    self._open_writable()
+                except sqlite3.OperationalError as exc:
+                    if not _read_only(exc):
+                        raise
+                    why = f"SQLite cannot write it ({exc}; a read-only mount?)"
+            if why is not None:
+                self._open_read_only(why)
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "cannot open") from None
+
+    def _open_writable(self) -> None:
+        w = self._connect()
+        try:
+            # A new file's switch to WAL takes an exclusive lock without calling the busy
+            # handler: another process opening the same new file must wait here too.
+            self._retry(lambda: w.execute("PRAGMA journal_mode=WAL"))
+            w.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._retry(lambda: w.executescript(_BATCH))
+            self._w = w
+            self._in_tx(self._migrate)
+            self._r = self._connect()
+        except BaseException:
+            w.close()
+            self._w = None
+            raise
+
+    def _open_read_only(self, why: str) -> None:
+        uri = Path(os.path.abspath(self.path)).as_uri()
+        # Even reading a WAL database needs its -shm file. With one there (a process has the
+        # database open), it is shared read-only. With none, the file is opened immutable:
+        # a -shm and -wal file made now would get this user as owner and the database's
+        # read-only mode, and turn the next writer read-only too. An immutable view does not
+        # see what processes that open the database afterwards write.
+        shm = os.path.exists(self.path + "-shm")
+        target = f"{uri}?mode=ro" if shm else f"{uri}?immutable=1"
+        r = self._connect(target)
+        try:
+            if self._retry(partial(self._check, r)) is None:
+                raise StoreUnavailable(
+                    f"SQLite store {self.path!r} holds no replaygen store yet and this process "
+                    f"cannot create one: {why}")
+        except BaseException:
+            r.close()
+            raise
+        self._r, self._uri, self._readonly = r, target, why
+        log.info("SQLite store %r is open read-only: %s", self.path, why)
+
+    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
+        return sqlite3.connect(uri or self.path, uri=uri is not None, isolation_level=None,
+                               check_same_thread=False, timeout=min(self._busy, 5.0))
+
+    def _check(self, c: sqlite3.Connection) -> int | None:
+        """The schema version the file holds (None: no store yet); refuses a file this code
+        must not touch."""
         has_meta = c.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-        found = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if has_meta else None
-        if found is not None and found[0] > SCHEMA_VERSION:
+        found = _fetch(c, "SELECT value FROM meta WHERE key = 'schema'") if has_meta else []
+        if found and (type(found[0][0]) is not int or found[0][0] < 1):
             raise ReplaygenError(
-                f"{self.path!r} was written by a newer replaygen (schema {found[0]}; this version "
-                f"reads schema {SCHEMA_VERSION}): upgrade replaygen to open it")
-        if found is None and c.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+                f"{self.path!r}: its meta table holds the schema version {found[0][0]!r}, which "
+                f"no replaygen writes; the file is damaged (restore it from a backup)")
+        if found and found[0][0] > SCHEMA_VERSION:
+            raise ReplaygenError(
+                f"{self.path!r} was written by a newer replaygen (schema {found[0][0]}; this "
+                f"version reads schema {SCHEMA_VERSION}): upgrade replaygen to open it")
+        if not found and c.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
             raise ReplaygenError(f"{self.path!r} holds a table 'runs' that replaygen did not create; "
                                  f"use another file")
+        return found[0][0] if found else None
+
+    def _migrate(self, c: sqlite3.Connection) -> None:
+        self._check(c)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 c.execute(statement)
         c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        for owner, until in self._leases.items():  # heartbeats given before the file existed
+            c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
+                      "SET lease_until = max(lease_until, excluded.lease_until)", (owner, until))
+        self._leases.clear()
 
     # ---- plumbing ---------------------------------------------------------------
 
-    def _fail(self, exc: sqlite3.Error) -> StoreUnavailable:
-        return StoreUnavailable(f"SQLite store {self.path!r}: {exc}")
+    def _fail(self, exc: sqlite3.Error, doing: str = "") -> StoreUnavailable:
+        hint = None
+        if "unable to open" in str(exc):
+            hint = _open_problem(self.path)
+        elif _read_only(exc):
+            hint = self._readonly or _write_problem(self.path)
+        text = f"{exc}: {hint}" if hint else str(exc)
+        return StoreUnavailable(f"{doing + ' ' if doing else ''}SQLite store {self.path!r}: {text}")
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
-        """Run ``fn`` in one write transaction, retrying while another process holds the lock.
-        With ``begin=False``, ``fn`` is a single statement, a transaction of its own."""
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """``fn()``, called again while another process holds the lock, up to the busy timeout."""
         give_up = time.monotonic() + self._busy
         delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= give_up:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
+        """Run ``fn`` in one write transaction, creating the file first if need be."""
+        self._ready(create=True)
+        if self._readonly is not None:
+            raise StoreUnavailable(
+                f"SQLite store {self.path!r} is open read-only, so it cannot be changed: "
+                f"{self._readonly}. Let this user write the file and its directory (chmod, "
+                f"chown), or run as their owner")
+        try:
+            return self._in_tx(fn, begin)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def _in_tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
+        """Run ``fn`` in one write transaction, retrying while another process holds the lock.
+        With ``begin=False``, ``fn`` is a single statement, a transaction of its own."""
+        c = self._w
+        assert c is not None
+
+        def attempt() -> T:
+            if not begin:
+                return fn(c)
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(c)
+                c.execute("COMMIT")
+                return out
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+
         with self._wlock:
-            c = self._w
-            while True:
-                try:
-                    if not begin:
-                        return fn(c)
-                    c.execute("BEGIN IMMEDIATE")
-                    try:
-                        out = fn(c)
-                        c.execute("COMMIT")
-                        return out
-                    except BaseException:
-                        if c.in_transaction:
-                            c.execute("ROLLBACK")
-                        raise
-                except sqlite3.OperationalError as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
-                        if time.monotonic() < give_up:
-                            time.sleep(delay)
-                            delay = min(delay * 2, 0.1)
-                            continue
-                    raise self._fail(exc) from exc
-                except (sqlite3.DatabaseError, sqlite3.InterfaceError) as exc:
-                    if isinstance(exc, sqlite3.IntegrityError):
-                        raise
-                    raise self._fail(exc) from exc
+            return self._retry(attempt)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a query; nothing (and no file made) while the file does not exist."""
+        if not self._ready(create=False):
+            return []
+        assert self._r is not None
         with self._rlock:
             try:
-                return self._r.execute(sql, params).fetchall()
+                return _fetch(self._r, sql, params)
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
 
@@ -290,7 +521,7 @@ class SQLiteStore:
         blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
     ) -> list[Claim]:
         states = [*ACTIVE, "blocked"] if blocked else list(ACTIVE)
-        sql = (f"SELECT run_id FROM runs WHERE state IN {_IN} AND (owner IS NULL OR (owner != ? "
+        sql = (f"SELECT rowid FROM runs WHERE state IN {_IN} AND (owner IS NULL OR (owner != ? "
                f"AND (owner IN {_IN} OR owner NOT IN (SELECT owner FROM workers "
                f"WHERE lease_until >= ?))))")
         params: list[Any] = [json.dumps(states), owner, json.dumps(list(dead)), time.time()]
@@ -301,28 +532,47 @@ class SQLiteStore:
         params.append(limit)
 
         def tx(c: sqlite3.Connection) -> list[Claim]:
+            # Runs are picked by rowid, not run_id: a damaged run_id must not stop the claim.
             ids = json.dumps([r[0] for r in c.execute(sql + " ORDER BY created LIMIT ?", params)])
             c.execute(
                 f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = CASE WHEN state = 'blocked' "
                 f"THEN 0 ELSE resumes + (owner IS NOT NULL AND state IN ('pending', 'running')) END "
-                f"WHERE run_id IN {_IN}",
+                f"WHERE rowid IN {_IN}",
                 (owner, ids))
-            journals: dict[str, list[Entry]] = {}
-            for row in c.execute(
-                f"SELECT run_id, seq, slot, kind, name, status, value, started, ended FROM journal "
-                f"WHERE run_id IN {_IN} ORDER BY run_id, seq", (ids,)
+            runs: list[RunRecord] = []
+            for rowid, *row in _fetch(c, f"SELECT rowid, {_RUN_COLUMNS} FROM runs "
+                                         f"WHERE rowid IN {_IN} ORDER BY created", (ids,)):
+                run = _record(row)
+                problem = damage(run)
+                if problem is None:
+                    runs.append(run)
+                    continue
+                log.warning("run %r blocked: its row (rowid %d) is damaged: %s", run.run_id,
+                            rowid, problem)
+                c.execute("UPDATE runs SET state = 'blocked', owner = NULL, error = ?, updated = ? "
+                          "WHERE rowid = ?", (blocked_error(run, f"rowid {rowid}", problem),
+                                              time.time(), rowid))
+            journals: dict[str, list[Entry]] = {r.run_id: [] for r in runs}
+            for row in _fetch(
+                c, f"SELECT run_id, seq, slot, kind, name, status, value, started, ended FROM "
+                   f"journal WHERE run_id IN {_IN} ORDER BY run_id, seq", (json.dumps(list(journals)),)
             ):
-                journals.setdefault(row[0], []).append(Entry(*row[1:]))
-            return [Claim(r, journals.get(r.run_id, [])) for r in map(_record, c.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN {_IN} ORDER BY created", (ids,)))]
+                journals[row[0]].append(Entry(*row[1:]))
+            return [Claim(r, journals[r.run_id]) for r in runs]
         return self._tx(tx)
 
     def owners(self) -> list[str]:
-        return [r[0] for r in self._read(
+        return [r[0] for r in self._read(  # a damaged owner is nobody's: its lease has lapsed
             f"SELECT DISTINCT owner FROM runs WHERE owner IS NOT NULL AND state NOT IN {_IN}",
-            (json.dumps(FINISHED),))]
+            (json.dumps(FINISHED),)) if isinstance(r[0], str)]
 
     def heartbeat(self, owner: str, lease: float) -> None:
+        if not self._ready(create=False):
+            with self._open_lock:  # no file yet: the lease is written when the file is made
+                if self._r is None:
+                    self._leases[owner] = time.time() + lease
+                    return
+
         def tx(c: sqlite3.Connection) -> None:
             now = time.time()
             c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
@@ -331,19 +581,28 @@ class SQLiteStore:
         self._tx(tx)
 
     def release(self, owner: str) -> None:
+        if not self._ready(create=False):
+            with self._open_lock:
+                if self._r is None:
+                    self._leases.pop(owner, None)
+                    return
+
         def tx(c: sqlite3.Connection) -> None:
             c.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (owner,))
             c.execute("DELETE FROM workers WHERE owner = ?", (owner,))
             c.execute(_BUMP)
         self._tx(tx)
 
-    def _state(self, c: sqlite3.Connection, run_id: str, doing: str) -> RunRecord:
-        row = c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
+    def _state(self, c: sqlite3.Connection | None, run_id: str, doing: str) -> RunRecord:
+        rows = [] if c is None else _fetch(c, f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?",
+                                           (run_id,))
+        if not rows:
             raise RunNotFound(f"cannot {doing}: no run {run_id!r} in {self.path!r}")
-        return _record(row)
+        return _record(rows[0])
 
     def deliver(self, run_id: str, name: str, payload: str) -> None:
+        if not self._ready(create=False):  # no file, no run: say so without making the file
+            self._state(None, run_id, f"deliver {name!r}")
         def tx(c: sqlite3.Connection) -> None:
             run = self._state(c, run_id, f"deliver {name!r}")
             if run.state in FINISHED:
@@ -354,6 +613,9 @@ class SQLiteStore:
         self._tx(tx)
 
     def cancel(self, run_id: str) -> RunRecord:
+        if not self._ready(create=False):
+            return self._state(None, run_id, "cancel")
+
         def tx(c: sqlite3.Connection) -> RunRecord:
             run = self._state(c, run_id, "cancel")
             if run.state in FINISHED or run.cancel_requested:
@@ -379,15 +641,19 @@ class SQLiteStore:
         return [(r[0], bool(r[1])) for r in self._read(
             "SELECT run_id, cancel_requested AND NOT cancel_seen FROM runs r WHERE owner = ? AND "
             "((cancel_requested AND NOT cancel_seen) OR EXISTS "
-            "(SELECT 1 FROM signals s WHERE s.run_id = r.run_id))", (owner,))]
+            "(SELECT 1 FROM signals s WHERE s.run_id = r.run_id))", (owner,)) if isinstance(r[0], str)]
 
     def watch(self, token: object, timeout: float) -> object:
         # Another connection's commit changes PRAGMA data_version, a cheap check against
         # shared memory; only then is the epoch (bumped by signals, cancels, releases) read.
+        end, seen = time.monotonic() + timeout, None
+        while not self._ready(create=False):  # no file yet: until this or another process makes it
+            if time.monotonic() >= end:
+                return token
+            time.sleep(0.01)
         conn = getattr(self._local, "watch", None)
         if conn is None:
-            conn = self._local.watch = self._connect()
-        end, seen = time.monotonic() + timeout, None
+            conn = self._local.watch = self._connect(self._uri)
         try:
             while True:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -417,6 +683,9 @@ class SQLiteStore:
             sql + " ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset])]
 
     def close(self) -> None:
-        for conn in (self._w, self._r, getattr(self._local, "watch", None)):
-            if conn is not None:
-                conn.close()
+        # Closing a connection while another thread runs a statement on it crashes the process
+        # (CPython's sqlite3): wait for each one's lock. Later calls raise StoreUnavailable.
+        with self._open_lock, self._wlock, self._rlock:
+            for conn in (self._w, self._r, getattr(self._local, "watch", None)):
+                if conn is not None:
+                    conn.close()

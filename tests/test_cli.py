@@ -259,7 +259,7 @@ def test_unreachable_postgres(home: Path) -> None:
     fails_in_one_line(cli("--store", "postgresql://nobody@127.0.0.1:1/none", "runs", cwd=home))
 
 
-def test_database_from_a_newer_version(home: Path, db: SQLiteStore) -> None:
+def test_database_from_a_newer_version(home: Path, runs: Any) -> None:  # runs: the file exists
     with sqlite3.connect(home / "runs.db") as conn:
         conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema'")
     fails_in_one_line(cli("runs", cwd=home, store="runs.db"), "newer replaygen", "upgrade")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from replaygen import MemoryStore, Store
 from replaygen.stores.conformance import *  # noqa: F403
+from replaygen.stores.conformance import Tamper
 from replaygen.stores.sqlite import SQLiteStore
 
 from .pg import postgres_dsn
@@ -35,3 +38,36 @@ def store_factory(request: Any, tmp_path: Path) -> Iterator[Callable[[], Store]]
         yield lambda: SQLiteStore(tmp_path / "runs.db", synchronous=sync)
     else:
         yield from _postgres(tmp_path)
+
+
+@pytest.fixture
+def tamper(store_factory: Callable[[], Store]) -> Iterator[Tamper]:
+    """Damage a row the way another program would: straight into the store's tables."""
+    probe = store_factory()
+
+    def memory(run_id: str, seq: int | None, column: str, value: Any) -> None:
+        assert isinstance(probe, MemoryStore)
+        if seq is None:
+            probe._runs[run_id] = dataclasses.replace(probe._runs[run_id], **{column: value})
+        else:
+            journal = probe._journals[run_id]
+            at = next(i for i, e in enumerate(journal) if e.seq == seq)
+            journal[at] = journal[at]._replace(**{column: value})
+
+    def sql(run_id: str, seq: int | None, column: str, value: Any) -> None:
+        table, where = ("runs", "") if seq is None else ("journal", " AND seq = {}")
+        if isinstance(probe, SQLiteStore):
+            with sqlite3.connect(probe.path) as c:
+                c.execute(f'UPDATE {table} SET "{column}" = ? WHERE run_id = ?{where.format("?")}',
+                          (value, run_id, *([] if seq is None else [seq])))
+            return
+        import psycopg
+        from psycopg import sql as q
+
+        with psycopg.connect(postgres_dsn(), autocommit=True) as c:
+            c.execute(q.SQL("UPDATE {} SET {} = %s WHERE run_id = %s" + where.format("%s")).format(
+                q.Identifier(probe.schema, table), q.Identifier(column)),  # type: ignore[attr-defined]
+                (value, run_id, *([] if seq is None else [seq])))
+
+    yield memory if isinstance(probe, MemoryStore) else sql
+    probe.close()

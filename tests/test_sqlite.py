@@ -111,12 +111,14 @@ def test_many_processes_writing_at_once_never_see_database_locked(tmp_path: Path
 
 
 def test_the_database_file_is_owner_only(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "runs.db")
+    SQLiteStore(tmp_path / "runs.db").create("r", "wf", "{}", "A")  # the first write makes it
     assert stat.S_IMODE(os.stat(tmp_path / "runs.db").st_mode) == 0o600
 
 
 def test_a_database_from_a_newer_version_is_refused_clearly(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "runs.db").close()
+    store = SQLiteStore(tmp_path / "runs.db")
+    store.create("r", "wf", "{}", "A")
+    store.close()
     with sqlite3.connect(tmp_path / "runs.db") as c:
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION + 1,))
     with pytest.raises(ReplaygenError, match="newer replaygen"):
