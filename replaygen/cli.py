@@ -206,7 +206,9 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-def _decode(text: str | None) -> Any:
+def _decode(text: str | bytes | None) -> Any:
+    if isinstance(text, bytes):  # a damaged cell, as the store hands it over: show, never fail
+        return text.decode("utf-8", "backslashreplace")
     try:
         return None if text is None else json.loads(text)
     except ValueError:

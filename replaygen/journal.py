@@ -36,6 +36,10 @@ MESSAGE_LIMIT = 10_000
 """Characters of an error message kept in an error record."""
 
 
+_NO_VALUE = frozenset({"cancel"})
+"""Entry kinds that hold no value (and a Wait's timeout); every other entry holds text."""
+
+
 class Entry(NamedTuple):  # a tuple: replay builds thousands of these from rows
     """One journal entry. ``seq`` is its dense append index, ``slot`` the command position it answers."""
 
@@ -94,7 +98,8 @@ class Journal:
                     f"expected (a gap or duplicate); the run is blocked until the row is repaired"
                 )
             if not (isinstance(e.kind, str) and isinstance(e.name, str) and isinstance(e.slot, int)
-                    and isinstance(e.status, str) and (e.value is None or isinstance(e.value, str))):
+                    and isinstance(e.status, str) and (e.value is None or isinstance(e.value, str))
+                    and (e.value is not None or e.kind in _NO_VALUE or e.status == "timeout")):
                 raise CorruptRecord(f"run {run_id!r}: journal row {e.seq} has missing or mistyped "
                                     f"columns ({e!r}); the run is blocked until it is repaired")
             self.append(e)

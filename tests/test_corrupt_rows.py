@@ -85,8 +85,8 @@ def damage(db: Path, sql: str) -> None:
 
 
 @pytest.mark.parametrize("column, value", [
-    ("value", BAD_TEXT), ("value", BLOB), ("name", BAD_TEXT), ("kind", BAD_TEXT),
-    ("status", BLOB), ("slot", "'one'"), ("slot", "1.5"),
+    ("value", BAD_TEXT), ("value", BLOB), ("value", "NULL"), ("name", BAD_TEXT),
+    ("kind", BAD_TEXT), ("status", BLOB), ("slot", "'one'"), ("slot", "1.5"),
 ])
 def test_a_journal_cell_of_the_wrong_kind_blocks_its_run_only(db: Path, column: str, value: str) -> None:
     park(SQLiteStore(db), "bad", "good")
