@@ -341,3 +341,17 @@ def test_yield_from_a_command_evaluates_to_its_answer() -> None:
 
     t = replay(wf, journal=["txn", "yes", "X", "Y"])
     assert t.result == ["txn", "yes", 3, ["X", "Y"]]
+
+
+def test_an_answer_never_asked_for_is_reported_when_the_run_ends() -> None:
+    import pytest
+
+    with pytest.warns(UserWarning, match="never asked for"):
+        t = replay(checkout, {"id": 42}, journal={"charge": "txn_1", "recipt": None,
+                                                  "receipt": None})
+    assert t.done and t.unused == ["recipt"]
+
+
+def test_unused_answers_of_a_run_that_stops_early_are_not_reported() -> None:
+    t = replay(checkout, {"id": 42}, journal={"receipt": None})
+    assert not t.done and t.unused == []
