@@ -2,6 +2,7 @@
 
     python examples/checkout.py                 # start (or resume) order 42 on checkout.db
     python examples/checkout.py --sleep 10      # a 10 s "day", for the kill-and-resume demo
+    python examples/checkout.py --order 43      # another order (order-42 may be finished)
 
 Kill it during the sleep (Ctrl-C, or kill -9) and run it again: the card is
 not charged twice, and the sleep ends when it would have anyway, because its
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     with Interpreter(SQLiteStore(args.db), workflows, observer=_progress) as interp:
         interp.recover()  # on every boot: resume what the last process left
         try:
-            say(f"run {run_id} found: {interp.status(run_id).state}")
+            state = interp.status(run_id).state
+            say(f"run {run_id} found: {state}")
+            if state in ("completed", "failed", "cancelled"):
+                say(f"(it finished earlier: --order {args.order + 1} starts a new order)")
         except RunNotFound:
             order = {"id": args.order, "amount": "19.90 EUR", "email": "ada@example.com"}
             interp.start(checkout, order, args.sleep, run_id=run_id)
