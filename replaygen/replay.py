@@ -142,6 +142,7 @@ class Rules:
     max_resumes: int
     observed: bool = False
     closing: bool = False  # shutting down: no new live work
+    log: logging.Logger = log  # the testing kit passes a quiet one
     always_replay: bool = False  # replay each run from the top after each step, and compare
 
     def encode(self, value: Any, what: str, *names: str) -> str:
@@ -155,7 +156,8 @@ class Rules:
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{what.format(*names)} cannot be stored: {exc}") from None
         what = what.format(*names)
-        log.warning("%s is %d bytes encoded, over the limit of %d", what, size, self.max_payload)
+        self.log.warning("%s is %d bytes encoded, over the limit of %d", what, size,
+                         self.max_payload)
         raise UsageError(f"{what} is {size} bytes encoded, over the limit of {self.max_payload} "
                          f"bytes; keep large data elsewhere and pass a reference (or raise "
                          f"max_payload)")
@@ -215,16 +217,16 @@ class Life:
         try:
             yield from self._main()
         except Interrupted as it:
-            log.error("run %s interrupted; it stays resumable (recover() resumes it)", self.id)
+            self.rules.log.error("run %s interrupted; it stays resumable (recover() resumes it)", self.id)
             yield from self._save(self.written[0], release=True)
             raise it.exc from None
         except Exception as exc:
             if not isinstance(exc, ReplaygenError):
-                log.error("internal error while handling run %s", self.id, exc_info=exc)
+                self.rules.log.error("internal error while handling run %s", self.id, exc_info=exc)
             try:
                 yield from self._block(exc)
             except Exception:
-                log.exception("could not block run %s; it stays claimed until its lease lapses",
+                self.rules.log.exception("could not block run %s; it stays claimed until its lease lapses",
                               self.id)
         finally:
             if self.gen is not None:
@@ -336,6 +338,8 @@ class Life:
             yield Alarm(at)
 
     def _park(self) -> _Gen:
+        if self.rules.closing:  # what was not started is not parked: the run row stays as is
+            return
         pending = [m for m in self.members if not m.done]
         waits = [m.cmd.signal for m in pending if isinstance(m.cmd, Wait)]
         state = "waiting" if waits else "sleeping" if any(
@@ -413,13 +417,13 @@ class Life:
             info = {**error_record(error), "attempt": attempt, "next_at": next_at}
             yield from self._save("running", (self._entry(
                 m.slot, "retry", cmd.name, "error", rules.encode_error(info), outcome.started),))
-            log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
+            self.rules.log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
                         self.id, cmd.name, attempt, retry.attempts, next_at - now, error)
             yield from self._emit("step_retrying", step=cmd.name, position=m.slot,
                                   attempt=attempt, error=repr(error))
             return None
         else:
-            log.warning("run %s: step %r failed: %r", self.id, cmd.name, error)
+            self.rules.log.warning("run %s: step %r failed: %r", self.id, cmd.name, error)
             entry = self._entry(m.slot, "do", cmd.name, "error",
                                 rules.encode_error(error_record(error)), outcome.started)
         yield from self._save("running", (entry,))
@@ -471,9 +475,9 @@ class Life:
         self.finishing = True
         yield from self._save(state, result=result, error=error, release=True)
         if state == "failed":
-            log.warning("run %s failed: %r", self.id, outcome)
+            self.rules.log.warning("run %s failed: %r", self.id, outcome)
         else:
-            log.info("run %s %s", self.id, state)
+            self.rules.log.info("run %s %s", self.id, state)
         yield from self._emit("run_finished", state=state,
                               error=None if error is None else repr(outcome))
 
@@ -481,7 +485,7 @@ class Life:
         self.finishing, self.ended = True, exc
         yield from self._save("blocked", error=self.rules.encode_error(error_record(exc)),
                               release=True)
-        log.warning("run %s blocked: %s", self.id, exc)
+        self.rules.log.warning("run %s blocked: %s", self.id, exc)
         yield from self._emit("run_blocked", error=str(exc))
 
     def _emit(self, kind: str, **fields: Any) -> _Gen:

@@ -12,6 +12,7 @@ the engine would (``StepFailed``), and retries, cancels and timeouts follow the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,10 @@ from .replay import Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Rules, Sav
 from .store import ACTIVE, MemoryStore, RunRecord, Store
 
 _NONE = object()
+_QUIET = logging.getLogger("replaygen.testing")
+"""What the rules log about fake runs (a step failing as the test asked) goes nowhere."""
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 @dataclass
@@ -143,7 +148,7 @@ def replay(
     clock = [time.time()]
     markers = [Entry(i, 0, "version", name, "ok", codec.encode(v), 0.0, 0.0)
                for i, (name, v) in enumerate((versions or {}).items())]
-    rules = Rules(codec, lambda: clock[0], DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30)
+    rules = Rules(codec, lambda: clock[0], DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET)
     life = Life(rules, "replay", getattr(workflow, "__qualname__", "workflow"), lambda: _record(
         workflow(*args, **kwargs), trace, answers), '{"args":[],"kwargs":{}}',
         Journal("replay", markers, codec))
@@ -278,7 +283,7 @@ def _check_one(store: Store, r: RunRecord, fn: Any, codec: Codec) -> Check:
         journal = Journal(r.run_id, store.journal(r.run_id), codec)
     except Exception as exc:
         return Check(r.run_id, r.workflow, r.state, False, f"unreadable: {exc}")
-    rules = Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30)
+    rules = Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET)
     life = Life(rules, r.run_id, r.workflow, fn, r.args, journal,
                 written=(r.state, r.wake_at, r.waiting_for))
     state, markers = dry_run(life)
@@ -341,7 +346,7 @@ def replay_run(workflow: Callable[..., Any], source: Any, codec: Codec | None = 
     record = store.runs()[0]
     codec = codec or JSONCodec()
     trace = Trace()
-    life = Life(Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30),
+    life = Life(Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET),
                 record.run_id, record.workflow, lambda *a, **k: _record(
                     workflow(*a, **k), trace, _Answers((), None, ())), record.args,
                 Journal(record.run_id, store.journal(record.run_id), codec))

@@ -136,3 +136,29 @@ def test_shutdown_ends_every_thread_that_uses_the_store_so_it_can_be_closed_at_o
         alive = [t.name for t in set(threading.enumerate()) - before if t.name in (
             "replaygen-watch", "replaygen-driver", "replaygen-timers", "replaygen-watchdog")]
         assert alive == []
+
+
+def test_a_run_stopped_by_shutdown_before_its_sleep_is_not_recorded_as_sleeping(
+        interp: Make, store: MemoryStore, gate: Any) -> None:
+    entered, release = gate(), gate()
+
+    def held() -> str:
+        entered.set()
+        release.wait(PATIENCE)
+        return "done"
+
+    def wf() -> Any:
+        yield Do("held", held)
+        yield Sleep(3600)
+
+    first = interp([wf])
+    run = first.start(wf)
+    assert entered.wait(PATIENCE)
+    stopping = threading.Thread(target=first.shutdown, kwargs={"timeout": PATIENCE})
+    stopping.start()
+    release.set()  # the step ends while the worker shuts down: the Sleep is never reached
+    stopping.join()
+    record = store.get(run)
+    assert record is not None and record.owner is None
+    assert (record.state, record.wake_at) != ("sleeping", None)
+    assert [e.kind for e in store.journal(run)] == ["do"]
