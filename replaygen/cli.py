@@ -293,18 +293,18 @@ def _detail(r: RunRecord) -> str:
     return "cancel requested" if r.cancel_requested and r.state in ACTIVE else ""
 
 
-Live = dict[str, list[str] | None]
+_Live = dict[str, list[str] | None]
 """``Store.workers()``: each live worker and the workflows it serves (None: it never said)."""
 
 
-def _live(store: Store) -> Live | None:
+def _live(store: Store) -> _Live | None:
     """The store's live workers, or None from a store that cannot say (one written before
     ``workers()`` was part of the protocol)."""
     workers = getattr(store, "workers", None)
-    return None if workers is None else cast(Live, workers())
+    return None if workers is None else cast(_Live, workers())
 
 
-def _known_by(live: Live | None, r: RunRecord) -> bool | None:
+def _known_by(live: _Live | None, r: RunRecord) -> bool | None:
     """Whether a live worker serves the workflow of a run that waits for one (unfinished, not
     blocked). None for other runs, and when it cannot be told: the store cannot say, or a
     live worker never said what it serves (an older replaygen)."""
@@ -315,7 +315,7 @@ def _known_by(live: Live | None, r: RunRecord) -> bool | None:
     return None if any(names is None for names in live.values()) else False
 
 
-def _unserved(live: Live | None, r: RunRecord) -> str | None:
+def _unserved(live: _Live | None, r: RunRecord) -> str | None:
     """Why an unfinished run waits for nothing that will come: no live worker would run it.
     (A worker never claims a run of a workflow it does not know.) None otherwise."""
     if _known_by(live, r) is not False:
@@ -337,7 +337,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      .rstrip() for row in cells)
 
 
-def _record_json(r: RunRecord, live: Live | None) -> dict[str, Any]:
+def _record_json(r: RunRecord, live: _Live | None) -> dict[str, Any]:
     return {**dataclasses.asdict(r), "args": _arguments(r.args), "result": _decode(r.result),
             "error": _decode(r.error), "known_by_live_worker": _known_by(live, r)}
 
