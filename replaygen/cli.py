@@ -293,6 +293,36 @@ def _detail(r: RunRecord) -> str:
     return "cancel requested" if r.cancel_requested and r.state in ACTIVE else ""
 
 
+_Live = dict[str, list[str] | None]
+"""``Store.workers()``: each live worker and the workflows it serves (None: it never said)."""
+
+
+def _live(store: Store) -> _Live | None:
+    """The store's live workers, or None from a store that cannot say (one written before
+    ``workers()`` was part of the protocol)."""
+    workers = getattr(store, "workers", None)
+    return None if workers is None else cast(_Live, workers())
+
+
+def _known_by(live: _Live | None, r: RunRecord) -> bool | None:
+    """Whether a live worker serves the workflow of a run that waits for one (unfinished, not
+    blocked). None for other runs, and when it cannot be told: the store cannot say, or a
+    live worker never said what it serves (an older replaygen)."""
+    if live is None or r.state not in ACTIVE:
+        return None
+    if any(r.workflow in names for names in live.values() if names is not None):
+        return True
+    return None if any(names is None for names in live.values()) else False
+
+
+def _unserved(live: _Live | None, r: RunRecord) -> str | None:
+    """Why an unfinished run waits for nothing that will come: no live worker would run it.
+    (A worker never claims a run of a workflow it does not know.) None otherwise."""
+    if _known_by(live, r) is not False:
+        return None
+    return "no worker is live" if not live else f"no live worker knows workflow {r.workflow!r}"
+
+
 def _width(text: str) -> int:
     """Terminal columns: wide characters (中) take two, combining marks none."""
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
@@ -307,9 +337,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      .rstrip() for row in cells)
 
 
-def _record_json(r: RunRecord) -> dict[str, Any]:
+def _record_json(r: RunRecord, live: _Live | None) -> dict[str, Any]:
     return {**dataclasses.asdict(r), "args": _arguments(r.args), "result": _decode(r.result),
-            "error": _decode(r.error)}
+            "error": _decode(r.error), "known_by_live_worker": _known_by(live, r)}
 
 
 def _entry_json(e: Entry) -> dict[str, Any]:
@@ -328,15 +358,17 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
             raise CLIError(f"unknown state {s!r}; states are {', '.join(STATES)}")
     runs = store.runs(states=states, workflow=a.workflow, limit=a.limit, offset=a.offset)
     tails = {r.run_id: next(reversed(store.journal(r.run_id)), None) for r in runs}
+    live = _live(store)
     if a.json:
-        print(json.dumps([{**_record_json(r), "last_entry": (t := tails[r.run_id]) and
+        print(json.dumps([{**_record_json(r, live), "last_entry": (t := tails[r.run_id]) and
                             _entry_json(t)} for r in runs], indent=2, ensure_ascii=False))
         return 0
     now, rows = time.time(), []
     for r in runs:
         t = tails[r.run_id]
         step = f"#{t.slot} {t.kind}" + (f" {t.name}" if t.name else "") if t else "-"
-        rows.append((r.run_id, r.state, r.workflow, _span(now - r.created), step,
+        state = r.state + (f" ({note})" if (note := _unserved(live, r)) else "")
+        rows.append((r.run_id, state, r.workflow, _span(now - r.created), step,
                      _cut(_detail(r), a.full)))
     print(_table(("RUN", "STATE", "WORKFLOW", "AGE", "LAST STEP", "DETAIL"), rows)
           if rows else "no runs match")
@@ -347,13 +379,13 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
 
 def cmd_show(store: Store, a: argparse.Namespace) -> int:
     r = get_run(store, a.run_id)
-    journal, signals = store.journal(r.run_id), store.signals(r.run_id)
+    journal, signals, live = store.journal(r.run_id), store.signals(r.run_id), _live(store)
     if a.json:
-        print(json.dumps({"run": _record_json(r), "journal": [_entry_json(e) for e in journal],
+        print(json.dumps({"run": _record_json(r, live), "journal": [_entry_json(e) for e in journal],
                           "signals": [{**dataclasses.asdict(s), "payload": _decode(s.payload)}
                                       for s in signals]}, indent=2, ensure_ascii=False))
         return 0
-    unowned = "none: the next worker to start picks it up" if r.state in ACTIVE else "-"
+    unowned = "none: the next worker that knows its workflow takes it" if r.state in ACTIVE else "-"
     head = [("run", _safe(r.run_id)), ("workflow", _safe(r.workflow)),
             ("state", r.state + (" (cancel requested)" if r.cancel_requested else "")),
             ("owner", _safe(r.owner) if r.owner else unowned), ("created", _when(r.created)),
@@ -362,6 +394,8 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
     if r.waiting_for:
         head.append(("waiting for", f"signal {_safe(r.waiting_for)}"))
+    if note := _unserved(live, r):
+        head.append(("note", _safe(f"{note}: it waits until a worker that serves it starts")))
     if r.resumes:
         head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
     if r.result is not None:

@@ -84,7 +84,7 @@ class Interpreter(Client):
         self._start_lock = threading.Lock()  # orders start() against shutdown()
         self._closed = self._adopting = self._strangers = False
         self._starting = 0
-        self._store.heartbeat(self.worker_id, lease)
+        self._store.heartbeat(self.worker_id, lease, workflows=sorted(self._known()))
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
@@ -309,7 +309,8 @@ class Interpreter(Client):
                     return
                 now = time.monotonic()
                 if now >= beat:
-                    self._store.heartbeat(self.worker_id, self._lease)
+                    self._store.heartbeat(self.worker_id, self._lease,
+                                          workflows=sorted(self._known()))
                     beat = now + self._lease / 3
                 if new != token or now >= sweep:  # the timed sweep is a safety net
                     token, sweep = new, now + 5.0

@@ -130,8 +130,16 @@ class Store(Protocol):
         """Distinct owners of unfinished runs (for dead-owner detection)."""
         ...
 
-    def heartbeat(self, owner: str, lease: float) -> None:
-        """Extend ``owner``'s lease to the store's now + ``lease`` seconds."""
+    def heartbeat(self, owner: str, lease: float, *,
+                  workflows: Collection[str] | None = None) -> None:
+        """Extend ``owner``'s lease to the store's now + ``lease`` seconds. ``workflows``
+        names the workflows ``owner`` serves, for ``workers()``; None keeps what it last gave."""
+        ...
+
+    def workers(self) -> dict[str, list[str] | None]:
+        """Each worker whose lease is live (judged by the store's clock, as claims are): the
+        workflow names it last advertised, sorted, or None if it never said (an older
+        replaygen). Not used by the engine: it tells operators which runs no worker serves."""
         ...
 
     def release(self, owner: str) -> None:
@@ -184,6 +192,7 @@ class MemoryStore:
         self._signals: dict[str, list[Signal]] = {}
         self._cancel_seen: set[str] = set()
         self._leases: dict[str, float] = {}
+        self._serves: dict[str, list[str]] = {}  # what each leased worker advertised
         self._ids = 0
         self._epoch = 0
 
@@ -292,13 +301,23 @@ class MemoryStore:
         with self._lock:
             return sorted({r.owner for r in self._runs.values() if r.owner is not None})
 
-    def heartbeat(self, owner: str, lease: float) -> None:
+    def heartbeat(self, owner: str, lease: float, *,
+                  workflows: Collection[str] | None = None) -> None:
         with self._lock:
             self._leases[owner] = time.time() + lease
+            if workflows is not None:
+                self._serves[owner] = sorted(set(workflows))
+
+    def workers(self) -> dict[str, list[str] | None]:
+        with self._lock:
+            now = time.time()
+            return {owner: list(names) if (names := self._serves.get(owner)) is not None
+                    else None for owner in self._leases if self._live(owner, now)}
 
     def release(self, owner: str) -> None:
         with self._lock:
             self._leases.pop(owner, None)
+            self._serves.pop(owner, None)
             for run in list(self._runs.values()):
                 if run.owner == owner:
                     self._runs[run.run_id] = replace(run, owner=None)

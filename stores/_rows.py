@@ -54,3 +54,11 @@ def blocked_error(run: RunRecord, where: str, problem: str) -> str:
         message = (f"a row of the runs table ({where}) cannot be used: {problem}. No worker can "
                    f"address it, so it is blocked: repair the row (or delete it).")
     return json.dumps({"type": "CorruptRecord", "message": message})
+
+
+def workflow_names(value: object) -> list[str] | None:
+    """Workflow names a worker advertised, as read back: a list of str, else None (a cell
+    another program damaged says nothing about what the worker serves)."""
+    if isinstance(value, list) and all(isinstance(n, str) for n in value):
+        return list(value)
+    return None

@@ -212,6 +212,57 @@ def test_release_frees_every_run_and_owners_lists_the_holders(store: Store) -> N
     assert [c.run.fence for c in store.claim("B")] == [2]
 
 
+def _until(ready: Callable[[], object], what: str, cap: float = 30.0) -> None:
+    """Poll until ``ready()``; fail naming ``what`` after ``cap`` seconds."""
+    end = time.monotonic() + cap
+    while not ready():
+        assert time.monotonic() < end, f"gave up after {cap}s waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_workers_lists_what_each_live_worker_advertised(store: Store) -> None:
+    store.heartbeat("A", 30.0, workflows=["shipping", "billing", HOSTILE[1], "billing"])
+    store.heartbeat("B", 30.0, workflows=[])
+    store.heartbeat("C", 30.0)  # never said what it serves (an older replaygen)
+    assert store.workers() == {"A": sorted(["billing", "shipping", HOSTILE[1]]), "B": [],
+                               "C": None}
+
+
+def test_a_heartbeat_without_workflows_keeps_the_advertised_names(
+        store_factory: StoreFactory, store: Store) -> None:
+    store.heartbeat("A", 30.0, workflows=["billing"])
+    store.heartbeat("A", 30.0)
+    store.create("r", "billing", "{}", "A")  # a store that makes its file on a write: now
+    store.heartbeat("A", 30.0)
+    assert store.workers() == {"A": ["billing"]}
+    store.heartbeat("A", 30.0, workflows=["billing", "shipping"])
+    store.heartbeat("A", 30.0)
+    other = store_factory()  # another handle on the same database
+    try:
+        assert other.workers() == {"A": ["billing", "shipping"]}
+    finally:
+        other.close()
+
+
+def test_release_withdraws_a_worker_s_workflows(store: Store) -> None:
+    store.heartbeat("A", 30.0, workflows=["billing"])
+    store.heartbeat("B", 30.0, workflows=["shipping"])
+    store.create("r", "billing", "{}", "A")
+    store.release("A")
+    assert store.workers() == {"B": ["shipping"]}
+    store.heartbeat("A", 30.0)  # back, saying nothing: what it said before is gone with it
+    assert store.workers() == {"A": None, "B": ["shipping"]}
+
+
+def test_a_worker_whose_lease_lapsed_is_no_longer_listed(store: Store) -> None:
+    store.heartbeat("A", 0.5, workflows=["billing"])
+    store.heartbeat("B", 60.0, workflows=["shipping"])
+    store.create("r", "billing", "{}", "A")
+    _until(lambda: "A" not in store.workers(), "the lease of 0.5s of worker A to lapse")
+    assert store.workers() == {"B": ["shipping"]}
+    assert [c.run.run_id for c in store.claim("C")] == ["r"]  # claims judge it lapsed too
+
+
 def test_signals_are_kept_in_order_and_consumed_once(store: Store) -> None:
     store.create("r", "wf", "{}", "A")
     store.deliver("r", "go", '"first"')

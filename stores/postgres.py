@@ -10,7 +10,8 @@ How the guarantees are kept:
 - Claiming is ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... RETURNING``:
   two workers never claim the same run, and neither waits for the other.
 - Ownership is leased: ``workers(owner, lease_until)`` is renewed by heartbeats and
-  judged by the database's clock only, never by a client's.
+  judged by the database's clock only, never by a client's. The same heartbeat records
+  the workflows the worker serves (``workflows``), for ``workers()``.
 - Every write is fenced (``WHERE run_id AND owner AND fence``): a worker that
   stalled past its lease and comes back finds its writes refused.
 - Wake-ups go through ``LISTEN``/``NOTIFY`` on a dedicated connection; a
@@ -53,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
 
-from ._rows import blocked_error, damage
+from ._rows import blocked_error, damage, workflow_names
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION"]
 
@@ -61,7 +62,10 @@ T = TypeVar("T")
 log = logging.getLogger("replaygen")
 
 SCHEMA_VERSION = 1
-"""The layout this code writes; a schema recorded with a higher version is refused."""
+"""The layout this code writes; a schema recorded with a higher version is refused. A change
+an older replaygen still works with (a nullable column it never names, as
+``workers.workflows``) adds to version 1 without a bump, so old and new workers may share a
+schema during an upgrade and a rollback stays possible."""
 
 _NOW = "extract(epoch FROM statement_timestamp())::float8"  # the database's clock
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
@@ -113,7 +117,8 @@ CREATE TABLE IF NOT EXISTS {signals} (
 CREATE INDEX IF NOT EXISTS {signals_run} ON {signals} (run_id, id);
 CREATE TABLE IF NOT EXISTS {workers} (
     owner text PRIMARY KEY,
-    lease_until timestamptz NOT NULL
+    lease_until timestamptz NOT NULL,
+    workflows text[]                     -- the workflow names it serves; NULL: it never said
 );
 """
 
@@ -355,6 +360,10 @@ class PostgresStore:
                     f"(schema version {found}; this one knows up to {SCHEMA_VERSION}). Upgrade "
                     f"replaygen on this worker, or use another schema.")
             conn.execute(q["create_tables"])
+            # Added to schemas made before it. Looked up first: ALTER TABLE takes an exclusive
+            # lock on the table (stalling every claim) even when the column is there already.
+            if conn.execute(q["has_workflows"], [self.schema]).fetchone() is None:
+                conn.execute(q["add_workflows"])
             if found is None:
                 conn.execute(q["set_version"], [str(SCHEMA_VERSION)])
 
@@ -566,9 +575,15 @@ class PostgresStore:
         rows = self._call(lambda c: c.execute(self._q["owners"]).fetchall(), idempotent=True)
         return sorted(r[0] for r in rows if isinstance(r[0], str))  # a damaged owner: nobody's
 
-    def heartbeat(self, owner: str, lease: float) -> None:
-        self._call(lambda c: c.execute(self._q["heartbeat"], [owner, float(lease)]),
+    def heartbeat(self, owner: str, lease: float, *,
+                  workflows: Collection[str] | None = None) -> None:
+        served = None if workflows is None else sorted(set(workflows))
+        self._call(lambda c: c.execute(self._q["heartbeat"], [owner, float(lease), served]),
                    idempotent=True)
+
+    def workers(self) -> dict[str, list[str] | None]:
+        rows = self._call(lambda c: c.execute(self._q["workers"]).fetchall(), idempotent=True)
+        return {r[0]: workflow_names(r[1]) for r in rows if isinstance(r[0], str)}
 
     def release(self, owner: str) -> None:
         def tx(conn: psycopg.Connection[Any]) -> None:
@@ -789,10 +804,16 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL",
         "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
                  f"updated = {_NOW} WHERE id = %s",
+        "has_workflows": """
+            SELECT 1 FROM information_schema.columns WHERE table_schema = %s
+                AND table_name = 'workers' AND column_name = 'workflows'""",
+        "add_workflows": "ALTER TABLE {workers} ADD COLUMN IF NOT EXISTS workflows text[]",
         "heartbeat": """
-            INSERT INTO {workers} (owner, lease_until)
-            VALUES (%s, clock_timestamp() + %s * interval '1 second')
-            ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until""",
+            INSERT INTO {workers} AS w (owner, lease_until, workflows)
+            VALUES (%s, clock_timestamp() + %s * interval '1 second', %s::text[])
+            ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until,
+                workflows = COALESCE(EXCLUDED.workflows, w.workflows)""",
+        "workers": "SELECT owner, workflows FROM {workers} WHERE lease_until >= now()",
         "drop_worker": "DELETE FROM {workers} WHERE owner = %s",
         "release": "UPDATE {runs} SET owner = NULL WHERE owner = %s",
         "deliver": f"INSERT INTO {{signals}} (run_id, name, payload, sent) "

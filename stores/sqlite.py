@@ -36,11 +36,16 @@ from typing import Any, TypeVar
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
 
-from ._rows import blocked_error, damage
+from ._rows import blocked_error, damage, workflow_names
 
 T = TypeVar("T")
 log = logging.getLogger("replaygen")
 SCHEMA_VERSION = 1
+"""The layout this code writes; a file recorded with a higher version is refused. A change an
+older replaygen still works with (a table it never reads, as ``worker_workflows``: the
+workflow names each worker advertises, as a JSON array) adds to schema 1 without a bump, so
+old and new workers may share a file during an upgrade and a rollback stays possible. (A
+column added to ``workers`` would not do: older code inserts its rows without naming columns.)"""
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
                 "wake_at, waiting_for, cancel_requested, resumes")
 _SCHEMA = """
@@ -62,9 +67,12 @@ CREATE TABLE IF NOT EXISTS signals (
     payload TEXT NOT NULL, sent REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS signals_run ON signals (run_id, id);
 CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, lease_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS worker_workflows (owner TEXT PRIMARY KEY, workflows TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('epoch', 0);
 """
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'epoch'"
+_ADVERTISE = ("INSERT INTO worker_workflows VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
+              "SET workflows = excluded.workflows")
 _IN = "(SELECT value FROM json_each(?))"  # a list parameter without a variable-count limit
 # A batch of writes is one INSERT into this view: each row is one change ("op"), applied by
 # the trigger for its op, so the whole batch is one statement, one transaction and one
@@ -168,6 +176,14 @@ def _fetch(c: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[
         c.text_factory = str
 
 
+def _names(text: str | bytes | None) -> list[str] | None:
+    """Advertised workflow names from their JSON text; None if missing or damaged."""
+    try:
+        return None if text is None else workflow_names(json.loads(text))
+    except ValueError:
+        return None
+
+
 def _busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
@@ -255,7 +271,8 @@ class SQLiteStore:
         self._r: sqlite3.Connection | None = None  # the reader; set once the file is open
         self._uri: str | None = None  # how to open a read-only file, when it is one
         self._readonly: str | None = None  # why this process cannot write, when it cannot
-        self._leases: dict[str, float] = {}  # heartbeats given before the file existed
+        # Heartbeats given before the file existed: (lease until, advertised names as JSON).
+        self._leases: dict[str, tuple[float, str | None]] = {}
         if self.path == ":memory:" or os.path.exists(self.path):
             self._open()  # an existing file is checked now, not at its first use
         elif (problem := _folder_problem(self.path)) is not None:
@@ -377,9 +394,11 @@ class SQLiteStore:
             if statement.strip():
                 c.execute(statement)
         c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        for owner, until in self._leases.items():  # heartbeats given before the file existed
+        for owner, (until, names) in self._leases.items():  # given before the file existed
             c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
                       "SET lease_until = max(lease_until, excluded.lease_until)", (owner, until))
+            if names is not None:
+                c.execute(_ADVERTISE, (owner, names))
         self._leases.clear()
 
     # ---- plumbing ---------------------------------------------------------------
@@ -566,19 +585,42 @@ class SQLiteStore:
             f"SELECT DISTINCT owner FROM runs WHERE owner IS NOT NULL AND state NOT IN {_IN}",
             (json.dumps(FINISHED),)) if isinstance(r[0], str)]
 
-    def heartbeat(self, owner: str, lease: float) -> None:
+    def heartbeat(self, owner: str, lease: float, *,
+                  workflows: Collection[str] | None = None) -> None:
+        names = None if workflows is None else json.dumps(sorted(set(workflows)))
         if not self._ready(create=False):
             with self._open_lock:  # no file yet: the lease is written when the file is made
                 if self._r is None:
-                    self._leases[owner] = time.time() + lease
+                    kept = self._leases.get(owner, (0.0, None))[1]
+                    self._leases[owner] = (time.time() + lease, kept if names is None else names)
                     return
 
         def tx(c: sqlite3.Connection) -> None:
             now = time.time()
             c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
                       "SET lease_until = excluded.lease_until", (owner, now + lease))
+            if names is not None:
+                c.execute(_ADVERTISE, (owner, names))
+            c.execute("DELETE FROM worker_workflows WHERE owner IN "
+                      "(SELECT owner FROM workers WHERE lease_until < ?)", (now - 86400,))
             c.execute("DELETE FROM workers WHERE lease_until < ?", (now - 86400,))
         self._tx(tx)
+
+    def workers(self) -> dict[str, list[str] | None]:
+        now = time.time()
+        if not self._ready(create=False):
+            with self._open_lock:  # no file yet: only this handle's own heartbeats exist
+                if self._r is None:
+                    return {owner: _names(names) for owner, (until, names) in self._leases.items()
+                            if until >= now}
+        # A file opened read-only is not migrated: one from before worker_workflows lacks it.
+        if self._readonly is not None and not self._read(
+                "SELECT 1 FROM sqlite_master WHERE name = 'worker_workflows'"):
+            return {r[0]: None for r in self._read(
+                "SELECT owner FROM workers WHERE lease_until >= ?", (now,)) if isinstance(r[0], str)}
+        return {r[0]: _names(r[1]) for r in self._read(
+            "SELECT w.owner, a.workflows FROM workers w LEFT JOIN worker_workflows a "
+            "ON a.owner = w.owner WHERE w.lease_until >= ?", (now,)) if isinstance(r[0], str)}
 
     def release(self, owner: str) -> None:
         if not self._ready(create=False):
@@ -590,6 +632,7 @@ class SQLiteStore:
         def tx(c: sqlite3.Connection) -> None:
             c.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (owner,))
             c.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+            c.execute("DELETE FROM worker_workflows WHERE owner = ?", (owner,))
             c.execute(_BUMP)
         self._tx(tx)
 

@@ -23,8 +23,10 @@ GOLDEN = Path(__file__).parent / "golden"
 def test_a_version_1_database_is_read_and_every_run_resumes(tmp_path: Path) -> None:
     shutil.copy(GOLDEN / "v1.db", tmp_path / "v1.db")
     clock = FakeClock(1_700_000_000.0 + 10)
-    interp = Interpreter(SQLiteStore(tmp_path / "v1.db"), WORKFLOWS, clock=clock)
+    store = SQLiteStore(tmp_path / "v1.db")
+    interp = Interpreter(store, WORKFLOWS, clock=clock)
     assert sorted(interp.recover()) == ["retrying", "sleeping-order", "waiting-approval"]
+    assert store.workers() == {interp.worker_id: sorted(WORKFLOWS)}  # the file gained the table
     assert interp.result("done-fanout") == [{"total": 0, "items": []}, {"total": 10, "items": ["1"]},
                                             {"total": 20, "items": ["2", "2"]}]
     interp.deliver("waiting-approval", "decision", {"approved": True})

@@ -356,6 +356,23 @@ def test_a_schema_written_by_a_newer_version_is_refused(
         PostgresStore(DSN, schema=schema)
 
 
+def test_a_schema_from_before_advertised_workflows_gains_the_column(
+        admin: psycopg.Connection, schema: str) -> None:
+    PostgresStore(DSN, schema=schema).close()
+    workers = psycopg.sql.Identifier(schema, "workers")
+    admin.execute(psycopg.sql.SQL("ALTER TABLE {} DROP COLUMN workflows").format(workers))
+    old_heartbeat = psycopg.sql.SQL(  # replaygen 0.1's, verbatim: it names its columns
+        "INSERT INTO {} (owner, lease_until) VALUES (%s, clock_timestamp() + %s * interval "
+        "'1 second') ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until"
+    ).format(workers)
+    admin.execute(old_heartbeat, ["old", 60])
+    store = PostgresStore(DSN, schema=schema)
+    store.heartbeat("new", 60, workflows=["billing"])
+    admin.execute(old_heartbeat, ["old", 60])  # an older worker sharing the schema goes on
+    assert store.workers() == {"new": ["billing"], "old": None}
+    store.close()
+
+
 def test_schemas_keep_applications_apart(admin: psycopg.Connection, schema: str) -> None:
     a = PostgresStore(DSN, schema=schema + "_a")
     b = PostgresStore(DSN, schema=schema + "_b 'quoted\"")

@@ -125,6 +125,20 @@ def test_a_database_from_a_newer_version_is_refused_clearly(tmp_path: Path) -> N
         SQLiteStore(tmp_path / "runs.db")
 
 
+def test_an_older_replaygen_sharing_a_migrated_file_still_renews_its_lease(tmp_path: Path) -> None:
+    """The advertised workflows have a table of their own, not a column of ``workers``: an
+    older replaygen inserts its ``workers`` rows without naming columns, and may still share
+    the file during a rolling upgrade."""
+    store = SQLiteStore(tmp_path / "runs.db")
+    store.heartbeat("new", 30.0, workflows=["billing"])
+    store.create("r", "billing", "{}", "new")
+    with sqlite3.connect(tmp_path / "runs.db") as c:  # replaygen 0.1's heartbeat, verbatim
+        c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
+                  "SET lease_until = excluded.lease_until", ("old", time.time() + 30))
+    assert store.workers() == {"new": ["billing"], "old": None}
+    store.close()
+
+
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "app.db") as c:
         c.execute("CREATE TABLE runs (id INTEGER)")

@@ -14,11 +14,13 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,19 @@ def test_a_file_sqlite_cannot_write_is_opened_read_only_whatever_access_says(sha
     assert out["value"]["read"] == READ
     for refused in out["value"]["refused"]:
         assert "read-only" in refused and "SQLite cannot write it" in refused
+
+
+def test_a_read_only_file_from_before_advertised_workflows_lists_its_workers(
+        shared: Path) -> None:
+    db = shared / "runs.db"
+    shutil.copy(Path(__file__).parent / "golden" / "v1.db", db)  # no worker_workflows table
+    with sqlite3.connect(db) as c:  # a live worker of that version
+        c.execute("INSERT INTO workers VALUES ('old', ?)", (time.time() + 3600,))
+    c.close()
+    db.chmod(0o444)
+    shared.chmod(0o555)
+    out = unprivileged(lambda: SQLiteStore(db).workers())
+    assert out == {"value": {"old": None}}  # live, but it never said what it serves
 
 
 def test_a_read_only_reader_sees_what_a_live_writer_commits(shared: Path) -> None:
