@@ -9,6 +9,7 @@ recovered run take the same path: a claim, a life, replay until the journal runs
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -84,7 +85,9 @@ class Interpreter(Client):
         self._start_lock = threading.Lock()  # orders start() against shutdown()
         self._closed = self._adopting = self._strangers = False
         self._starting = 0
-        self._store.heartbeat(self.worker_id, lease, workflows=sorted(self._known()))
+        # A store written before heartbeats carried the workflow names still works (unlisted).
+        self._advertise = "workflows" in inspect.signature(store.heartbeat).parameters
+        self._heartbeat()
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
@@ -238,6 +241,12 @@ class Interpreter(Client):
     def _nonce(self) -> str:  # cheaper than os.urandom per start (see _new_run_id)
         return self._new_run_id()
 
+    def _heartbeat(self) -> None:
+        if self._advertise:
+            self._store.heartbeat(self.worker_id, self._lease, workflows=sorted(self._known()))
+        else:
+            self._store.heartbeat(self.worker_id, self._lease)
+
     def _hint(self, run_id: str, cancel: bool) -> None:
         self._runtime.hint(run_id, cancel)
 
@@ -309,8 +318,7 @@ class Interpreter(Client):
                     return
                 now = time.monotonic()
                 if now >= beat:
-                    self._store.heartbeat(self.worker_id, self._lease,
-                                          workflows=sorted(self._known()))
+                    self._heartbeat()
                     beat = now + self._lease / 3
                 if new != token or now >= sweep:  # the timed sweep is a safety net
                     token, sweep = new, now + 5.0

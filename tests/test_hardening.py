@@ -162,3 +162,17 @@ def test_a_run_stopped_by_shutdown_before_its_sleep_is_not_recorded_as_sleeping(
     assert record is not None and record.owner is None
     assert (record.state, record.wake_at) != ("sleeping", None)
     assert [e.kind for e in store.journal(run)] == ["do"]
+
+
+class StoreOfTheOldProtocol(MemoryStore):
+    """A third-party store written before heartbeats carried workflow names."""
+
+    def heartbeat(self, owner: str, lease: float) -> None:  # type: ignore[override]
+        super().heartbeat(owner, lease)
+
+
+def test_a_store_whose_heartbeat_takes_no_workflow_names_still_works(interp: Make) -> None:
+    def wf() -> Any:
+        return (yield Do("a", echo, 1))
+
+    assert interp([wf], store=StoreOfTheOldProtocol()).run(wf) == 1
