@@ -191,3 +191,16 @@ def test_the_census_counts_unfinished_runs_per_version_branch(
     assert census(store) == {"audit": {2: 1, None: 2}}
     assert census(store, "audit") == {"audit": {2: 1, None: 2}}
     assert len(old) == 2
+
+
+def test_always_replay_blocks_a_step_named_after_the_real_clock(interp: Any, reach: Any) -> None:
+    import datetime
+
+    def wf() -> Any:
+        stamp = datetime.datetime.now().isoformat()  # read in the body: differs on replay
+        yield Do(f"report {stamp}", fee, 1)
+        yield Do("done", fee, 2)
+
+    i = interp([wf], always_replay=True)
+    status = reach(i, i.start(wf), "blocked")
+    assert "NonDeterminismError" in status.error and "position 0" in status.error
