@@ -217,7 +217,8 @@ class Life:
         try:
             yield from self._main()
         except Interrupted as it:
-            self.rules.log.error("run %s interrupted; it stays resumable (recover() resumes it)", self.id)
+            self.rules.log.error("run %s interrupted; it stays resumable (recover() resumes it)",
+                                 self.id)
             yield from self._save(self.written[0], release=True)
             raise it.exc from None
         except Exception as exc:
@@ -226,8 +227,8 @@ class Life:
             try:
                 yield from self._block(exc)
             except Exception:
-                self.rules.log.exception("could not block run %s; it stays claimed until its lease lapses",
-                              self.id)
+                self.rules.log.exception("could not block run %s; it stays claimed until its "
+                                         "lease lapses", self.id)
         finally:
             if self.gen is not None:
                 try:  # yields in a `finally` are refused by Python and never executed
