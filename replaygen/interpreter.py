@@ -83,7 +83,8 @@ class Interpreter(Client):
         self.worker_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
         self._start_lock = threading.Lock()  # orders start() against shutdown()
-        self._closed = self._adopting = self._strangers = False
+        self._closed = self._adopting = False
+        self._strangers: float | None = None  # when to say which runs recover() left
         self._starting = 0
         # A store written before heartbeats carried the workflow names still works (unlisted).
         self._advertise = "workflows" in inspect.signature(store.heartbeat).parameters
@@ -159,7 +160,8 @@ class Interpreter(Client):
             self._adopt(claim)
         self._adopting = True
         log.info("recovered %d runs", len(claims))
-        self._strangers = True  # the watcher says which runs it leaves, off this call's path
+        # The watcher says which runs it left, later: not while the recovered runs start up.
+        self._strangers = time.monotonic() + 2.0
         return [c.run.run_id for c in claims]
 
     def resume(self, run_id: str, timeout: float = 30.0) -> RunStatus:
@@ -326,8 +328,8 @@ class Interpreter(Client):
                         self._runtime.hint(run_id, cancel)
                     if self._adopting:
                         adopt = 0.0
-                if self._strangers:
-                    self._strangers = False
+                if self._strangers is not None and now >= self._strangers:
+                    self._strangers = None
                     _log_strangers(self._store, self._known())
                 if self._adopting and now >= adopt and not self._closed and (room := self._room()):
                     claims = self._claim(blocked=False, limit=room)
