@@ -155,7 +155,7 @@ class Interpreter(Client):
         claims = self._claim(blocked=False)
         if blocked:
             claims += self._claim(blocked=True, run_ids=blocked)
-        self._emit(Event("recovered", count=len(claims)))  # claimed, not yet resumed
+        _notify(self._observer, Event("recovered", count=len(claims)))  # claimed, not yet resumed
         for claim in claims:
             self._adopt(claim)
         self._adopting = True
@@ -195,7 +195,7 @@ class Interpreter(Client):
                 return
             self._closed = self._rules.closing = True
         self._adopting = False
-        self._emit(Event("shutdown"))
+        _notify(self._observer, Event("shutdown"))
         end = time.monotonic() + timeout
         while time.monotonic() < end and (self._starting or any(
                 a.busy() for a in list(self._runtime.actors.values()))):
@@ -258,13 +258,6 @@ class Interpreter(Client):
             super()._wait_for(run_id, seconds)
         else:  # its end sets the event, so no wake-up is missed
             ended.wait(seconds)
-
-    def _emit(self, event: Event) -> None:
-        if self._observer is not None:
-            try:
-                self._observer(event)
-            except Exception:
-                log.exception("observer failed on %s", event.kind)
 
     # ---- claiming -------------------------------------------------------------
 
@@ -357,3 +350,11 @@ def _log_strangers(store: Store, known: Mapping[str, Workflow]) -> None:
     if strangers:
         log.info("left %s for workers that know them (this one knows %s)", ", ".join(
             f"{n} runs of {w!r}" for w, n in sorted(strangers.items())), sorted(known))
+
+
+def _notify(observer: Observer | None, event: Event) -> None:
+    if observer is not None:
+        try:
+            observer(event)
+        except Exception:
+            log.exception("observer failed on %s", event.kind)

@@ -249,7 +249,7 @@ class Life:
         except Exception as exc:
             raise CorruptRecord(f"run {self.id!r}: its stored arguments cannot be read ({exc!r}); "
                                 f"the run is blocked until the row is repaired") from None
-        yield from self._emit("run_started")
+        yield from _emit(self, "run_started")
         try:
             self.gen = gen = self.fn(*args, **kwargs)
         except Exception as exc:  # wrong arguments for the function
@@ -350,7 +350,7 @@ class Life:
             yield from self._save(state, wake_at=wake_at, waiting_for=",".join(waits) or None)
         yield from self._set_alarm()
         if state != "running":
-            yield from self._emit("run_parked", state=state, position=self.slot)
+            yield from _emit(self, "run_parked", state=state, position=self.slot)
 
     @property
     def halted(self) -> bool:
@@ -383,7 +383,7 @@ class Life:
             yield from self._save("running")
         info = StepInfo(self.id, cmd.name, m.slot, attempt, self.nonce)
         if self.rules.observed:
-            yield from self._emit("step_started", step=cmd.name, position=m.slot, attempt=attempt)
+            yield from _emit(self, "step_started", step=cmd.name, position=m.slot, attempt=attempt)
         outcome: Outcome | bool | None = yield Call(m.index, attempt, cmd, info,
                                                     len(self.members) == 1)
         m.queued, m.running = outcome is False, outcome is None
@@ -403,7 +403,7 @@ class Life:
             raise Interrupted(outcome.interrupt)
         error, retry = outcome.error, cmd.retry if outcome.error is not None else None
         if rules.observed:
-            yield from self._emit("step_returned", step=cmd.name, position=m.slot, attempt=attempt,
+            yield from _emit(self, "step_returned", step=cmd.name, position=m.slot, attempt=attempt,
                                   duration=rules.now() - outcome.started, error=error and repr(error))
         if error is None:
             try:
@@ -420,7 +420,7 @@ class Life:
                 m.slot, "retry", cmd.name, "error", rules.encode_error(info), outcome.started),))
             self.rules.log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
                         self.id, cmd.name, attempt, retry.attempts, next_at - now, error)
-            yield from self._emit("step_retrying", step=cmd.name, position=m.slot,
+            yield from _emit(self, "step_retrying", step=cmd.name, position=m.slot,
                                   attempt=attempt, error=repr(error))
             return None
         else:
@@ -431,7 +431,7 @@ class Life:
         if rules.always_replay:
             compare(self)
         if rules.observed:
-            yield from self._emit("step_committed", step=cmd.name, position=m.slot,
+            yield from _emit(self, "step_committed", step=cmd.name, position=m.slot,
                                   attempt=attempt, duration=entry.ended - outcome.started)
         return entry
 
@@ -479,7 +479,7 @@ class Life:
             self.rules.log.warning("run %s failed: %r", self.id, outcome)
         else:
             self.rules.log.info("run %s %s", self.id, state)
-        yield from self._emit("run_finished", state=state,
+        yield from _emit(self, "run_finished", state=state,
                               error=None if error is None else repr(outcome))
 
     def _block(self, exc: Exception) -> _Gen:
@@ -487,11 +487,13 @@ class Life:
         yield from self._save("blocked", error=self.rules.encode_error(error_record(exc)),
                               release=True)
         self.rules.log.warning("run %s blocked: %s", self.id, exc)
-        yield from self._emit("run_blocked", error=str(exc))
+        yield from _emit(self, "run_blocked", error=str(exc))
 
-    def _emit(self, kind: str, **fields: Any) -> _Gen:
-        if self.rules.observed:
-            yield Emit(Event(kind, self.id, self.workflow, **fields))
+
+
+def _emit(life: Life, kind: str, **fields: Any) -> _Gen:
+    if life.rules.observed:
+        yield Emit(Event(kind, life.id, life.workflow, **fields))
 
 
 def compare(life: Life) -> None:
@@ -621,7 +623,7 @@ def _wait(life: Life, m: Member) -> _Gen:
     if signal is not None:
         yield from life._save("running", (life._entry(m.slot, "wait", cmd.signal, "ok",
                               signal.payload, now),), consume=signal.id)
-        yield from life._emit("signal_taken", step=cmd.signal, position=m.slot)
+        yield from _emit(life, "signal_taken", step=cmd.signal, position=m.slot)
         return m.settle(journal.decode(journal.slots[m.slot][-1]))
     if timeout_at is not None and now >= timeout_at:
         yield from life._save("running", (life._entry(m.slot, "wait", cmd.signal, "timeout", None),))
