@@ -72,7 +72,7 @@ class Client:
         # Released at once (no lease backs this owner), and the release wakes the workers.
         write = Write(run_id, self.client_id, 1, "pending", create=(name, args_text), release=True)
         done = self._store.commit([write])[0]
-        return run_id if done else self._existing(run_id, name, args_text)
+        return run_id if done else self._existing(run_id, name, args_text).run_id
 
     def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled
@@ -101,10 +101,7 @@ class Client:
 
     def status(self, run_id: str) -> RunStatus:
         """The run's state (a fixed string) and, when failed, cancelled or blocked, why."""
-        r = self._record(run_id)
-        error = describe_error(read_error(r.error, self._codec)) if r.error else None
-        return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
-                         r.wake_at, r.waiting_for)
+        return self._status(self._record(run_id))
 
     def deliver(self, run_id: str, signal: str, payload: Any = None) -> None:
         """Queue a signal for the run; durable before this returns."""
@@ -131,16 +128,13 @@ class Client:
         error = self._rules.encode_error({"type": "Terminated", "message": message})
         record: RunRecord = terminate(check_name("run_id", run_id), error)
         self._hint(run_id, False)
-        return self.status(record.run_id)
+        return self._status(record)
 
     def runs(self, *, states: Collection[str] | None = None, workflow: str | None = None,
              limit: int = 100, offset: int = 0) -> list[RunStatus]:
         """Runs in the store, newest first."""
-        return [RunStatus(r.run_id, r.state, describe_error(read_error(r.error, self._codec))
-                          if r.error else None, r.workflow, r.created, r.updated, r.wake_at,
-                          r.waiting_for)
-                for r in self._store.runs(states=states, workflow=workflow, limit=limit,
-                                          offset=offset)]
+        return [self._status(r) for r in self._store.runs(
+            states=states, workflow=workflow, limit=limit, offset=offset)]
 
     # ---- shared with Interpreter ------------------------------------------------------------
 
@@ -158,10 +152,16 @@ class Client:
     def _nonce(self) -> str:
         return uuid.uuid4().hex
 
-    def _existing(self, run_id: str, name: str, args_text: str) -> str:
+    def _status(self, r: RunRecord) -> RunStatus:
+        error = describe_error(read_error(r.error, self._codec)) if r.error else None
+        return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
+                         r.wake_at, r.waiting_for)
+
+    def _existing(self, run_id: str, name: str, args_text: str) -> RunRecord:
+        """The run already stored under ``run_id``, if it is this start's; else a UsageError."""
         old = self._record(run_id)
         if old.workflow == name and self._same_args(old.args, args_text):
-            return run_id
+            return old
         raise UsageError(
             f"run {run_id!r} already exists as {old.workflow}({old.args}); this start() asked for "
             f"{name}({args_text}). Use another run_id, or the same workflow and arguments."

@@ -120,8 +120,7 @@ class Interpreter(Client):
         finally:
             with self._start_lock:
                 self._starting -= 1
-        self._existing(run_id, name, args_text)
-        old = self._record(run_id)
+        old = self._existing(run_id, name, args_text)
         if old.owner == self.worker_id and old.state not in FINISHED \
                 and run_id not in self._runtime.actors:
             # Our create() committed though it was reported as failed: run it now.

@@ -565,8 +565,8 @@ def _do(life: Life, m: Member) -> _Gen:
             if life.rules.now() < next_at:
                 m.deadline = next_at
                 return
-        if life.rules.closing or (life.cancel and not journal.cancelled):
-            return  # no new live work while shutting down or while a cancel waits
+        if life.halted:
+            return
         final = yield from life._start(m, len(entries) + 1)
         if final is None:
             return None if m.running or m.queued else (yield from _do(life, m))
