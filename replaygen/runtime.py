@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -693,5 +693,3 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 async def _await(awaitable: Any) -> Any:
     return await awaitable
 
-
-_Gen = Generator[Effect, Any, Any]
