@@ -95,148 +95,13 @@ class _Pool:
             self._tasks.put(None)
 
 
-class _Timer:
-    __slots__ = ("fn",)
+class _Start:
+    """A ``start()`` waiting for its run's first row to commit with the driver's next batch."""
 
-    def __init__(self, fn: Callable[[], object] | None) -> None:
-        self.fn = fn
+    __slots__ = ("event", "result")
 
-
-class _Timers:
-    """One thread firing callbacks at wall-clock deadlines; it waits on the monotonic clock,
-    re-reads the wall clock at least once a second, and never fires early."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock, self._cv = clock, threading.Condition()
-        self._heap: list[tuple[float, int, _Timer]] = []
-        self._ids, self._stopped = itertools.count(), False
-        self.thread = threading.Thread(target=self._run, daemon=True, name="replaygen-timers")
-        self.thread.start()
-        subscribe = getattr(clock, "subscribe", None)
-        if subscribe is not None:
-            subscribe(self.kick)
-
-    def at(self, deadline: float, fn: Callable[[], object]) -> _Timer:
-        timer = _Timer(fn)
-        with self._cv:
-            heapq.heappush(self._heap, (deadline, next(self._ids), timer))
-            self._cv.notify()
-        return timer
-
-    def kick(self) -> None:
-        with self._cv:
-            self._cv.notify()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                due: list[Callable[[], object]] = []
-                while not due and not self._stopped:
-                    now = self._clock.now()
-                    while self._heap and self._heap[0][0] <= now:
-                        fn = heapq.heappop(self._heap)[2].fn
-                        if fn is not None:
-                            due.append(fn)
-                    if not due:
-                        self._cv.wait(min(self._heap[0][0] - now, 1.0) if self._heap else 1.0)
-                if self._stopped:
-                    return
-            for fn in due:
-                fn()
-
-
-class _Pending:
-    """Writes waiting in the group-commit queue; ``wake`` is released when they are done."""
-
-    __slots__ = ("writes", "results", "wake")
-
-    def __init__(self, writes: list[Write]) -> None:
-        self.writes, self.wake = writes, threading.Lock()
-        self.results: Any = None
-        self.wake.acquire()
-
-
-_LEAD = object()  # a follower woken to lead the next group commit
-
-
-class GroupCommit:
-    """The one way writes reach the store: whoever has writes (the driver, a ``start()``)
-    commits them together with everything else being written at that moment. While the
-    store is unavailable it retries with backoff; nothing is failed or lost."""
-
-    def __init__(self, store: Store, stopped: Callable[[], bool]) -> None:
-        self._store, self._stopped = store, stopped
-        self._lock = threading.Lock()  # guards the queue and the leader flag
-        self._queue: list[_Pending] = []
-        self._committing = False
-        self._outage_since: float | None = None
-
-    def commit(self, writes: list[Write]) -> list[Any]:
-        """Each write's outcome: True, False (fence lost), or the error it met."""
-        results = self._grouped(writes)
-        delay = 0.05
-        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
-            if self._stopped():
-                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                log.error("store unavailable (%s); runs wait and retry until it is back",
-                          results[again[0]])
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            for i, result in zip(again, self._grouped([writes[i] for i in again]), strict=True):
-                results[i] = result
-        if self._outage_since is not None:
-            self._outage_since = None
-            log.warning("store available again; runs resume")
-        return results
-
-    def _grouped(self, writes: list[Write]) -> list[Any]:
-        # Leader-follower: a writer that finds no commit in progress commits at once; the
-        # others queue and sleep on their own lock (no thundering herd), and when a commit
-        # ends the first of them is woken to lead the next, taking all queued by then.
-        with self._lock:
-            me = _Pending(writes) if self._committing else None
-            if me is not None:
-                self._queue.append(me)
-            self._committing = True
-        batch: list[_Pending] = []
-        if me is not None:
-            me.wake.acquire()
-            if me.results is not _LEAD:
-                return me.results  # type: ignore[no-any-return]
-            with self._lock:
-                batch, self._queue = self._queue, []
-        results = self._apply([w for p in batch for w in p.writes] if batch else writes)
-        at = 0
-        for item in batch:
-            item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
-        with self._lock:
-            if self._queue:
-                self._queue[0].results = _LEAD
-                self._queue[0].wake.release()
-            else:
-                self._committing = False
-        for item in batch:
-            if item is not me:
-                item.wake.release()
-        return results if me is None else me.results
-
-    def _apply(self, writes: list[Write]) -> list[Any]:
-        try:
-            return list(self._store.commit(writes))
-        except StoreUnavailable as exc:
-            return [exc] * len(writes)
-        except Exception as exc:
-            if len(writes) == 1:
-                return [exc]
-            # One bad write must not sink the others grouped with it: commit them one by one.
-            return [self._apply([w])[0] for w in writes]
+    def __init__(self) -> None:
+        self.event, self.result = threading.Event(), None
 
 
 class Actor:
@@ -245,7 +110,7 @@ class Actor:
     steps' lock (slots)."""
 
     __slots__ = ("id", "fence", "life", "gen", "mailbox", "reply", "scheduled", "gone", "held",
-                 "queued", "timer", "ended")
+                 "queued", "alarm", "ended")
 
     def __init__(self, life: Life, fence: int) -> None:
         self.id, self.fence, self.life, self.gen = life.id, fence, life, life.life()
@@ -254,7 +119,7 @@ class Actor:
         self.scheduled = self.gone = False
         self.held: set[int] = set()     # members holding a slot for their next Call
         self.queued: set[int] = set()   # members waiting for a slot
-        self.timer: _Timer | None = None
+        self.alarm: float | None = None  # when the life asked to be woken
         self.ended: threading.Event | None = None  # made by the first waiter (see waiter())
 
     def busy(self) -> bool:
@@ -396,16 +261,19 @@ class Runtime:
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
-        self.group = GroupCommit(store, lambda: self.stopped)
         self._wake = threading.Condition(self.lock)          # the driver waits for work
         self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
         self._ready: deque[Actor] = deque()                  # lives with work to do
-        self._pending: list[tuple[Actor, Write]] = []        # their writes, to commit
+        self._pending: list[tuple[Actor | _Start, Write]] = []  # their writes, to commit
+        self._alarms: list[tuple[float, int, Actor, bool]] = []  # a heap: (at, seq, actor, once)
+        self._seq = itertools.count()
+        self._outage_since: float | None = None
         self._driver: object = None
         self._drivers: list[threading.Thread] = []
         self._turns, self._in_turn, self._idle = 0, False, True
         self.steps = Steps(clock, concurrency, self.post)
-        self._timers = _Timers(clock)
+        if (subscribe := getattr(clock, "subscribe", None)) is not None:
+            subscribe(self._kick)  # a test clock moved: alarms may be due
         self._perform: dict[type, Callable[[Actor, Any], Any]] = {
             Acquire: self.steps.acquire, Call: self.steps.call, Withdraw: self.steps.withdraw,
             Alarm: self._alarm, Inbox: self._inbox, Emit: self._emit,
@@ -440,15 +308,31 @@ class Runtime:
 
     def post(self, actor: Actor, event: Any) -> bool:
         with self.lock:
-            if actor.gone:
-                return False
-            if not (event is WAKE and actor.mailbox and actor.mailbox[-1] is WAKE):
-                actor.mailbox.append(event)
-            if not actor.scheduled:
-                actor.scheduled = True
-                self._ready.append(actor)
+            return self._deliver(actor, event)
+
+    def _deliver(self, actor: Actor, event: Any) -> bool:  # under the lock
+        if actor.gone:
+            return False
+        if not (event is WAKE and actor.mailbox and actor.mailbox[-1] is WAKE):
+            actor.mailbox.append(event)
+        if not actor.scheduled:
+            actor.scheduled = True
+            self._ready.append(actor)
+            self._wake.notify_all()
+        return True
+
+    def create(self, write: Write) -> Any:
+        """Commit a new run's first row with the driver's next batch: its outcome."""
+        start = _Start()
+        with self.lock:
+            queued = not self.stopped
+            if queued:
+                self._pending.append((start, write))
                 self._wake.notify_all()
-            return True
+        if not queued:
+            return self.commit([write])[0]
+        start.event.wait()
+        return start.result
 
     def forget(self, actor: Actor) -> None:
         """Let the run go: its life ends where it is (the store keeps what was committed)."""
@@ -457,8 +341,6 @@ class Runtime:
             if self.actors.get(actor.id) is actor:
                 del self.actors[actor.id]
         self.steps.withdraw(actor)
-        if actor.timer is not None:
-            actor.timer.fn = None
         try:
             actor.gen.close()
         except BaseException:  # it may be executing on another thread; it stops after its turn
@@ -486,15 +368,18 @@ class Runtime:
         try:
             while True:
                 with self.lock:
-                    while self._driver is me and not (self.stopped or self._ready or self._pending):
+                    while True:
+                        timeout = self._ring() if self._alarms else None
+                        if self._driver is not me or self.stopped or self._ready or self._pending:
+                            break
                         self._idle = True
-                        self._wake.wait()
+                        self._wake.wait(timeout)
                     if self._driver is not me or self.stopped:
                         return
                     if self._idle:
                         self._idle = False
                         self._watchdog_cv.notify()
-                    batch: list[tuple[Actor, Write]] = []
+                    batch: list[tuple[Actor | _Start, Write]] = []
                     if self._ready:
                         actor = self._ready.popleft()
                         self._turns += 1
@@ -502,7 +387,7 @@ class Runtime:
                     else:
                         batch, self._pending = self._pending, []
                 if batch:
-                    self._committed(batch, self.group.commit([w for _, w in batch]))
+                    self._committed(batch, self.commit([w for _, w in batch]))
                 else:
                     self._run(me, actor)
         except BaseException:
@@ -519,7 +404,7 @@ class Runtime:
                 if self._driver is not me:
                     break
                 self._in_turn = False
-            result = self.group.commit([write])[0]
+            result = self.commit([write])[0]
             write = None
             if not self._answer(actor, result):
                 break
@@ -537,12 +422,50 @@ class Runtime:
                 self._pending.append((actor, write))
                 self._wake.notify_all()  # a new driver may be idle
 
-    def _committed(self, batch: list[tuple[Actor, Write]], results: list[Any]) -> None:
-        ready = [actor for (actor, _), result in zip(batch, results, strict=True)
-                 if self._answer(actor, result)]
+    def _committed(self, batch: list[tuple[Actor | _Start, Write]], results: list[Any]) -> None:
+        ready = []
+        for (who, _), result in zip(batch, results, strict=True):
+            if isinstance(who, _Start):
+                who.result = result
+                who.event.set()
+            elif self._answer(who, result):
+                ready.append(who)
         with self.lock:
             self._ready.extend(ready)
             self._wake.notify_all()  # for a new driver, if this one was replaced
+
+    def commit(self, writes: list[Write]) -> list[Any]:
+        """Each write's outcome: True, False (fence lost), or the error it met. Only the driver
+        commits (and stop(), once it has stopped the driver), so its batches are the group
+        commit. While the store is unavailable it retries with backoff; nothing is lost."""
+        results = self._apply(writes)
+        delay = 0.05
+        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
+            if self.stopped:
+                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.error("store unavailable (%s); runs wait and retry until it is back",
+                          results[again[0]])
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            for i, result in zip(again, self._apply([writes[i] for i in again]), strict=True):
+                results[i] = result
+        if self._outage_since is not None:
+            self._outage_since = None
+            log.warning("store available again; runs resume")
+        return results
+
+    def _apply(self, writes: list[Write]) -> list[Any]:
+        try:
+            return list(self.store.commit(writes))
+        except StoreUnavailable as exc:
+            return [exc] * len(writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+            # One bad write must not sink the others grouped with it: commit them one by one.
+            return [self._apply([w])[0] for w in writes]
 
     def _answer(self, actor: Actor, result: Any) -> bool:
         """Give a life its write's outcome; False if the run is let go instead."""
@@ -626,18 +549,34 @@ class Runtime:
 
     # ---- effects -------------------------------------------------------------------------------
 
-    def _alarm(self, actor: Actor, effect: Alarm) -> None:
-        if actor.timer is not None:
-            actor.timer.fn = None
-        actor.timer = None if effect.at is None else \
-            self._timers.at(effect.at, partial(self.post, actor, WAKE))
+    def _alarm(self, actor: Actor, effect: Alarm, once: bool = False) -> None:
+        with self.lock:
+            if not once:
+                actor.alarm = effect.at  # the last alarm replaces the ones before
+            if effect.at is not None:
+                heapq.heappush(self._alarms, (effect.at, next(self._seq), actor, once))
+                self._wake.notify_all()  # the driver may be waiting for a later one
+
+    def _ring(self) -> float:
+        """Wake the lives whose alarm is due (under the lock, on the driver): the seconds to
+        the next one, waiting at most 1 s so that a wall-clock change is seen."""
+        now, alarms = self.clock.now(), self._alarms
+        while alarms and alarms[0][0] <= now:
+            at, _, actor, once = heapq.heappop(alarms)
+            if once or actor.alarm == at:
+                self._deliver(actor, WAKE)
+        return min(alarms[0][0] - now, 1.0) if alarms else 1.0
+
+    def _kick(self) -> None:
+        with self.lock:
+            self._wake.notify_all()
 
     def _inbox(self, actor: Actor, effect: Inbox) -> Any:
         try:
             return self.store.signals(actor.id)
         except StoreUnavailable as exc:  # look again in a second
             log.warning("run %s waits for the store: %s", actor.id, exc)
-            self._timers.at(self.clock.now() + 1.0, partial(self.post, actor, WAKE))
+            self._alarm(actor, Alarm(self.clock.now() + 1.0), once=True)
             return []
 
     def _emit(self, actor: Actor, effect: Emit) -> None:
@@ -658,13 +597,12 @@ class Runtime:
             self._watchdog_cv.notify()
             pending, self._pending = self._pending, []
         if pending:
-            self.group.commit([w for _, w in pending])
+            self._committed(pending, self.commit([w for _, w in pending]))
         for actor in list(self.actors.values()):
             self.forget(actor)
         self.steps.stop()
-        self._timers.stop()
         end = time.monotonic() + timeout
-        for thread in [*self._drivers, self._watchdog, self._timers.thread]:
+        for thread in [*self._drivers, self._watchdog]:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, end - time.monotonic()))
 
