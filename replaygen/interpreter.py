@@ -107,8 +107,8 @@ class Interpreter(Client):
                 raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
             self._starting += 1  # shutdown() waits for starts in flight
         try:  # the insert shares the group commit of other runs' steps
-            done = self._runtime.create(Write(run_id, self.worker_id, 1, "pending",
-                                              create=(name, args_text)))
+            [done] = self._runtime.group.commit([Write(run_id, self.worker_id, 1, "pending",
+                                                       create=(name, args_text))])
             if isinstance(done, BaseException):
                 raise done
             if done:

@@ -10,7 +10,7 @@ what a command means. Threads (this module owns them all):
   the first time, heavy workflow code): the old thread finishes that turn and leaves;
 - a bounded pool runs slow steps and the members of an ``All``; an event loop thread runs
   ``async def`` steps. ``concurrency`` slots bound them all together;
-- a timer thread sends the alarms lives ask for.
+- the driver also sends the alarms lives ask for, when they are due.
 Parked runs (sleeping, waiting) hold no thread.
 """
 
@@ -95,13 +95,93 @@ class _Pool:
             self._tasks.put(None)
 
 
-class _Start:
-    """A ``start()`` waiting for its run's first row to commit with the driver's next batch."""
+class _Pending:
+    """Writes waiting in the group-commit queue; ``wake`` is released when they are done."""
 
-    __slots__ = ("event", "result")
+    __slots__ = ("writes", "results", "wake")
 
-    def __init__(self) -> None:
-        self.event, self.result = threading.Event(), None
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes, self.wake = writes, threading.Lock()
+        self.results: Any = None
+        self.wake.acquire()
+
+
+_LEAD = object()  # a follower woken to lead the next group commit
+
+
+class GroupCommit:
+    """The one way writes reach the store: whoever has writes (the driver, a ``start()``)
+    commits them together with everything else being written at that moment. While the
+    store is unavailable it retries with backoff; nothing is failed or lost."""
+
+    def __init__(self, store: Store, stopped: Callable[[], bool]) -> None:
+        self._store, self._stopped = store, stopped
+        self._lock = threading.Lock()  # guards the queue and the leader flag
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self._outage_since: float | None = None
+
+    def commit(self, writes: list[Write]) -> list[Any]:
+        """Each write's outcome: True, False (fence lost), or the error it met."""
+        results = self._grouped(writes)
+        delay = 0.05
+        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
+            if self._stopped():
+                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.error("store unavailable (%s); runs wait and retry until it is back",
+                          results[again[0]])
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            for i, result in zip(again, self._grouped([writes[i] for i in again]), strict=True):
+                results[i] = result
+        if self._outage_since is not None:
+            self._outage_since = None
+            log.warning("store available again; runs resume")
+        return results
+
+    def _grouped(self, writes: list[Write]) -> list[Any]:
+        # Leader-follower: a writer that finds no commit in progress commits at once; the
+        # others queue and sleep on their own lock (no thundering herd), and when a commit
+        # ends the first of them is woken to lead the next, taking all queued by then.
+        with self._lock:
+            me = _Pending(writes) if self._committing else None
+            if me is not None:
+                self._queue.append(me)
+            self._committing = True
+        batch: list[_Pending] = []
+        if me is not None:
+            me.wake.acquire()
+            if me.results is not _LEAD:
+                return me.results  # type: ignore[no-any-return]
+            with self._lock:
+                batch, self._queue = self._queue, []
+        results = self._apply([w for p in batch for w in p.writes] if batch else writes)
+        at = 0
+        for item in batch:
+            item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
+        with self._lock:
+            if self._queue:
+                self._queue[0].results = _LEAD
+                self._queue[0].wake.release()
+            else:
+                self._committing = False
+        for item in batch:
+            if item is not me:
+                item.wake.release()
+        return results if me is None else me.results
+
+    def _apply(self, writes: list[Write]) -> list[Any]:
+        try:
+            return list(self._store.commit(writes))
+        except StoreUnavailable as exc:
+            return [exc] * len(writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+            # One bad write must not sink the others grouped with it: commit them one by one.
+            return [self._apply([w])[0] for w in writes]
 
 
 class Actor:
@@ -261,13 +341,13 @@ class Runtime:
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
+        self.group = GroupCommit(store, lambda: self.stopped)
         self._wake = threading.Condition(self.lock)          # the driver waits for work
         self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
         self._ready: deque[Actor] = deque()                  # lives with work to do
-        self._pending: list[tuple[Actor | _Start, Write]] = []  # their writes, to commit
+        self._pending: list[tuple[Actor, Write]] = []        # their writes, to commit
         self._alarms: list[tuple[float, int, Actor, bool]] = []  # a heap: (at, seq, actor, once)
         self._seq = itertools.count()
-        self._outage_since: float | None = None
         self._driver: object = None
         self._drivers: list[threading.Thread] = []
         self._turns, self._in_turn, self._idle = 0, False, True
@@ -321,19 +401,6 @@ class Runtime:
             self._wake.notify_all()
         return True
 
-    def create(self, write: Write) -> Any:
-        """Commit a new run's first row with the driver's next batch: its outcome."""
-        start = _Start()
-        with self.lock:
-            queued = not self.stopped
-            if queued:
-                self._pending.append((start, write))
-                self._wake.notify_all()
-        if not queued:
-            return self.commit([write])[0]
-        start.event.wait()
-        return start.result
-
     def forget(self, actor: Actor) -> None:
         """Let the run go: its life ends where it is (the store keeps what was committed)."""
         with self.lock:
@@ -379,7 +446,7 @@ class Runtime:
                     if self._idle:
                         self._idle = False
                         self._watchdog_cv.notify()
-                    batch: list[tuple[Actor | _Start, Write]] = []
+                    batch: list[tuple[Actor, Write]] = []
                     if self._ready:
                         actor = self._ready.popleft()
                         self._turns += 1
@@ -387,7 +454,7 @@ class Runtime:
                     else:
                         batch, self._pending = self._pending, []
                 if batch:
-                    self._committed(batch, self.commit([w for _, w in batch]))
+                    self._committed(batch, self.group.commit([w for _, w in batch]))
                 else:
                     self._run(me, actor)
         except BaseException:
@@ -404,7 +471,7 @@ class Runtime:
                 if self._driver is not me:
                     break
                 self._in_turn = False
-            result = self.commit([write])[0]
+            result = self.group.commit([write])[0]
             write = None
             if not self._answer(actor, result):
                 break
@@ -422,50 +489,12 @@ class Runtime:
                 self._pending.append((actor, write))
                 self._wake.notify_all()  # a new driver may be idle
 
-    def _committed(self, batch: list[tuple[Actor | _Start, Write]], results: list[Any]) -> None:
-        ready = []
-        for (who, _), result in zip(batch, results, strict=True):
-            if isinstance(who, _Start):
-                who.result = result
-                who.event.set()
-            elif self._answer(who, result):
-                ready.append(who)
+    def _committed(self, batch: list[tuple[Actor, Write]], results: list[Any]) -> None:
+        ready = [actor for (actor, _), result in zip(batch, results, strict=True)
+                 if self._answer(actor, result)]
         with self.lock:
             self._ready.extend(ready)
             self._wake.notify_all()  # for a new driver, if this one was replaced
-
-    def commit(self, writes: list[Write]) -> list[Any]:
-        """Each write's outcome: True, False (fence lost), or the error it met. Only the driver
-        commits (and stop(), once it has stopped the driver), so its batches are the group
-        commit. While the store is unavailable it retries with backoff; nothing is lost."""
-        results = self._apply(writes)
-        delay = 0.05
-        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
-            if self.stopped:
-                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                log.error("store unavailable (%s); runs wait and retry until it is back",
-                          results[again[0]])
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            for i, result in zip(again, self._apply([writes[i] for i in again]), strict=True):
-                results[i] = result
-        if self._outage_since is not None:
-            self._outage_since = None
-            log.warning("store available again; runs resume")
-        return results
-
-    def _apply(self, writes: list[Write]) -> list[Any]:
-        try:
-            return list(self.store.commit(writes))
-        except StoreUnavailable as exc:
-            return [exc] * len(writes)
-        except Exception as exc:
-            if len(writes) == 1:
-                return [exc]
-            # One bad write must not sink the others grouped with it: commit them one by one.
-            return [self._apply([w])[0] for w in writes]
 
     def _answer(self, actor: Actor, result: Any) -> bool:
         """Give a life its write's outcome; False if the run is let go instead."""
@@ -597,7 +626,7 @@ class Runtime:
             self._watchdog_cv.notify()
             pending, self._pending = self._pending, []
         if pending:
-            self._committed(pending, self.commit([w for _, w in pending]))
+            self.group.commit([w for _, w in pending])
         for actor in list(self.actors.values()):
             self.forget(actor)
         self.steps.stop()
