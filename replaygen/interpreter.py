@@ -24,7 +24,7 @@ from .codec import Codec
 from .commands import check_name
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Journal, read_error
-from .observe import Event, Observer
+from .observe import Event, Observer, notify
 from .registry import check, name_of, registered
 from .replay import Life, Rules
 from .runtime import Clock, Runtime, SystemClock
@@ -154,7 +154,7 @@ class Interpreter(Client):
         claims = self._claim(blocked=False)
         if blocked:
             claims += self._claim(blocked=True, run_ids=blocked)
-        _notify(self._observer, Event("recovered", count=len(claims)))  # claimed, not yet resumed
+        notify(self._observer, Event("recovered", count=len(claims)))  # claimed, not yet resumed
         for claim in claims:
             self._adopt(claim)
         self._adopting = True
@@ -194,7 +194,7 @@ class Interpreter(Client):
                 return
             self._closed = self._rules.closing = True
         self._adopting = False
-        _notify(self._observer, Event("shutdown"))
+        notify(self._observer, Event("shutdown"))
         end = time.monotonic() + timeout
         while time.monotonic() < end and (self._starting or any(
                 a.busy() for a in list(self._runtime.actors.values()))):
@@ -349,11 +349,3 @@ def _log_strangers(store: Store, known: Mapping[str, Workflow]) -> None:
     if strangers:
         log.info("left %s for workers that know them (this one knows %s)", ", ".join(
             f"{n} runs of {w!r}" for w, n in sorted(strangers.items())), sorted(known))
-
-
-def _notify(observer: Observer | None, event: Event) -> None:
-    if observer is not None:
-        try:
-            observer(event)
-        except Exception:
-            log.exception("observer failed on %s", event.kind)

@@ -1,25 +1,7 @@
-"""The stored format of a run's journal: entries, their kinds, the error record, and the index
-the replay rules read.
-
-Entry kinds, by the command they belong to (``slot`` is the command's position;
-an ``All`` of n members takes n consecutive slots):
-
-========  =======  ==========================================================
-command   kind     meaning
-========  =======  ==========================================================
-Do        retry    a failed try; value holds the error and the next try's time
-Do        do       the final outcome: status ``ok`` (value = result) or ``error``
-Sleep     sleep    value = the deadline, written when the Sleep is first reached
-Wait      timer    value = the timeout's deadline, written when first reached
-Wait      wait     status ``ok`` (value = payload) or ``timeout``
-Version   version  name = change id, value = the version; matched by name
-(any)     cancel   Cancelled is raised at the yield whose first slot this is
-========  =======  ==========================================================
-
-Every value is text written by the codec, the engine's own values (deadlines, versions)
-included; rows written before that by ``repr()`` still read. This module must never touch a
-store or run anything: it only builds and reads entries.
-"""
+"""The stored format of a run's journal: entries, their kinds (ARCHITECTURE.md lists them),
+the error record, and the index the replay rules read. Every value is text written by the
+codec, the engine's own deadlines and versions included (rows written before that by
+``repr()`` still read). It builds and reads entries; it never touches a store."""
 
 from __future__ import annotations
 

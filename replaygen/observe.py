@@ -8,6 +8,7 @@ run, so keep them quick; an exception from an observer is logged and ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
+import logging
 import uuid
 from contextvars import ContextVar
 from typing import NamedTuple
@@ -47,6 +48,15 @@ class Event:
 
 
 Observer = Callable[[Event], None]
+
+
+def notify(observer: Observer | None, event: Event) -> None:
+    """Give the observer an event; its exception is logged, never raised into the engine."""
+    if observer is not None:
+        try:
+            observer(event)
+        except Exception:
+            logging.getLogger("replaygen").exception("observer failed on %s", event.kind)
 
 
 class StepInfo(NamedTuple):  # a tuple: one is built per step

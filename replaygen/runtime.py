@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from .commands import Do
 from .errors import StoreUnavailable
-from .observe import Observer, StepInfo, _current
+from .observe import Observer, StepInfo, _current, notify
 from .replay import (
     Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Life, Outcome, Save, Wake, Withdraw,
 )
@@ -221,18 +221,24 @@ class Steps:
         self._aloop: asyncio.AbstractEventLoop | None = None
 
     def acquire(self, actor: Actor, effect: Acquire) -> bool:
-        member = effect.member
+        return self._slot(actor, effect.member, keep=True)
+
+    def _slot(self, actor: Actor, member: int, keep: bool) -> bool:
+        """Take a slot for the member (kept for its next call if ``keep``; else the one kept
+        for it is used), or queue it for one: False."""
         with self._lock:
             if member in actor.held:
+                if not keep:
+                    actor.held.discard(member)
                 return True
-            if member in actor.queued:
-                return False
-            if self._free:
+            if self._free and member not in actor.queued:
                 self._free -= 1
-                actor.held.add(member)
+                if keep:
+                    actor.held.add(member)
                 return True
-            actor.queued.add(member)
-            self._queue.append((actor, member))
+            if member not in actor.queued:
+                actor.queued.add(member)
+                self._queue.append((actor, member))
             return False
 
     def release(self) -> None:
@@ -264,17 +270,8 @@ class Steps:
         """Run a step in a slot (the one kept for it, or a free one): inline if it is alone
         and has been quick, else on the pool or the event loop (a ``Done`` follows). With no
         slot free it is queued instead: False, and a ``Wake`` once one is kept for it."""
-        member = effect.member
-        with self._lock:
-            if member in actor.held:
-                actor.held.discard(member)
-            elif self._free:
-                self._free -= 1
-            else:
-                if member not in actor.queued:
-                    actor.queued.add(member)
-                    self._queue.append((actor, member))
-                return False
+        if not self._slot(actor, effect.member, keep=False):
+            return False
         cmd, info = effect.cmd, effect.info
         done = partial(self._done, actor, effect.member, effect.attempt)
         if _is_async(cmd.fn):
@@ -356,7 +353,7 @@ class Runtime:
             subscribe(self._kick)  # a test clock moved: alarms may be due
         self._perform: dict[type, Callable[[Actor, Any], Any]] = {
             Acquire: self.steps.acquire, Call: self.steps.call, Withdraw: self.steps.withdraw,
-            Alarm: self._alarm, Inbox: self._inbox, Emit: self._emit,
+            Alarm: self._alarm, Inbox: self._inbox, Emit: lambda _, e: notify(observer, e.event),
         }
         self._watchdog = threading.Thread(target=self._watch_turns, daemon=True,
                                           name="replaygen-watchdog")
@@ -607,13 +604,6 @@ class Runtime:
             log.warning("run %s waits for the store: %s", actor.id, exc)
             self._alarm(actor, Alarm(self.clock.now() + 1.0), once=True)
             return []
-
-    def _emit(self, actor: Actor, effect: Emit) -> None:
-        if self.observer is not None:
-            try:
-                self.observer(effect.event)
-            except Exception:
-                log.exception("observer failed on %s", effect.event.kind)
 
     # ---- stopping ------------------------------------------------------------------------------
 
