@@ -473,7 +473,9 @@ class Runtime:
             if not self._answer(actor, result):
                 break
             with self.lock:
-                if self._driver is not me:
+                if self._alarms:  # an alarm due makes its run ready: the loop then ends
+                    self._ring()
+                if self._driver is not me or self._ready:
                     self._ready.append(actor)
                     self._wake.notify_all()
                     break

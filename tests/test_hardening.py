@@ -176,3 +176,29 @@ def test_a_store_whose_heartbeat_takes_no_workflow_names_still_works(interp: Mak
         return (yield Do("a", echo, 1))
 
     assert interp([wf], store=StoreOfTheOldProtocol()).run(wf) == 1
+
+
+def test_a_sleep_ends_on_time_while_another_run_takes_step_after_step(
+        interp: Make, reach: Any, clock: FakeClock) -> None:
+    # The busy run alone keeps the driver committing and going on in place; the sleeper's
+    # alarm, kept by that driver, must still wake it.
+    woke = threading.Event()
+
+    def sleeper() -> Any:
+        yield Sleep(60)
+        yield Do("mark", woke.set)
+
+    def busy() -> Any:
+        looks = 0
+        while not (yield Do("look", woke.is_set)):
+            looks += 1
+        return looks
+
+    worker = interp([sleeper, busy])
+    asleep = worker.start(sleeper)
+    reach(worker, asleep, "sleeping")
+    spinning = worker.start(busy)
+    clock.advance(61)
+    assert woke.wait(PATIENCE), "the sleep's alarm never fired while another run was busy"
+    assert worker.result(spinning, timeout=PATIENCE) >= 0
+    assert worker.status(asleep).state == "completed"
