@@ -343,7 +343,8 @@ class Runtime:
         self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
         self._ready: deque[Actor] = deque()                  # lives with work to do
         self._pending: list[tuple[Actor, Write]] = []        # their writes, to commit
-        self._alarms: list[tuple[float, int, Actor, bool]] = []  # a heap: (at, seq, actor, once)
+        # A heap of (at, seq, run id, once): by id, so a run let go is not kept alive by it.
+        self._alarms: list[tuple[float, int, str, bool]] = []
         self._seq = itertools.count()
         self._driver: object = None
         self._drivers: list[threading.Thread] = []
@@ -582,7 +583,7 @@ class Runtime:
             if not once:
                 actor.alarm = effect.at  # the last alarm replaces the ones before
             if effect.at is not None:
-                heapq.heappush(self._alarms, (effect.at, next(self._seq), actor, once))
+                heapq.heappush(self._alarms, (effect.at, next(self._seq), actor.id, once))
                 self._wake.notify_all()  # the driver may be waiting for a later one
 
     def _ring(self) -> float:
@@ -590,8 +591,9 @@ class Runtime:
         the next one, waiting at most 1 s so that a wall-clock change is seen."""
         now, alarms = self.clock.now(), self._alarms
         while alarms and alarms[0][0] <= now:
-            at, _, actor, once = heapq.heappop(alarms)
-            if once or actor.alarm == at:
+            at, _, run_id, once = heapq.heappop(alarms)
+            actor = self.actors.get(run_id)
+            if actor is not None and (once or actor.alarm == at):
                 self._deliver(actor, WAKE)
         return min(alarms[0][0] - now, 1.0) if alarms else 1.0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,25 @@ def test_a_sleep_ends_on_time_while_another_run_takes_step_after_step(
     assert woke.wait(PATIENCE), "the sleep's alarm never fired while another run was busy"
     assert worker.result(spinning, timeout=PATIENCE) >= 0
     assert worker.status(asleep).state == "completed"
+
+
+def test_a_finished_run_is_not_kept_in_memory_by_its_unexpired_timeout(
+        interp: Make, reach: Any) -> None:
+    def waits() -> Any:
+        return (yield Wait("go", timeout=3600))
+
+    def other() -> Any:
+        return (yield Do("echo", echo, 2))
+
+    worker = interp([waits, other])
+    run = worker.start(waits)
+    reach(worker, run, "waiting")
+    life = weakref.ref(worker._runtime.actors[run].life)
+    worker.deliver(run, "go", 1)
+    assert worker.result(run, timeout=PATIENCE) == 1
+    ended = worker._runtime.waiter(run)  # None once the worker has let the run go
+    assert ended is None or ended.wait(PATIENCE)
+    # Another run goes through the engine, so nothing but a leak still refers to the first.
+    assert worker.run(other) == 2
+    gc.collect()
+    assert life() is None, "the run's life outlives it, held by a timer an hour away"
