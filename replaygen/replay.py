@@ -88,7 +88,8 @@ class Inbox(NamedTuple):
 
 
 class Idle(NamedTuple):
-    """Nothing to do until something happens. Answer: the next event (``Wake`` or ``Done``)."""
+    """Nothing to do until something happens. Answer: the next event (``Wake`` or ``Done``;
+    None: look again)."""
 
 
 class Emit(NamedTuple):
@@ -104,7 +105,10 @@ IDLE, INBOX, WITHDRAW = Idle(), Inbox(), Withdraw()
 # ---- events: what happens to a life --------------------------------------------------------
 
 class Wake(NamedTuple):
-    """Look again: a timer passed, or a signal, a slot or a cancel (``Life.cancel``) came."""
+    """Look again: a signal, a slot or a cancel (``Life.cancel``) came, or (``alarm``) the
+    alarm went off, and is gone: a deadline still ahead (the clock stepped back) needs another."""
+
+    alarm: bool = False
 
 
 class Outcome(NamedTuple):
@@ -300,6 +304,8 @@ class Life:
             event = yield IDLE
             if type(event) is Done:
                 yield from self._step_done(self.members[event.member], event.attempt, event.outcome)
+            elif type(event) is Wake and event.alarm:
+                self.alarm = None
 
     def _settle(self, is_all: bool) -> Generator[Effect, Any, tuple[Any, Any] | None]:
         """Answer the current yield from the journal or by live work; None: not yet."""

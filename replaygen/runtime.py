@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -39,7 +40,7 @@ from .replay import (
 from .store import FINISHED, Store, Write
 
 log = logging.getLogger("replaygen")
-WAKE = Wake()
+WAKE, RING = Wake(), Wake(alarm=True)
 _INLINE = 0.001
 """A synchronous step whose recent calls took less than this (seconds) runs on the driver;
 a slower one runs on the pool, so that it holds no other run up."""
@@ -199,7 +200,7 @@ class Actor:
         self.scheduled = self.gone = False
         self.held: set[int] = set()     # members holding a slot for their next Call
         self.queued: set[int] = set()   # members waiting for a slot
-        self.alarm: float | None = None  # when the life asked to be woken
+        self.alarm: int | None = None  # the seq of the alarm the life asked for last
         self.ended: threading.Event | None = None  # made by the first waiter (see waiter())
 
     def busy(self) -> bool:
@@ -351,10 +352,10 @@ class Runtime:
         self._turns, self._in_turn, self._idle = 0, False, True
         self.steps = Steps(clock, concurrency, self.post)
         if (subscribe := getattr(clock, "subscribe", None)) is not None:
-            subscribe(self._kick)  # a test clock moved: alarms may be due
+            subscribe(partial(_kick, weakref.ref(self)))  # a test clock moved: alarms may be due
         self._perform: dict[type, Callable[[Actor, Any], Any]] = {
             Acquire: self.steps.acquire, Call: self.steps.call, Withdraw: self.steps.withdraw,
-            Alarm: self._alarm, Inbox: self._inbox, Emit: lambda _, e: notify(observer, e.event),
+            Alarm: self._alarm, Inbox: self._inbox, Emit: lambda _, e: notify(self.observer, e.event),
         }
         self._watchdog = threading.Thread(target=self._watch_turns, daemon=True,
                                           name="replaygen-watchdog")
@@ -580,26 +581,35 @@ class Runtime:
 
     def _alarm(self, actor: Actor, effect: Alarm, once: bool = False) -> None:
         with self.lock:
-            if not once:
-                actor.alarm = effect.at  # the last alarm replaces the ones before
+            seq = next(self._seq)
+            if not once:  # the last alarm replaces the ones before
+                actor.alarm = None if effect.at is None else seq
             if effect.at is not None:
-                heapq.heappush(self._alarms, (effect.at, next(self._seq), actor.id, once))
+                heapq.heappush(self._alarms, (effect.at, seq, actor.id, once))
                 self._wake.notify_all()  # the driver may be waiting for a later one
+                if len(self._alarms) > 2 * len(self.actors) + 1024:
+                    self._compact()
+
+    def _compact(self) -> None:
+        """Drop the alarms that were replaced or whose run was let go (under the lock), so
+        that the heap stays near one entry per run (a long timeout answered early leaves one)."""
+        self._alarms = [(at, seq, run_id, once) for at, seq, run_id, once in self._alarms
+                        if (a := self.actors.get(run_id)) is not None and (once or a.alarm == seq)]
+        heapq.heapify(self._alarms)
 
     def _ring(self) -> float:
         """Wake the lives whose alarm is due (under the lock, on the driver): the seconds to
         the next one, waiting at most 1 s so that a wall-clock change is seen."""
         now, alarms = self.clock.now(), self._alarms
         while alarms and alarms[0][0] <= now:
-            at, _, run_id, once = heapq.heappop(alarms)
+            _, seq, run_id, once = heapq.heappop(alarms)
             actor = self.actors.get(run_id)
-            if actor is not None and (once or actor.alarm == at):
+            if actor is not None and once:
                 self._deliver(actor, WAKE)
+            elif actor is not None and actor.alarm == seq:
+                actor.alarm = None
+                self._deliver(actor, RING)
         return min(alarms[0][0] - now, 1.0) if alarms else 1.0
-
-    def _kick(self) -> None:
-        with self.lock:
-            self._wake.notify_all()
 
     def _inbox(self, actor: Actor, effect: Inbox) -> Any:
         try:
@@ -628,6 +638,14 @@ class Runtime:
         for thread in [*self._drivers, self._watchdog]:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, end - time.monotonic()))
+
+
+def _kick(runtime: weakref.ref[Runtime]) -> None:
+    """A test clock moved: let the driver look for due alarms (the clock holds only a weak
+    reference, so it keeps no stopped runtime alive)."""
+    if (it := runtime()) is not None:
+        with it.lock:
+            it._wake.notify_all()
 
 
 def _cost_key(fn: Any) -> object:

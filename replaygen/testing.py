@@ -120,8 +120,8 @@ class _Performer:
                 raise _Stop  # a signal no answer gives
         if self.alarm is None:
             raise _Stop
-        self.clock[0] = max(self.clock[0], self.alarm)  # time passes at once
-        return Wake()
+        self.clock[0], self.alarm = max(self.clock[0], self.alarm), None  # time passes at once
+        return Wake(alarm=True)
 
 
 class _Stop(Exception):

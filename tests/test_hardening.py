@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -226,3 +228,75 @@ def test_a_finished_run_is_not_kept_in_memory_by_its_unexpired_timeout(
     assert worker.run(other) == 2
     gc.collect()
     assert life() is None, "the run's life outlives it, held by a timer an hour away"
+
+
+class SteppingClock:
+    """The wall clock, stepped back half a second at the first reading past ``at`` (NTP)."""
+
+    def __init__(self) -> None:
+        self.offset, self.at = 0.0, float("inf")
+        self.lock = threading.Lock()
+
+    def now(self) -> float:
+        with self.lock:
+            t = time.time() + self.offset
+            if t >= self.at:
+                self.at, self.offset = float("inf"), self.offset - 0.5
+            return t
+
+
+def test_a_sleep_still_ends_when_the_clock_steps_back_as_its_alarm_rings(
+        store: MemoryStore, reach: Any) -> None:
+    # The alarm rings at the deadline; the run then reads a clock half a second earlier and
+    # must ask for another alarm rather than sleep until a restart.
+    clock = SteppingClock()
+
+    def naps() -> Any:
+        yield Sleep(0.3)
+        return "woke"
+
+    worker = Interpreter(store, [naps], clock=clock)
+    try:
+        run = worker.start(naps)
+        reach(worker, run, "sleeping")
+        [entry] = [e for e in store.journal(run) if e.kind == "sleep"]
+        clock.at = json.loads(entry.value)  # the journaled deadline: where the alarm rings
+        assert worker.result(run, timeout=PATIENCE) == "woke"
+        assert clock.at == float("inf"), "the clock never stepped back: the test proved nothing"
+    finally:
+        worker.shutdown()
+
+
+def test_alarms_replaced_again_and_again_do_not_pile_up(interp: Make) -> None:
+    # Each pass parks with an hour's timeout and is answered at once: a dead alarm each time.
+    parked = threading.Event()
+
+    def ticks(n: int) -> Any:
+        for _ in range(n):
+            yield Wait("tick", timeout=3600)
+        return n
+
+    def observe(event: Any) -> None:
+        if event.kind == "run_parked":
+            parked.set()
+
+    worker = interp([ticks], observer=observe)
+    passes = 1500
+    run = worker.start(ticks, passes)
+    for _ in range(passes):
+        assert parked.wait(PATIENCE)
+        parked.clear()
+        worker.deliver(run, "tick")
+    assert worker.result(run, timeout=PATIENCE) == passes
+    assert len(worker._runtime._alarms) <= 1100, "every replaced alarm is still kept"
+
+
+def test_a_test_clock_keeps_no_shut_down_worker_alive() -> None:
+    clock = FakeClock()  # shared by many tests' workers, as a fixture may be
+    worker = Interpreter(MemoryStore(), [], clock=clock)
+    runtime = weakref.ref(worker._runtime)
+    worker.shutdown()
+    del worker
+    gc.collect()
+    assert runtime() is None, "the clock's listener keeps a stopped worker (and its store) alive"
+    clock.advance(1)  # a listener whose worker is gone does nothing
