@@ -427,7 +427,8 @@ class SQLiteStore:
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T], begin: bool = True) -> T:
         """Run ``fn`` in one write transaction, creating the file first if need be."""
-        self._ready(create=True)
+        if self._r is None:
+            self._ready(create=True)
         if self._readonly is not None:
             raise StoreUnavailable(
                 f"SQLite store {self.path!r} is open read-only, so it cannot be changed: "
@@ -460,6 +461,11 @@ class SQLiteStore:
                 raise
 
         with self._wlock:
+            try:  # the common case at once; only a busy file goes through the retry loop
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
             return self._retry(attempt)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
