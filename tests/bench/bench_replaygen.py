@@ -142,26 +142,26 @@ def mode_w1(cfg: dict[str, Any]) -> None:
     store = make_store(cfg)
     interp = engine(store)
     n = cfg.get("steps", 1000)
-    t0 = now()
+    t0, c0 = now(), time.process_time()
     assert interp.run("seq", n) == n
-    t = now() - t0
+    t, cpu = now() - t0, time.process_time() - c0
     interp.shutdown()
-    emit(steps=n, seconds=t, steps_per_s=n / t)
+    emit(steps=n, seconds=t, steps_per_s=n / t, cpu_us_per_step=cpu / n * 1e6)
 
 
 def mode_w2(cfg: dict[str, Any]) -> None:
     store = make_store(cfg)
     interp = engine(store, **({"concurrency": cfg["concurrency"]} if "concurrency" in cfg else {}))
     runs, steps = cfg.get("runs", 200), cfg.get("steps", 10)
-    t0 = now()
+    t0, c0 = now(), time.process_time()
     ids = [interp.start("seq", steps) for _ in range(runs)]
     t_started = now() - t0
     for rid in ids:
         assert interp.result(rid) == steps
-    t = now() - t0
+    t, cpu = now() - t0, time.process_time() - c0
     interp.shutdown()
     emit(runs=runs, steps=runs * steps, seconds=t, steps_per_s=runs * steps / t,
-         start_seconds=t_started)
+         start_seconds=t_started, cpu_us_per_step=cpu / (runs * steps) * 1e6)
 
 
 def mode_w3_crash(cfg: dict[str, Any]) -> None:
@@ -175,7 +175,7 @@ def mode_w3_crash(cfg: dict[str, Any]) -> None:
 def mode_w3_resume(cfg: dict[str, Any]) -> None:
     n = cfg.get("steps", 1000)
     t_import = time.time()
-    t0 = now()
+    t0, c0 = now(), time.process_time()
     store = make_store(cfg)
     t_store = now()
     interp = engine(store)
@@ -186,6 +186,7 @@ def mode_w3_resume(cfg: dict[str, Any]) -> None:
     deadline = time.monotonic() + 120
     while "live" not in MARK and time.monotonic() < deadline:
         time.sleep(0.0005)
+    cpu = time.process_time() - c0  # engine start to the live step (the polling costs little)
     assert interp.result("w3", timeout=60) == n + 1
     interp.shutdown()
     body, live = MARK["body"], MARK["live"]
@@ -194,7 +195,7 @@ def mode_w3_resume(cfg: dict[str, Any]) -> None:
          process_to_body_s=(T_PROCESS - cfg["spawned"]) + (t_import - T_PROCESS) + (body - t0),
          process_to_engine_s=(T_PROCESS - cfg["spawned"]) + (t_import - T_PROCESS),
          store_open_s=t_store - t0, interpreter_s=t_interp - t_store,
-         recover_call_s=t_recover - t_interp)
+         recover_call_s=t_recover - t_interp, cpu_us_per_step=cpu / n * 1e6)
 
 
 def mode_w4_crash(cfg: dict[str, Any]) -> None:
@@ -210,7 +211,7 @@ def mode_w4_crash(cfg: dict[str, Any]) -> None:
 
 def mode_w4_recover(cfg: dict[str, Any]) -> None:
     runs, steps, crash_at = cfg.get("runs", 200), cfg.get("steps", 10), cfg.get("crash_at", 5)
-    t0 = now()
+    t0, c0 = now(), time.process_time()
     store = make_store(cfg)
     interp = engine(store)
     resumed = interp.recover()
@@ -218,10 +219,10 @@ def mode_w4_recover(cfg: dict[str, Any]) -> None:
     assert len(resumed) == runs, (len(resumed), runs)
     for i in range(runs):
         assert interp.result(f"r{i}", timeout=600) == steps
-    t = now() - t0
+    t, cpu = now() - t0, time.process_time() - c0
     interp.shutdown()
     emit(runs=runs, seconds=t, recover_call_s=t_recover - t0,
-         steps_per_s=runs * (steps - crash_at) / t)
+         steps_per_s=runs * (steps - crash_at) / t, cpu_us_per_step=cpu / (runs * steps) * 1e6)
 
 
 def mode_w5(cfg: dict[str, Any]) -> None:
