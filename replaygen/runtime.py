@@ -115,8 +115,8 @@ class GroupCommit:
     commits them together with everything else being written at that moment. While the
     store is unavailable it retries with backoff; nothing is failed or lost."""
 
-    def __init__(self, store: Store, stopped: Callable[[], bool]) -> None:
-        self._store, self._stopped = store, stopped
+    def __init__(self, store: Store, stopped: threading.Event) -> None:
+        self._store, self._stopped = store, stopped  # set: give up retrying, shutdown is due
         self._lock = threading.Lock()  # guards the queue and the leader flag
         self._queue: list[_Pending] = []
         self._committing = False
@@ -127,13 +127,14 @@ class GroupCommit:
         results = self._grouped(writes)
         delay = 0.05
         while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
-            if self._stopped():
+            if self._stopped.is_set():
                 return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 log.error("store unavailable (%s); runs wait and retry until it is back",
                           results[again[0]])
-            time.sleep(delay)
+            if self._stopped.wait(delay):  # a shutdown need not wait out the backoff
+                continue
             delay = min(delay * 2, 5.0)
             for i, result in zip(again, self._grouped([writes[i] for i in again]), strict=True):
                 results[i] = result
@@ -339,7 +340,8 @@ class Runtime:
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
-        self.group = GroupCommit(store, lambda: self.stopped)
+        self._halt = threading.Event()  # set with ``stopped``: ends a commit's outage retries
+        self.group = GroupCommit(store, self._halt)
         self._wake = threading.Condition(self.lock)          # the driver waits for work
         self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
         self._ready: deque[Actor] = deque()                  # lives with work to do
@@ -626,6 +628,7 @@ class Runtime:
         that are in hand need not run again). Joins them, up to ``timeout`` s."""
         with self.lock:
             self.stopped = True
+            self._halt.set()
             self._wake.notify_all()
             self._watchdog_cv.notify()
             pending, self._pending = self._pending, []

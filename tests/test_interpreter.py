@@ -2399,6 +2399,25 @@ def test_a_store_outage_leaves_the_run_resumable_and_work_resumes_with_the_store
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
 
 
+def test_shutdown_during_a_store_outage_does_not_wait_out_the_retry_backoff(
+        interp: Make, eventually: Any) -> None:
+    store = FlakyStore()
+
+    def wf() -> Any:
+        store.down.set()  # the outage begins as the step's result is to be committed
+        return (yield Do("one", lambda: 1))
+
+    i = interp([wf], store=store)
+    i.start(wf)
+    # Six refusals: the engine now backs off 1.6 s before its next try.
+    eventually(lambda: store.refused >= 6, "the engine to retry the commit with backoff")
+    tried = store.refused
+    i.shutdown(timeout=0.1)
+    # shutdown() promises that every thread touching the store has ended when it returns.
+    assert not any(t.is_alive() for t in i._runtime._drivers), "the driver still sleeps in backoff"
+    assert store.refused == tried, "the store was tried again after shutdown"
+
+
 @pytest.mark.parametrize("option", [{"concurrency": 0}, {"concurrency": -1}, {"lease": 0},
                                     {"lease": -5}, {"max_resumes": -1}])
 def test_interpreter_options_out_of_range_are_refused(interp: Make,
