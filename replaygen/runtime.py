@@ -331,6 +331,45 @@ class Steps:
             self._aloop.call_soon_threadsafe(self._aloop.stop)
 
 
+class _Alarms:
+    """The alarms lives ask for, rung by the driver; used under the runtime's lock. Kept by
+    run id, so that an alarm never keeps a run it let go alive."""
+
+    def __init__(self, actors: dict[str, Actor]) -> None:
+        self.heap: list[tuple[float, int, str, bool]] = []  # (at, seq, run id, once)
+        self._actors, self._seq = actors, itertools.count()
+
+    def set(self, actor: Actor, at: float | None, once: bool) -> None:
+        """Alarm ``actor`` at ``at``: its one alarm, replacing the last (``once``: an extra
+        wake-up that replaces nothing)."""
+        seq = next(self._seq)
+        if not once:
+            actor.alarm = None if at is None else seq
+        if at is not None:
+            heapq.heappush(self.heap, (at, seq, actor.id, once))
+            if len(self.heap) > 2 * len(self._actors) + 1024:  # mostly replaced ones: drop them
+                self.heap = [a for a in self.heap if self._owner(a) is not None]
+                heapq.heapify(self.heap)
+
+    def ring(self, now: float, deliver: Callable[[Actor, Wake], object]) -> float:
+        """Wake the runs whose alarm is due; the seconds to the next one, at most 1 s so that a
+        wall-clock change is seen."""
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            alarm = heapq.heappop(heap)
+            if (actor := self._owner(alarm)) is not None:
+                if not alarm[3]:
+                    actor.alarm = None  # rung: the life asks again for a deadline still ahead
+                deliver(actor, RING if not alarm[3] else WAKE)
+        return min(heap[0][0] - now, 1.0) if heap else 1.0
+
+    def _owner(self, alarm: tuple[float, int, str, bool]) -> Actor | None:
+        """The run the alarm still belongs to: neither replaced nor let go."""
+        _, seq, run_id, once = alarm
+        actor = self._actors.get(run_id)
+        return actor if actor is not None and (once or actor.alarm == seq) else None
+
+
 class Runtime:
     """Runs lives: turns them on the driver, performs their effects, commits their writes."""
 
@@ -346,9 +385,7 @@ class Runtime:
         self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
         self._ready: deque[Actor] = deque()                  # lives with work to do
         self._pending: list[tuple[Actor, Write]] = []        # their writes, to commit
-        # A heap of (at, seq, run id, once): by id, so a run let go is not kept alive by it.
-        self._alarms: list[tuple[float, int, str, bool]] = []
-        self._seq = itertools.count()
+        self._alarms = _Alarms(self.actors)
         self._driver: object = None
         self._drivers: list[threading.Thread] = []
         self._turns, self._in_turn, self._idle = 0, False, True
@@ -437,7 +474,8 @@ class Runtime:
             while True:
                 with self.lock:
                     while True:
-                        timeout = self._ring() if self._alarms else None
+                        timeout = self._alarms.ring(self.clock.now(), self._deliver) \
+                            if self._alarms.heap else None
                         if self._driver is not me or self.stopped or self._ready or self._pending:
                             break
                         self._idle = True
@@ -477,8 +515,8 @@ class Runtime:
             if not self._answer(actor, result):
                 break
             with self.lock:
-                if self._alarms:  # an alarm due makes its run ready: the loop then ends
-                    self._ring()
+                if self._alarms.heap:  # an alarm due makes its run ready: the loop then ends
+                    self._alarms.ring(self.clock.now(), self._deliver)
                 if self._driver is not me or self._ready:
                     self._ready.append(actor)
                     self._wake.notify_all()
@@ -583,35 +621,9 @@ class Runtime:
 
     def _alarm(self, actor: Actor, effect: Alarm, once: bool = False) -> None:
         with self.lock:
-            seq = next(self._seq)
-            if not once:  # the last alarm replaces the ones before
-                actor.alarm = None if effect.at is None else seq
+            self._alarms.set(actor, effect.at, once)
             if effect.at is not None:
-                heapq.heappush(self._alarms, (effect.at, seq, actor.id, once))
                 self._wake.notify_all()  # the driver may be waiting for a later one
-                if len(self._alarms) > 2 * len(self.actors) + 1024:
-                    self._compact()
-
-    def _compact(self) -> None:
-        """Drop the alarms that were replaced or whose run was let go (under the lock), so
-        that the heap stays near one entry per run (a long timeout answered early leaves one)."""
-        self._alarms = [(at, seq, run_id, once) for at, seq, run_id, once in self._alarms
-                        if (a := self.actors.get(run_id)) is not None and (once or a.alarm == seq)]
-        heapq.heapify(self._alarms)
-
-    def _ring(self) -> float:
-        """Wake the lives whose alarm is due (under the lock, on the driver): the seconds to
-        the next one, waiting at most 1 s so that a wall-clock change is seen."""
-        now, alarms = self.clock.now(), self._alarms
-        while alarms and alarms[0][0] <= now:
-            _, seq, run_id, once = heapq.heappop(alarms)
-            actor = self.actors.get(run_id)
-            if actor is not None and once:
-                self._deliver(actor, WAKE)
-            elif actor is not None and actor.alarm == seq:
-                actor.alarm = None
-                self._deliver(actor, RING)
-        return min(alarms[0][0] - now, 1.0) if alarms else 1.0
 
     def _inbox(self, actor: Actor, effect: Inbox) -> Any:
         try:
