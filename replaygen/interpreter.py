@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._identity import is_dead, new_owner_id
@@ -25,7 +25,7 @@ from .commands import check_name
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Journal, read_error
 from .observe import Event, Observer, notify
-from .registry import check, name_of, registered
+from .registry import Workflow, check, name_of, registered
 from .replay import Life, Rules
 from .runtime import Clock, Runtime, SystemClock
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
@@ -33,7 +33,6 @@ from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
 
 log = logging.getLogger("replaygen")
-Workflow = Callable[..., Generator[Any, Any, Any]]
 
 
 class Interpreter(Client):

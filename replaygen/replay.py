@@ -32,7 +32,7 @@ from .journal import Entry, Journal, error_record, shrink_error
 from .observe import Event, StepInfo
 
 log = logging.getLogger("replaygen")
-Workflow = Callable[..., Generator[Any, Any, Any]]
+Workflow = Callable[..., Generator[Any, Any, Any]]  # as registry.Workflow (which imports threading)
 
 
 # ---- effects: what a life asks of its driver ----------------------------------------------
