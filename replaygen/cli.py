@@ -42,8 +42,8 @@ from .commands import check_name
 from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
-from .registry import registered
-from .store import ACTIVE, FINISHED, STATES, Entry, MemoryStore, RunRecord, Store
+from .registry import registered, table
+from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
 WIDTH = 60                     # widest value shown in a table cell, unless --full
@@ -169,9 +169,7 @@ def load_app(spec: str) -> Callable[[Store], Interpreter]:
     if isinstance(obj, (list, tuple, dict)):
         if not obj:
             raise CLIError(f"{spec} holds no workflows: nothing to serve")
-        workflows = obj
-        # The engine's own checks (generator functions, names, duplicates) on a throwaway store.
-        Interpreter(MemoryStore(), workflows).shutdown(0)
+        workflows = table(obj)  # the engine's own checks: generator functions, names, duplicates
         return lambda store: Interpreter(store, workflows)
     if not callable(obj):
         raise wrong

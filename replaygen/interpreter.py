@@ -25,7 +25,7 @@ from .commands import check_name
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Journal, read_error
 from .observe import Event, Observer, notify
-from .registry import Workflow, check, name_of, registered
+from .registry import Workflow, registered, table
 from .replay import Life, Rules
 from .runtime import Clock, Runtime, SystemClock
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
@@ -57,20 +57,10 @@ class Interpreter(Client):
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
         observer: Observer | None = None, always_replay: bool = False,
     ) -> None:
-        if callable(workflows):
-            raise UsageError(f"workflows must be a list or dict of workflows, got the lone "
-                             f"function {workflows!r}; write workflows=[{workflows.__name__}]")
+        self._fixed = None if workflows is None else table(workflows)
         if concurrency < 1 or lease <= 0 or max_resumes < 0 or max_payload < 1:
             raise UsageError(f"need concurrency >= 1, lease > 0, max_resumes >= 0, max_payload >= 1; "
                              f"got {concurrency}, {lease}, {max_resumes}, {max_payload}")
-        self._fixed: dict[str, Workflow] | None = None
-        if workflows is not None:
-            self._fixed = {}
-            items = workflows.items() if isinstance(workflows, Mapping) else (
-                (name_of(fn), fn) for fn in workflows)
-            for name, fn in items:
-                check(name, fn, self._fixed)
-                self._fixed[name] = fn
         super().__init__(store, codec=codec, max_payload=max_payload)
         if not hasattr(store, "claim"):
             raise UsageError(f"{store!r} cannot execute runs (it has no claim()); pass e.g. "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 from .commands import check_name
@@ -65,6 +65,20 @@ def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
         return fn
 
     return mark if fn is None else mark(fn)
+
+
+def table(workflows: Iterable[Workflow] | Mapping[str, Workflow]) -> dict[str, Workflow]:
+    """``workflows`` given as a list (each named by ``name_of``) or a dict, checked, by name."""
+    if callable(workflows):
+        raise UsageError(f"workflows must be a list or dict of workflows, got the lone "
+                         f"function {workflows!r}; write workflows=[{workflows.__name__}]")
+    known: dict[str, Workflow] = {}
+    items = workflows.items() if isinstance(workflows, Mapping) else (
+        (name_of(fn), fn) for fn in workflows)
+    for name, fn in items:
+        check(name, fn, known)
+        known[name] = fn
+    return known
 
 
 def registered() -> dict[str, Workflow]:

@@ -27,7 +27,7 @@ from .commands import All, Command, Do, Sleep, Version, Wait
 from .errors import Cancelled, RunNotFound, UsageError, WaitTimeout
 from .interpreter import DEFAULT_MAX_PAYLOAD
 from .journal import Entry, Journal
-from .registry import name_of, registered
+from .registry import registered, table
 from .replay import Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Rules, Save, Wake, dry_run
 from .store import ACTIVE, MemoryStore, RunRecord, Store
 
@@ -266,15 +266,10 @@ def check(store: Store, workflows: Any = None, *, states: Collection[str] | None
     registry; a list or dict as for ``Interpreter``), as a worker would on recovery, without
     performing a step, writing anything or taking a lease. Default: every unfinished run,
     blocked included. Runs of workflows not in ``workflows`` are left out."""
-    known = registered() if workflows is None else dict(workflows) if isinstance(
-        workflows, Mapping) else {name_of(fn): fn for fn in workflows}
+    known = registered() if workflows is None else table(workflows)
     codec = codec or JSONCodec()
-    if run_ids is not None:
-        records = [r for r in map(store.get, run_ids) if r is not None]
-    else:
-        records, wanted = [], tuple(states or (*ACTIVE, "blocked"))
-        while page := store.runs(states=wanted, limit=1000, offset=len(records)):
-            records += page
+    records = [r for r in map(store.get, run_ids) if r is not None] if run_ids is not None \
+        else _runs(store, tuple(states or (*ACTIVE, "blocked")))
     return [_check_one(store, r, known[r.workflow], codec) for r in records if r.workflow in known]
 
 
@@ -294,17 +289,22 @@ def _check_one(store: Store, r: RunRecord, fn: Any, codec: Codec) -> Check:
                  getattr(life.ended, "position", None), versions)
 
 
+def _runs(store: Store, states: tuple[str, ...]) -> list[RunRecord]:
+    """Every run in these states, a page at a time."""
+    runs: list[RunRecord] = []
+    while page := store.runs(states=states, limit=1000, offset=len(runs)):
+        runs += page
+    return runs
+
+
 def census(store: Store, change: str | None = None,
            codec: Codec | None = None) -> dict[str, dict[int | None, int]]:
     """For each Version change id, how many unfinished runs recorded each branch; the key
     None counts those with no marker yet (they predate the change, or have not reached it).
     A branch no unfinished run took can be deleted from the code."""
     codec = codec or JSONCodec()
-    runs: list[RunRecord] = []
-    while page := store.runs(states=(*ACTIVE, "blocked"), limit=1000, offset=len(runs)):
-        runs += page
     taken: list[dict[str, int]] = []
-    for r in runs:
+    for r in _runs(store, (*ACTIVE, "blocked")):
         journal = Journal(r.run_id, [], codec)
         taken.append({e.name: int(journal.number(e)) for e in store.journal(r.run_id)
                       if e.kind == "version" and change in (None, e.name)})
