@@ -39,3 +39,12 @@ def test_a_command_is_one_entry_in_the_rules_tables() -> None:
 
     assert set(HANDLERS) == {Do, Sleep, Wait, Version, All}
     assert set(MEMBERS) == {Do, Sleep, Wait}
+
+
+def test_a_save_is_a_store_write_without_its_run_owner_and_fence() -> None:
+    # The runtime builds each Write as Write(run_id, owner, fence, *save): the fields must match.
+    from replaygen.replay import Save
+    from replaygen.store import Write
+
+    assert Write._fields[3:3 + len(Save._fields)] == Save._fields
+    assert set(Write._fields) - set(Save._fields) == {"run_id", "owner", "fence", "create"}
