@@ -79,15 +79,15 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
         seqs = [e.seq for e in journal]
         if seqs != list(range(len(journal))):
             bad.append(Violation(SEQ, run_id, None, None, f"journal seqs are {seqs}"))
-        finals = Counter(e.slot for e in journal if e.kind in ("do", "sleep", "wait"))
+        finals = Counter(e.position for e in journal if e.kind in ("do", "sleep", "wait"))
         for slot, n in finals.items():
             if n > 1:
-                e = next(e for e in journal if e.slot == slot)
+                e = next(e for e in journal if e.position == slot)
                 bad.append(Violation(SEQ, run_id, e.name, slot,
                                      f"{n} final entries for one command at position {slot}"))
         slots: dict[int, list[Any]] = defaultdict(list)
         for e in journal:
-            slots[e.slot].append(e)
+            slots[e.position].append(e)
         committed: set[tuple[int, int]] = set()
         for slot, entries in sorted(slots.items()):
             attempt = 1
@@ -119,7 +119,7 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
                 if deadline is None:
                     continue
                 early = [x for x in by_run[run_id] if x["pos"] > slot and x["t"] < deadline]
-                early_e = [f for f in journal if f.slot > slot and f.started < deadline
+                early_e = [f for f in journal if f.position > slot and f.started < deadline
                            and f.kind not in ("version", "cancel")]
                 for x in early[:1]:
                     bad.append(Violation(SLEEP, run_id, x["step"], x["pos"],
@@ -127,7 +127,7 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
                                          f"deadline {deadline:.6f} of the {e.kind} at position "
                                          f"{slot}"))
                 for f in early_e[:1]:
-                    bad.append(Violation(SLEEP, run_id, f.name, f.slot,
+                    bad.append(Violation(SLEEP, run_id, f.name, f.position,
                                          f"entry {f.seq} ({f.kind}) started at {f.started:.6f}, "
                                          f"before the deadline {deadline:.6f} of the {e.kind} at "
                                          f"position {slot}"))
@@ -145,7 +145,7 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
                 want = plans.payload(run_id, e.name, seen[e.name])
                 seen[e.name] += 1
                 if p != want:
-                    bad.append(Violation(SIGNAL, run_id, e.name, e.slot,
+                    bad.append(Violation(SIGNAL, run_id, e.name, e.position,
                                          f"Wait consumed {p!r}, expected {want!r} (FIFO per name)"))
         # -- the result
         if final:
@@ -246,9 +246,9 @@ def evidence(store: Any, v: Violation, effects: list[dict[str, Any]], kills: lis
     out.append("    seq slot kind     name         status  started            ended              "
                "value")
     for e in journal[:limit]:
-        mark = " <--" if v.pos is not None and e.slot == v.pos else ""
+        mark = " <--" if v.pos is not None and e.position == v.pos else ""
         value = (e.value or "")[:60]
-        out.append(f"    {e.seq:>3} {e.slot:>4} {e.kind:<8} {e.name[:12]:<12} {e.status:<7} "
+        out.append(f"    {e.seq:>3} {e.position:>4} {e.kind:<8} {e.name[:12]:<12} {e.status:<7} "
                    f"{e.started:.6f} {e.ended:.6f} {value}{mark}")
     xs = [x for x in effects if x["run"] == v.run and (v.pos is None or x["pos"] == v.pos)]
     if xs:

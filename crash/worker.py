@@ -97,7 +97,7 @@ def apply_break(mode: str | None, store: Any) -> Any:
         original = Life._start
 
         def _start(self: Any, m: Any, attempt: int) -> Any:
-            yield from self._save("running", (self._entry(m.slot, "do", m.cmd.name, "ok", "null"),))
+            yield from self._save("running", (self._entry(m.position, "do", m.cmd.name, "ok", "null"),))
             return (yield from original(self, m, attempt))
 
         Life._start = _start  # type: ignore[method-assign]

@@ -1,15 +1,17 @@
 """replaygen: durable execution for Python generators.
 
 A workflow is a generator function that yields commands (``Do``, ``Sleep``,
-``Wait``, ``Version``, ``All``); an ``Interpreter`` executes each command or,
-when a run is resumed after a crash, answers it from the run's journal.
+``Wait``, ``Version``, ``All``, ``Child``, ``Deadline``); an ``Interpreter``
+executes each command or, when a run is resumed after a crash, answers it from the run's
+journal.
 """
 
 from .codec import Codec, JSONCodec
-from .commands import All, Command, Do, Retry, Sleep, Version, Wait
+from .commands import All, Child, Command, Deadline, Do, Retry, Sleep, Version, Wait
 from .errors import (
-    Cancelled, CorruptRecord, NonDeterminismError, ReplaygenError, ResultTimeout, RunFinished,
-    RunBlocked, RunNotFound, StepFailed, StoreUnavailable, UsageError, WaitTimeout, WorkflowFailed,
+    Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError,
+    ResultTimeout, RunBlocked, RunFinished, RunNotFound, StepFailed, StoreUnavailable, UsageError,
+    WaitTimeout, WorkflowFailed,
 )
 from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Clock, Interpreter, RunStatus, SystemClock
@@ -18,8 +20,9 @@ from .registry import workflow
 from .store import MemoryStore, Store
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "All", "Cancelled", "Client", "Clock", "Codec", "Command",
-    "CorruptRecord", "Do", "Event", "Interpreter", "JSONCodec", "MemoryStore",
+    "DEFAULT_MAX_PAYLOAD", "All", "Cancelled", "Child", "ChildFailed", "Client", "Clock",
+    "Codec", "Command", "CorruptRecord", "Deadline", "DeadlineExceeded", "Do", "Event",
+    "Interpreter", "JSONCodec", "MemoryStore",
     "NonDeterminismError", "Observer", "ReplaygenError", "ResultTimeout", "Retry", "RunBlocked",
     "RunFinished", "RunNotFound", "RunStatus", "Sleep", "StepFailed", "StepInfo", "Store",
     "StoreUnavailable", "SystemClock", "UsageError", "Version", "Wait", "WaitTimeout",

@@ -43,6 +43,7 @@ from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
 from .registry import registered, table
+from .replay import CHILD_SIGNAL
 from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
@@ -265,12 +266,17 @@ def _error(text: str | None, traceback: bool = False) -> str:
 
 def _outcome(e: Entry, full: bool) -> str:
     """An entry's value as a person reads it: deadlines as times, failures as Type: message."""
-    if e.kind in ("sleep", "timer"):
-        return f"until {_ts(_decode(e.value))}"
+    if e.kind in ("sleep", "timer", "deadline"):
+        at = _decode(e.value)
+        return "no timeout" if at is None else f"until {_ts(at)}"
     if e.kind == "cancel":
-        return "Cancelled raised here"
+        return f"{'DeadlineExceeded' if e.status == 'deadline' else 'Cancelled'} raised here"
+    if e.kind == "spawn":
+        return f"started child {_safe(str(_decode(e.value)))}"
     if e.status == "timeout":
         return "timed out"
+    if e.status == "cancelled":
+        return _cut(f"child cancelled: {_error(e.value)}", full)
     if e.status == "error":
         info = _decode(e.value)
         text = _error(e.value)  # a step's traceback goes below the table (show --full)
@@ -285,11 +291,21 @@ def _detail(r: RunRecord) -> str:
         return f"until {_when(r.wake_at)}"
     if r.state == "waiting":
         timeout = f", timeout {_ts(r.wake_at)}" if r.wake_at else ""
-        return f"for signal {_safe(r.waiting_for or '')}{timeout}"
+        return f"for {_awaited(r.waiting_for)}{timeout}"
     if r.error:
         return _error(r.error)
     return "cancel requested" if r.cancel_requested and r.state in ACTIVE else ""
 
+
+def _awaited(waiting_for: str | None) -> str:
+    """What a waiting run waits for, in words: signals by name, children by id."""
+    parts = (waiting_for or "").split(",")
+    return ", ".join(f"child {_safe(p[len(CHILD_SIGNAL):])}" if p.startswith(CHILD_SIGNAL)
+                     else f"signal {_safe(p)}" for p in parts)
+
+
+_COMMAND = {"retry": "do", "timer": "wait", "spawn": "child"}
+"""The command an entry kind belongs to, where the two names differ."""
 
 _Live = dict[str, list[str] | None]
 """``Store.workers()``: each live worker and the workflows it serves (None: it never said)."""
@@ -364,7 +380,8 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
     now, rows = time.time(), []
     for r in runs:
         t = tails[r.run_id]
-        step = f"#{t.slot} {t.kind}" + (f" {t.name}" if t.name else "") if t else "-"
+        step = f"#{t.position} {_COMMAND.get(t.kind, t.kind)}" + (
+            f" {t.name}" if t.name else "") if t else "-"
         state = r.state + (f" ({note})" if (note := _unserved(live, r)) else "")
         rows.append((r.run_id, state, r.workflow, _span(now - r.created), step,
                      _cut(_detail(r), a.full)))
@@ -391,7 +408,7 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
     if r.wake_at is not None:
         head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
     if r.waiting_for:
-        head.append(("waiting for", f"signal {_safe(r.waiting_for)}"))
+        head.append(("waiting for", _awaited(r.waiting_for)))
     if note := _unserved(live, r):
         head.append(("note", _safe(f"{note}: it waits until a worker that serves it starts")))
     if r.resumes:
@@ -408,11 +425,11 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
     print(f"\njournal ({len(journal)} entries):" if journal else "\njournal: empty")
     if journal:
         print(_table(("POS", "SEQ", "KIND", "NAME", "STATUS", "TOOK", "RESULT/ERROR"), [
-            (str(e.slot), str(e.seq), e.kind, e.name or "-", e.status,
+            (str(e.position), str(e.seq), e.kind, e.name or "-", e.status,
              _span(e.ended - e.started), _outcome(e, a.full)) for e in journal]))
     for e in journal if a.full else ():  # below the table, so that it keeps one row per entry
         if e.status == "error" and (tb := _traceback(e.value)):
-            print(f"\ntraceback of #{e.slot} {_safe(e.name)}:\n{tb}")
+            print(f"\ntraceback of #{e.position} {_safe(e.name)}:\n{tb}")
     return 0
 
 

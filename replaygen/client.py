@@ -17,14 +17,14 @@ from typing import Any
 
 from ._identity import new_owner_id
 from .codec import Codec, JSONCodec
-from .commands import check_name
+from .commands import check_name, check_signal
 from .errors import (
     Cancelled, CorruptRecord, ResultTimeout, RunNotFound, UsageError, WorkflowFailed,
 )
-from .journal import describe_error, read_error
+from .journal import Notice, describe_error, read_error
 from .registry import name_of
-from .replay import Rules
-from .store import FINISHED, RunRecord, Store, Write
+from .replay import CANCEL, CHILD_SIGNAL, STOP, Settings, Signals
+from .store import FINISHED, RunRecord, Signal, Store, Write
 
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
 """The largest encoded step result, argument list or signal payload, in bytes."""
@@ -42,6 +42,10 @@ class RunStatus:
     updated: float
     wake_at: float | None
     waiting_for: str | None
+    parent: str | None = None
+    """The run that started this one (``Child``), or None."""
+    children: tuple[str, ...] = ()
+    """The runs this one started as children, in creation order."""
 
 
 class Client:
@@ -56,7 +60,7 @@ class Client:
         if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
             raise UsageError(f"max_payload must be an int >= 1, got {max_payload!r}")
         self._store, self._codec = store, codec or JSONCodec()
-        self._rules = Rules(self._codec, time.time, max_payload, 0)
+        self._settings = Settings(self._codec, time.time, max_payload, 0)
         self.client_id = new_owner_id()
 
     def start(self, workflow: Any, *args: Any, run_id: str | None = None, **kwargs: Any) -> str:
@@ -106,47 +110,53 @@ class Client:
     def deliver(self, run_id: str, signal: str, payload: Any = None) -> None:
         """Queue a signal for the run; durable before this returns."""
         check_name("signal name", signal)
-        text = self._rules.encode(payload, "the payload of signal {!r}", signal)
-        self._store.deliver(check_name("run_id", run_id), signal, text)
-        self._hint(run_id, False)
+        check_signal("signal name", signal)
+        text = self._settings.encode(payload, "the payload of signal {!r}", signal)
+        sent = self._store.deliver(check_name("run_id", run_id), signal, text)
+        if isinstance(sent, int):  # a store before ids were returned gives None
+            self._tell(run_id, Signals((Signal(sent, signal, text, time.time()),)))
 
     def cancel(self, run_id: str) -> None:
-        """Raise Cancelled inside the run at its current or next yield; idempotent. A blocked
-        run takes it when code that replays it runs it again; ``terminate`` ends it now."""
+        """Raise Cancelled inside the run at its current or next yield, and in every unfinished
+        run descending from it (its children...); idempotent. A blocked run takes it when code
+        that replays it runs it again; ``terminate`` ends it now."""
         record = self._store.cancel(check_name("run_id", run_id))
         if record.cancel_requested:
-            self._hint(run_id, True)
+            self._tell(run_id, CANCEL)
 
     def terminate(self, run_id: str, reason: str | None = None) -> RunStatus:
-        """End an unfinished run now, as ``cancelled``, without running workflow code; a step
-        still running somewhere is refused by the fence when it ends. A finished run is left
-        as it is. Returns the run's status."""
-        terminate = getattr(self._store, "terminate", None)
-        if terminate is None:
-            raise UsageError(f"{self._store!r} cannot terminate runs (no terminate())")
+        """End an unfinished run now, and every unfinished run descending from it, as
+        ``cancelled``, without running workflow code; a step still running somewhere is
+        refused by the fence when it ends. A finished run is left as it is. Returns the run's
+        status."""
         message = reason or "terminated"
-        error = self._rules.encode_error({"type": "Terminated", "message": message})
-        record: RunRecord = terminate(check_name("run_id", run_id), error)
-        self._hint(run_id, False)
+        info = {"type": "Terminated", "message": message}
+        record = self._record(run_id)
+        notice = None if record.parent is None else Notice(
+            record.parent, CHILD_SIGNAL + run_id, self._settings.encode_error(
+                {"state": "cancelled", "error": info}))
+        record = self._store.terminate(run_id, self._settings.encode_error(info), notice)
+        self._tell(run_id, STOP)
         return self._status(record)
 
     def runs(self, *, states: Collection[str] | None = None, workflow: str | None = None,
-             limit: int = 100, offset: int = 0) -> list[RunStatus]:
-        """Runs in the store, newest first."""
+             parent: str | None = None, limit: int = 100, offset: int = 0) -> list[RunStatus]:
+        """Runs in the store, newest first: in these ``states``, of this ``workflow``, the
+        children of ``parent`` (each filter only if given); ``limit`` runs from ``offset``."""
         return [self._status(r) for r in self._store.runs(
-            states=states, workflow=workflow, limit=limit, offset=offset)]
+            states=states, workflow=workflow, parent=parent, limit=limit, offset=offset)]
 
     # ---- shared with Interpreter ------------------------------------------------------------
 
-    def _hint(self, run_id: str, cancel: bool) -> None:
-        """Tell a local executor that the run may have news (a Client has none)."""
+    def _tell(self, run_id: str, *events: Any) -> None:
+        """Give a run held by this process events (a Client holds none)."""
 
     def _wait_for(self, run_id: str, seconds: float) -> None:
         time.sleep(min(seconds, 0.05))  # executed elsewhere: poll
 
     def _args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         # The nonce makes idempotency keys unique to this run, not just to its id.
-        return self._rules.encode({"args": list(args), "kwargs": kwargs, "nonce": self._nonce()},
+        return self._settings.encode({"args": list(args), "kwargs": kwargs, "nonce": self._nonce()},
                                   "the arguments of workflow {!r}", name)
 
     def _nonce(self) -> str:
@@ -155,7 +165,13 @@ class Client:
     def _status(self, r: RunRecord) -> RunStatus:
         error = describe_error(read_error(r.error, self._codec)) if r.error else None
         return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
-                         r.wake_at, r.waiting_for)
+                         r.wake_at, r.waiting_for, r.parent, self._children_of(r.run_id))
+
+    def _children_of(self, run_id: str) -> tuple[str, ...]:
+        found: list[str] = []
+        while page := self._store.runs(parent=run_id, limit=1000, offset=len(found)):
+            found += [r.run_id for r in page]
+        return tuple(reversed(found))
 
     def _existing(self, run_id: str, name: str, args_text: str) -> RunRecord:
         """The run already stored under ``run_id``, if it is this start's; else a UsageError."""

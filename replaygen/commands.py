@@ -9,12 +9,14 @@ interpreter executes, journals or answers them. Each can also be used with
 
 from __future__ import annotations
 
+import inspect
 import math
+import typing
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar, overload
+from typing import ClassVar, Generic, TypeVar, overload
 
 from .errors import UsageError
 
@@ -22,6 +24,8 @@ T = TypeVar("T")
 
 MAX_NAME = 255
 """Longest run id, workflow, step, signal or change name, in characters."""
+RESERVED = "replaygen:"
+"""Signal names starting with this are the engine's own (a child's end, sent to its parent)."""
 
 
 def check_name(what: str, value: object) -> str:
@@ -39,6 +43,14 @@ def check_name(what: str, value: object) -> str:
     return value
 
 
+def check_signal(what: str, value: object) -> str:
+    """``check_name`` for a signal name, which may not start with ``RESERVED``."""
+    if check_name(what, value).startswith(RESERVED):
+        raise UsageError(f"{what} {value!r} starts with {RESERVED!r}, which is reserved for the "
+                         f"engine's own signals; choose another name")
+    return value  # type: ignore[return-value]
+
+
 def _seconds(what: str, value: object) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
@@ -53,8 +65,10 @@ class Command:
     """Base of every command a workflow may yield."""
 
     __slots__ = ()
+    groupable: ClassVar[bool] = False
+    """It may be a member of ``All``."""
 
-    def __iter__(self) -> Generator[Command, Any, Any]:
+    def __iter__(self) -> Generator[Command, typing.Any, typing.Any]:
         return (yield self)
 
     def describe(self) -> str:
@@ -129,24 +143,25 @@ class Do(Command, Generic[T]):
     """
 
     name: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = field(hash=False)
-    kwargs: Mapping[str, Any] = field(hash=False)
+    fn: Callable[..., typing.Any]
+    args: tuple[typing.Any, ...] = field(hash=False)
+    kwargs: Mapping[str, typing.Any] = field(hash=False)
     retry: Retry | None
+    groupable: ClassVar[bool] = True
 
     @overload
     def __init__(
-        self: Do[T], name: str, fn: Callable[..., Awaitable[T]], *args: Any,
-        retry: Retry | None = None, **kwargs: Any,
+        self: Do[T], name: str, fn: Callable[..., Awaitable[T]], *args: typing.Any,
+        retry: Retry | None = None, **kwargs: typing.Any,
     ) -> None: ...
     @overload
     def __init__(
-        self: Do[T], name: str, fn: Callable[..., T], *args: Any,
-        retry: Retry | None = None, **kwargs: Any,
+        self: Do[T], name: str, fn: Callable[..., T], *args: typing.Any,
+        retry: Retry | None = None, **kwargs: typing.Any,
     ) -> None: ...
     def __init__(
-        self, name: str, fn: Callable[..., Any], *args: Any,
-        retry: Retry | None = None, **kwargs: Any,
+        self, name: str, fn: Callable[..., typing.Any], *args: typing.Any,
+        retry: Retry | None = None, **kwargs: typing.Any,
     ) -> None:
         check_name("Do step name", name)
         if not callable(fn):
@@ -160,7 +175,7 @@ class Do(Command, Generic[T]):
         set_(self, "kwargs", MappingProxyType(dict(kwargs)))
         set_(self, "retry", retry)
 
-    def __iter__(self) -> Generator[Command, Any, T]:
+    def __iter__(self) -> Generator[Command, typing.Any, T]:
         return (yield self)  # type: ignore[no-any-return]
 
     def describe(self) -> str:
@@ -179,6 +194,7 @@ class Sleep(Command):
     """A durable timer of ``seconds`` (a number or a timedelta); holds no thread."""
 
     seconds: float
+    groupable: ClassVar[bool] = True
 
     def __init__(self, duration: float | timedelta) -> None:
         object.__setattr__(self, "seconds", _seconds("Sleep duration", duration))
@@ -186,7 +202,7 @@ class Sleep(Command):
     def describe(self) -> str:
         return f"Sleep({self.seconds:g}s)"
 
-    def __iter__(self) -> Generator[Command, Any, None]:
+    def __iter__(self) -> Generator[Command, typing.Any, None]:
         yield self
 
 
@@ -200,9 +216,10 @@ class Wait(Command):
 
     signal: str
     timeout: float | None
+    groupable: ClassVar[bool] = True
 
     def __init__(self, signal: str, timeout: float | timedelta | None = None) -> None:
-        object.__setattr__(self, "signal", check_name("Wait signal name", signal))
+        object.__setattr__(self, "signal", check_signal("Wait signal name", signal))
         object.__setattr__(
             self, "timeout", None if timeout is None else _seconds("Wait timeout", timeout)
         )
@@ -210,7 +227,7 @@ class Wait(Command):
     def describe(self) -> str:
         return f"Wait({self.signal!r})"
 
-    def __iter__(self) -> Generator[Command, Any, Any]:
+    def __iter__(self) -> Generator[Command, typing.Any, typing.Any]:
         return (yield self)
 
 
@@ -230,25 +247,92 @@ class Version(Command):
         object.__setattr__(self, "min", min)
         object.__setattr__(self, "max", max)
 
-    def __iter__(self) -> Generator[Command, Any, int]:
+    def __iter__(self) -> Generator[Command, typing.Any, int]:
         return (yield self)  # type: ignore[no-any-return]
+
+
+def _members(what: str, commands: tuple[typing.Any, ...]) -> None:
+    for c in commands:
+        if not (isinstance(c, Command) and c.groupable):
+            raise UsageError(f"{what}(...) takes Do, Sleep, Wait and Child commands, got {c!r}")
 
 
 @dataclass(frozen=True, init=False)
 class All(Command):
-    """Run ``Do``, ``Sleep`` and ``Wait`` commands concurrently; evaluates to their results in order.
+    """Run ``Do``, ``Sleep``, ``Wait`` and ``Child`` commands concurrently; evaluates to their
+    results in order.
 
     Every member runs to its end; if any failed, the first failure in member
     order is raised. On recovery only the unfinished members run again.
     """
 
-    commands: tuple[Do[Any] | Sleep | Wait, ...]
+    commands: tuple[Command, ...]
 
-    def __init__(self, *commands: Do[Any] | Sleep | Wait) -> None:
-        for c in commands:
-            if not isinstance(c, (Do, Sleep, Wait)):
-                raise UsageError(f"All(...) takes Do, Sleep and Wait commands, got {c!r}")
+    def __init__(self, *commands: Command) -> None:
+        _members("All", commands)
         object.__setattr__(self, "commands", commands)
 
-    def __iter__(self) -> Generator[Command, Any, list[Any]]:
+    def __iter__(self) -> Generator[Command, typing.Any, list[typing.Any]]:
         return (yield self)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class Child(Command):
+    """Start a child run of ``workflow`` (a registered function, or its name) and evaluate to
+    its result. The parent's worker need not know the workflow: any worker that does runs it.
+
+    The child's id is derived from the parent's id and this command's position unless
+    ``run_id`` is given. A failed child raises ``ChildFailed``, a cancelled one ``Cancelled``.
+    """
+
+    workflow: str
+    args: tuple[typing.Any, ...] = field(hash=False)
+    kwargs: Mapping[str, typing.Any] = field(hash=False)
+    run_id: str | None
+    groupable: ClassVar[bool] = True
+
+    def __init__(self, workflow: typing.Any, *args: typing.Any, run_id: str | None = None,
+                 **kwargs: typing.Any) -> None:
+        from .registry import name_of  # registry imports this module
+
+        if not isinstance(workflow, str):
+            if not inspect.isgeneratorfunction(workflow):
+                raise UsageError(f"Child(...) needs a workflow (a generator function or a "
+                                 f"registered name), got {workflow!r}")
+            workflow = name_of(workflow)
+        set_ = object.__setattr__
+        set_(self, "workflow", check_name("Child workflow name", workflow))
+        set_(self, "args", args)
+        set_(self, "kwargs", MappingProxyType(dict(kwargs)))
+        set_(self, "run_id", None if run_id is None else check_name("Child run_id", run_id))
+
+    def describe(self) -> str:
+        return f"Child({self.workflow!r})"
+
+    def __repr__(self) -> str:
+        parts = [repr(self.workflow)] + [repr(a) for a in self.args]
+        parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        if self.run_id is not None:
+            parts.append(f"run_id={self.run_id!r}")
+        return f"Child({', '.join(parts)})"
+
+    def __iter__(self) -> Generator[Command, typing.Any, typing.Any]:
+        return (yield self)
+
+
+@dataclass(frozen=True, init=False)
+class Deadline(Command):
+    """From here, the run must end within ``seconds`` (a number or a timedelta); a later
+    Deadline can only bring the time closer. When it passes, ``DeadlineExceeded`` is raised
+    once, at the yield where the run stands, and its unfinished children are cancelled."""
+
+    seconds: float
+
+    def __init__(self, seconds: float | timedelta) -> None:
+        object.__setattr__(self, "seconds", _seconds("Deadline", seconds))
+
+    def describe(self) -> str:
+        return f"Deadline({self.seconds:g}s)"
+
+    def __iter__(self) -> Generator[Command, typing.Any, None]:
+        yield self

@@ -83,6 +83,25 @@ class Cancelled(ReplaygenError):
     """The run was cancelled; raised inside the workflow so it can compensate."""
 
 
+class DeadlineExceeded(Cancelled):
+    """The run's ``Deadline`` passed; raised once, at the yield where the run stands."""
+
+
+class ChildFailed(ReplaygenError):
+    """A child run (``Child``) failed, or could not be started; raised into the parent.
+
+    ``run_id`` is the child's; ``error_type`` and ``error_message`` are its error's.
+    """
+
+    def __init__(self, run_id: str, error_type: str, error_message: str,
+                 traceback: str | None = None) -> None:
+        super().__init__(f"child run {run_id!r} failed: {error_type}: {error_message}")
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
 class WorkflowFailed(ReplaygenError):
     """The run ended with an exception escaping the workflow."""
 

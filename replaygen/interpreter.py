@@ -26,9 +26,9 @@ from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Journal, read_error
 from .observe import Event, Observer, notify
 from .registry import Workflow, registered, table
-from .replay import Life, Rules
+from .replay import CANCEL, UNREAD, Life, Settings
 from .runtime import Clock, Runtime, SystemClock
-from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
+from .store import ACTIVE, FINISHED, Claim, RunRecord, Spawn, Store, Write
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
 
@@ -67,8 +67,8 @@ class Interpreter(Client):
                              f"SQLiteStore('runs.db') or MemoryStore()")
         self._clock = clock or SystemClock()
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
-        self._rules = Rules(self._codec, self._clock.now, max_payload, max_resumes,
-                            observed=observer is not None, always_replay=always_replay)
+        self._settings = Settings(self._codec, self._clock.now, max_payload, max_resumes,
+                                  observed=observer is not None, always_replay=always_replay)
         self.worker_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
         self._start_lock = threading.Lock()  # orders start() against shutdown()
@@ -78,7 +78,9 @@ class Interpreter(Client):
         # A store written before heartbeats carried the workflow names still works (unlisted).
         self._advertise = "workflows" in inspect.signature(store.heartbeat).parameters
         self._heartbeat()
-        self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer)
+        self._unclaimed: set[str] = set()  # spawned here, of known workflows: to claim
+        self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer,
+                                self._spawned)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
 
@@ -119,15 +121,6 @@ class Interpreter(Client):
     def run(self, workflow: Workflow | str, *args: Any, **kwargs: Any) -> Any:
         """Start a run and wait for its result."""
         return self.result(self.start(workflow, *args, **kwargs))
-
-    def terminate(self, run_id: str, reason: str | None = None) -> RunStatus:
-        status = super().terminate(run_id, reason)
-        actor = self._runtime.actors.get(run_id)
-        if actor is not None and status.state in FINISHED:
-            self._runtime.forget(actor)
-        return status
-
-    terminate.__doc__ = Client.terminate.__doc__
 
     def recover(self) -> list[str]:
         """Claim and resume every unfinished run of a known workflow that no live worker owns;
@@ -181,7 +174,7 @@ class Interpreter(Client):
         with self._start_lock:
             if self._closed:
                 return
-            self._closed = self._rules.closing = True
+            self._closed = self._settings.closing = True
         self._adopting = False
         notify(self._observer, Event("shutdown"))
         end = time.monotonic() + timeout
@@ -237,8 +230,8 @@ class Interpreter(Client):
         else:
             self._store.heartbeat(self.worker_id, self._lease)
 
-    def _hint(self, run_id: str, cancel: bool) -> None:
-        self._runtime.hint(run_id, cancel)
+    def _tell(self, run_id: str, *events: Any) -> None:
+        self._runtime.tell(run_id, *events)
 
     def _wait_for(self, run_id: str, seconds: float) -> None:
         ended = self._runtime.waiter(run_id)
@@ -265,9 +258,29 @@ class Interpreter(Client):
 
     def _room(self) -> int:
         """How many more ready runs this worker can run now (parked runs do not count)."""
-        busy = sum(a.life.written[0] in ("pending", "running")
-                   for a in list(self._runtime.actors.values()))
+        busy = sum(a.state in ("pending", "running") for a in list(self._runtime.actors.values()))
         return max(0, self._concurrency - busy)
+
+    def _spawned(self, children: tuple[Spawn, ...]) -> None:
+        """Children this worker's runs made: claimed by the watcher (the commit that made them
+        woke it), if their workflows are known here, even before ``recover()``."""
+        known = self._known()
+        with self._start_lock:
+            self._unclaimed.update(c.run_id for c in children if c.workflow in known)
+
+    def _claim_children(self) -> bool:
+        """Claim the children spawned here, as room allows; True if some wait for room."""
+        with self._start_lock:
+            wanted = list(self._unclaimed)
+        room = self._room()
+        if not wanted or not room:
+            return bool(wanted)
+        claims = self._claim(blocked=False, run_ids=wanted[:room], limit=room)
+        for claim in claims:
+            self._adopt(claim)
+        with self._start_lock:  # the rest of those asked for: taken elsewhere, or ended
+            self._unclaimed.difference_update(wanted[:room])
+        return len(wanted) > room
 
     def _adopt(self, claim: Claim) -> None:
         record, broken = claim.run, None
@@ -278,11 +291,12 @@ class Interpreter(Client):
         if claim.journal:
             log.info("run %s resumed (%d journal entries to replay)", record.run_id,
                      len(claim.journal))
-        life = Life(self._rules, record.run_id, record.workflow,
+        life = Life(self._settings, record.run_id, record.workflow,
                     self._known().get(record.workflow), record.args, journal,
                     written=(record.state, record.wake_at, record.waiting_for),
-                    resumes=record.resumes, cancel=record.cancel_requested, broken=broken)
-        self._runtime.adopt(life, record.fence)
+                    resumes=record.resumes, cancel=record.cancel_requested,
+                    parent=record.parent, broken=broken)
+        self._runtime.adopt(record.run_id, life.life(), record.fence, record.state)
 
     # ---- the watcher ----------------------------------------------------------
 
@@ -306,9 +320,11 @@ class Interpreter(Client):
                 if new != token or now >= sweep:  # the timed sweep is a safety net
                     token, sweep = new, now + 5.0
                     for run_id, cancel in self._store.wakeups(self.worker_id):
-                        self._runtime.hint(run_id, cancel)
+                        self._runtime.tell(run_id, *((CANCEL, UNREAD) if cancel else (UNREAD,)))
                     if self._adopting:
                         adopt = 0.0
+                if self._unclaimed and not self._closed:
+                    backlog = self._claim_children() or backlog
                 if self._strangers is not None and now >= self._strangers:
                     self._strangers = None
                     _log_strangers(self._store, self._known())

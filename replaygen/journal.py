@@ -23,16 +23,34 @@ _NO_VALUE = frozenset({"cancel"})
 
 
 class Entry(NamedTuple):  # a tuple: replay builds thousands of these from rows
-    """One journal entry. ``seq`` is its dense append index, ``slot`` the command position it answers."""
+    """One journal entry. ``seq`` is its dense append index, ``position`` the place of the
+    command it answers (an ``All`` or ``Any`` of n members takes n consecutive positions)."""
 
     seq: int
-    slot: int
+    position: int
     kind: str
     name: str
     status: str
     value: str | None
     started: float
     ended: float
+
+
+class Spawn(NamedTuple):
+    """A child run a write of its parent creates, in the same transaction."""
+
+    run_id: str
+    workflow: str
+    args: str
+
+
+class Notice(NamedTuple):
+    """A signal a write delivers to another run (a child's end, to its parent), unless that
+    run is finished or gone."""
+
+    run_id: str
+    name: str
+    payload: str
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
@@ -64,14 +82,14 @@ def describe_error(info: dict[str, Any]) -> str:
 
 
 class Journal:
-    """A run's entries indexed by slot, with version markers by change id."""
+    """A run's entries indexed by position, with version markers by change id."""
 
     def __init__(self, run_id: str, entries: Sequence[Entry], codec: Codec) -> None:
         self.run_id, self.codec = run_id, codec
-        self.slots: dict[int, list[Entry]] = {}
+        self.at: dict[int, list[Entry]] = {}
         self.versions: dict[str, Entry] = {}
         self.next_seq = 0
-        self.end = 0  # the first slot past every positional entry
+        self.end = 0  # the first position past every positional entry
         self.cancelled = False  # a cancel request has been journaled (and so consumed)
         for e in entries:
             if e.seq != self.next_seq:
@@ -79,7 +97,7 @@ class Journal:
                     f"run {run_id!r}: journal row {e.seq} found where row {self.next_seq} was "
                     f"expected (a gap or duplicate); the run is blocked until the row is repaired"
                 )
-            if not (isinstance(e.kind, str) and isinstance(e.name, str) and isinstance(e.slot, int)
+            if not (isinstance(e.kind, str) and isinstance(e.name, str) and isinstance(e.position, int)
                     and isinstance(e.status, str) and (e.value is None or isinstance(e.value, str))
                     and (e.value is not None or e.kind in _NO_VALUE or e.status == "timeout")):
                 raise CorruptRecord(f"run {run_id!r}: journal row {e.seq} has missing or mistyped "
@@ -91,26 +109,33 @@ class Journal:
         if e.kind == "version":
             self.versions[e.name] = e
         else:
-            self.slots.setdefault(e.slot, []).append(e)
-            self.end = max(self.end, e.slot + 1)
-            self.cancelled = self.cancelled or e.kind == "cancel"
+            self.at.setdefault(e.position, []).append(e)
+            self.end = max(self.end, e.position + 1)
+            # A cancel (not a deadline) journaled: the run's cancel request is consumed.
+            self.cancelled = self.cancelled or (e.kind == "cancel" and e.status != "deadline")
 
-    def cancelled_at(self, slot: int) -> bool:
-        return any(e.kind == "cancel" for e in self.slots.get(slot, ()))
+    def interrupt(self, position: int) -> Entry | None:
+        """The cancel (or deadline) entry journaled at ``position``, if any."""
+        return next((e for e in self.at.get(position, ()) if e.kind == "cancel"), None)
 
-    def match(self, slot: int, kinds: tuple[str, ...], name: str, cmd: Any) -> list[Entry]:
-        """The entries at ``slot`` of command ``cmd``, owning ``kinds`` and named ``name``; a
-        NonDeterminismError if they are another's."""
-        found = [e for e in self.slots.get(slot, ()) if e.kind != "cancel"]
+    def match(self, position: int, kinds: tuple[str, ...], name: str, cmd: Any) -> list[Entry]:
+        """The entries at ``position`` of command ``cmd``, owning ``kinds`` and named ``name``;
+        a NonDeterminismError if they are another's."""
+        found = [e for e in self.at.get(position, ()) if e.kind != "cancel"]
         for e in found:
             if e.kind not in kinds or e.name != name:
                 held = f"{e.kind} {e.name!r}" if e.name else e.kind
-                raise NonDeterminismError(self.run_id, slot, held, f"yielded {cmd.describe()}")
+                raise NonDeterminismError(self.run_id, position, held, f"yielded {cmd.describe()}")
         return found
 
-    def rest(self, slot: int) -> list[Entry]:
-        """The positional entries at ``slot`` and after: what the code has not consumed."""
-        return [e for s in range(slot, self.end) for e in self.slots.get(s, ())]
+    def rest(self, position: int) -> list[Entry]:
+        """The positional entries at ``position`` and after: what the code has not consumed."""
+        return [e for p in range(position, self.end) for e in self.at.get(p, ())]
+
+    def open_children(self) -> list[str]:
+        """Ids of the children this run started whose end it has not journaled."""
+        return [str(self.decode(spawn)) for entries in self.at.values() for spawn in entries
+                if spawn.kind == "spawn" and not any(e.kind == "child" for e in entries)]
 
     def decode(self, e: Entry) -> Any:
         """The entry's value, or CorruptRecord naming the run and row."""

@@ -3,19 +3,23 @@
 A ``Life`` drives one run's workflow generator. It answers each command from the journal or
 asks for live work, and says what must become durable, as workflows do: every effect (a
 write, a step call, a timer, a read of the signal inbox) is a value yielded to whoever drives
-the life, who performs it and sends back the answer. The runtime drives lives against a
-store with threads; the testing kit drives the same lives with a fake performer.
+the life, who performs it and sends back the answer. What happens to a run from outside (a
+step ended elsewhere, a signal, a cancel, an alarm) reaches it as an event, in the answer to
+``Idle`` or to ``Save``. The runtime drives lives against a store with threads; the testing
+kit drives the same lives with a fake performer.
 
-This module holds every rule (matching, Version, retries and backoff, cancel, ``All``, the
-end-of-run shape check, crash loops, payload limits) and must never import threading,
-asyncio or a store, nor perform I/O of its own.
+This module holds every rule (matching, Version, retries and backoff, cancel, deadlines,
+``All``, children, the end-of-run shape check, crash loops, payload limits) and
+must never import threading, asyncio or a store, nor perform I/O of its own.
 
-A new command is one entry in ``HANDLERS`` (a command answered at once, as ``Version``) or in
-``MEMBERS`` (one that may wait, be journaled and sit in an ``All``, as ``Do``).
+``RULES`` is the one table of commands: what each owns in the journal, how it is answered,
+how a run waiting on it parks, how the testing kit answers it and what lint knows of it. A new
+command is one ``Rule`` and one handler method of ``Life``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Generator, Sequence
@@ -23,23 +27,27 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .codec import Codec
-from .commands import All, Command, Do, Sleep, Version, Wait
+from .commands import MAX_NAME, RESERVED, All, Child, Command, Deadline, Do, Sleep, Version, Wait
 from .errors import (
-    Cancelled, CorruptRecord, NonDeterminismError, ReplaygenError, RunBlocked, StepFailed,
-    UsageError, WaitTimeout,
+    Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError,
+    RunBlocked, StepFailed, UsageError, WaitTimeout,
 )
-from .journal import Entry, Journal, error_record, shrink_error
+from .journal import Entry, Journal, Notice, Spawn, error_record, shrink_error
 from .observe import Event, StepInfo
 
 log = logging.getLogger("replaygen")
 Workflow = Callable[..., Generator[Any, Any, Any]]  # as registry.Workflow (which imports threading)
+CHILD_SIGNAL = RESERVED + "child:"
+"""A child's end reaches its parent as a signal of this name + the child's id."""
+FINISHED = ("completed", "failed", "cancelled")
 
 
 # ---- effects: what a life asks of its driver ----------------------------------------------
 
 class Save(NamedTuple):
     """Make entries and the run row durable, fenced (the fields after ``run_id, owner, fence``
-    of a store ``Write``). Answer: None; a refused write ends the life instead."""
+    of a store ``Write``). Answer: the events that arrived meanwhile; a refused write ends
+    the life instead."""
 
     state: str
     entries: tuple[Entry, ...] = ()
@@ -47,38 +55,43 @@ class Save(NamedTuple):
     waiting_for: str | None = None
     result: str | None = None
     error: str | None = None
-    consume: int | None = None
+    consume: tuple[int, ...] = ()
     cancel_seen: bool = False
     release: bool = False
     keep: bool = False
+    spawn: tuple[Spawn, ...] = ()
+    cancel: tuple[str, ...] = ()
+    notify: Notice | None = None
 
 
 class Acquire(NamedTuple):
-    """Hold one of ``concurrency`` slots for member ``member``'s next ``Call``. Answer: True,
-    or False: queued, and a ``Wake`` follows once a slot is kept for it (ask again then)."""
+    """Hold one of ``concurrency`` slots for the next ``Call`` at ``position``. Answer: True,
+    or False: queued, and a ``Granted`` follows once a slot is kept for it (ask again then)."""
 
-    member: int
+    position: int
 
 
 class Call(NamedTuple):
-    """Run a step in a slot (kept for it by ``Acquire``, or free). Answer: its ``Outcome`` if
-    it ran at once; None, and a ``Done`` follows; or False: queued for a slot, and a ``Wake``
-    follows once one is kept for it (call again then). ``alone``: no other member waits on
-    it (it may run inline)."""
+    """Run ``fn(*args, **kwargs)`` in a slot (kept for it by ``Acquire``, or free). Answer: its
+    ``Outcome`` if it ran at once; None, and a ``Done`` follows; or False: queued for a slot,
+    and a ``Granted`` follows once one is kept for it (call again then). ``alone``: nothing
+    else of the run waits on it (it may run inline)."""
 
-    member: int
+    position: int
     attempt: int
-    cmd: Do[Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Any
     info: StepInfo
     alone: bool
 
 
 class Withdraw(NamedTuple):
-    """Give up every slot queued for or kept for this run (a cancel is due). Answer: None."""
+    """Give up every slot queued for or kept for this run. Answer: None."""
 
 
 class Alarm(NamedTuple):
-    """Send a ``Wake`` at this wall-clock time (None: never), replacing the last alarm."""
+    """Send a ``Ring`` at this wall-clock time (None: never), replacing the last alarm."""
 
     at: float | None
 
@@ -87,9 +100,14 @@ class Inbox(NamedTuple):
     """Answer: the run's unconsumed signals, oldest first (each with id, name, payload)."""
 
 
+class Lookup(NamedTuple):
+    """Answer: the store's record of run ``run_id`` (a child), or None."""
+
+    run_id: str
+
+
 class Idle(NamedTuple):
-    """Nothing to do until something happens. Answer: the next event (``Wake`` or ``Done``;
-    None: look again)."""
+    """Nothing to do until something happens. Answer: the events that happened."""
 
 
 class Emit(NamedTuple):
@@ -98,17 +116,19 @@ class Emit(NamedTuple):
     event: Event
 
 
-Effect = Save | Acquire | Call | Withdraw | Alarm | Inbox | Idle | Emit
+Effect = Save | Acquire | Call | Withdraw | Alarm | Inbox | Lookup | Idle | Emit
 IDLE, INBOX, WITHDRAW = Idle(), Inbox(), Withdraw()
 
 
 # ---- events: what happens to a life --------------------------------------------------------
 
-class Wake(NamedTuple):
-    """Look again: a signal, a slot or a cancel (``Life.cancel``) came, or (``alarm``) the
-    alarm went off, and is gone: a deadline still ahead (the clock stepped back) needs another."""
+class Ring(NamedTuple):
+    """The alarm went off, and is gone: a deadline still ahead (the clock stepped back) asks
+    for another."""
 
-    alarm: bool = False
+
+class Granted(NamedTuple):
+    """A concurrency slot is kept for a step that was queued: ask for it again."""
 
 
 class Outcome(NamedTuple):
@@ -123,9 +143,26 @@ class Outcome(NamedTuple):
 class Done(NamedTuple):
     """A step that ran off the driver has ended."""
 
-    member: int
+    position: int
     attempt: int
     outcome: Outcome
+
+
+class Signals(NamedTuple):
+    """Signals were delivered: these (each with id, name, payload), or None: read the inbox."""
+
+    items: tuple[Any, ...] | None = None
+
+
+class Cancel(NamedTuple):
+    """A cancel was requested."""
+
+
+class Stop(NamedTuple):
+    """The run was terminated, or its worker let it go: the life ends, writing nothing."""
+
+
+RING, GRANTED, CANCEL, STOP, UNREAD = Ring(), Granted(), Cancel(), Stop(), Signals()
 
 
 class Interrupted(Exception):
@@ -136,8 +173,12 @@ class Interrupted(Exception):
         self.exc = exc
 
 
+class _Stopped(Exception):
+    """A ``Stop`` arrived: the life ends where it is."""
+
+
 @dataclass
-class Rules:
+class Settings:
     """What every life of one interpreter shares: its codec, clock and limits."""
 
     codec: Codec
@@ -175,42 +216,83 @@ class Rules:
         return text
 
 
+def child_id(parent: str, position: int) -> str:
+    """The id of the child a run starts at ``position`` (unless the command gives one)."""
+    made = f"{parent}/{position}"
+    if len(made) <= MAX_NAME:
+        return made
+    digest = hashlib.sha256(parent.encode()).hexdigest()[:16]
+    return f"{parent[:MAX_NAME - 40]}~{digest}/{position}"
+
+
+def stored_error(info: Any, *, step: str | None = None, child: str | None = None) -> Exception:
+    """The exception a stored error record stands for: a step's (``StepFailed``), a child's
+    (``ChildFailed``; ``Cancelled`` for a cancelled child), else a run's cancel."""
+    info = info if isinstance(info, dict) else {"message": str(info)}
+    kind, message = str(info.get("type", "Error")), str(info.get("message", ""))
+    if step is not None:
+        return StepFailed(step, kind, message, info.get("traceback"))
+    if child is not None:
+        if kind in ("Cancelled", "DeadlineExceeded", "Terminated"):
+            return Cancelled(f"child run {child!r} was cancelled: {message}")
+        return ChildFailed(child, kind, message, info.get("traceback"))
+    return (DeadlineExceeded if kind == "DeadlineExceeded" else Cancelled)(message)
+
+
 class Member:
-    """One command of the current yield (a lone command, or one member of an ``All``)."""
+    """One command of the current yield (a lone command, or one member of an ``All``/``Any``)."""
 
-    __slots__ = ("cmd", "index", "slot", "done", "value", "error", "running", "queued", "deadline")
+    __slots__ = ("cmd", "index", "position", "done", "value", "error", "running", "queued",
+                 "deadline", "label", "child")
 
-    def __init__(self, cmd: Command, index: int, slot: int) -> None:
-        self.cmd, self.index, self.slot = cmd, index, slot
+    def __init__(self, cmd: Command, index: int, position: int) -> None:
+        self.cmd, self.index, self.position = cmd, index, position
         self.done = self.running = self.queued = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # when it needs looking at again
+        self.label: str | None = None       # what it waits for (a signal, a child)
+        self.child: str | None = None
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         self.done, self.value, self.error, self.deadline = True, value, error, None
 
 
 _Gen = Generator[Effect, Any, Any]
+LONE, ALL = 0, 1  # how a yield's members make its answer
 
 
 class Life:
     """The rules applied to one run. ``life()`` is the generator a driver runs."""
 
-    def __init__(self, rules: Rules, run_id: str, workflow: str, fn: Workflow | None, args: str,
-                 journal: Journal, *, written: tuple[str, float | None, str | None] = (
+    def __init__(self, settings: Settings, run_id: str, workflow: str, fn: Workflow | None,
+                 args: str, journal: Journal, *, written: tuple[str, float | None, str | None] = (
                      "pending", None, None), resumes: int = 0, cancel: bool = False,
-                 broken: Exception | None = None) -> None:
-        self.rules, self.id, self.workflow, self.fn, self.args = rules, run_id, workflow, fn, args
-        self.journal, self.resumes, self.broken = journal, resumes, broken
-        self.cancel = cancel  # set by the driver, from any thread, when a cancel is asked
+                 parent: str | None = None, broken: Exception | None = None) -> None:
+        self.settings, self.id, self.workflow, self.fn, self.args = (
+            settings, run_id, workflow, fn, args)
+        self.journal, self.resumes, self.parent, self.broken = journal, resumes, parent, broken
+        self.cancel = cancel and not journal.cancelled  # requested, not yet journaled
         self.written = written  # the run row as last written: (state, wake_at, waiting_for)
         self.gen: Generator[Any, Any, Any] | None = None
-        self.slot = 0                       # the replay cursor: first slot of the current yield
+        self.position = 0                   # the replay cursor: first position of the current yield
+        self.kind = LONE                    # the current yield's
         self.members: list[Member] = []
+        self.orphans: dict[int, Member] = {}  # steps still running for an answered yield
         self.live = False                   # the current yield needed live work
+        self.slots = False                  # it asked for a concurrency slot that may be kept
         self.alarm: float | None = None
-        self.finishing = False              # its last write is under way
+        self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
+        self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
+        self.taken: set[int] = set()        # signals consumed by this incarnation
+        self.looked: set[str] = set()       # children whose record it read
+        self.mail: list[Done] = []          # steps that ended, to journal
+        self.fresh = False                  # events came since the current pass began
+        self.staged: list[Entry] = []       # entries for the next Save, with what they imply:
+        self.consumed: list[int] = []       # the signals they take,
+        self.spawned: list[Spawn] = []      # the children they create,
+        self.cancels: list[str] = []        # the children they cancel,
+        self.after: list[Event] = []        # the observer events due once they are durable
         self.ended: BaseException | None = None  # what failed, cancelled or blocked the run
         self.nonce = ""                     # this incarnation's, for idempotency keys
 
@@ -220,19 +302,24 @@ class Life:
         """Run the workflow to its end, a block, or an interrupt; then the life ends."""
         try:
             yield from self._main()
+        except _Stopped:
+            pass
         except Interrupted as it:
-            self.rules.log.error("run %s interrupted; it stays resumable (recover() resumes it)",
-                                 self.id)
+            self.settings.log.error("run %s interrupted; it stays resumable (recover() resumes "
+                                    "it)", self.id)
             yield from self._save(self.written[0], release=True)
             raise it.exc from None
         except Exception as exc:
             if not isinstance(exc, ReplaygenError):
-                self.rules.log.error("internal error while handling run %s", self.id, exc_info=exc)
+                self.settings.log.error("internal error while handling run %s", self.id,
+                                        exc_info=exc)
             try:
                 yield from self._block(exc)
+            except _Stopped:
+                pass
             except Exception:
-                self.rules.log.exception("could not block run %s; it stays claimed until its "
-                                         "lease lapses", self.id)
+                self.settings.log.exception("could not block run %s; it stays claimed until its "
+                                            "lease lapses", self.id)
         finally:
             if self.gen is not None:
                 try:  # yields in a `finally` are refused by Python and never executed
@@ -247,18 +334,18 @@ class Life:
             raise RunBlocked(f"run {self.id!r} is of workflow {self.workflow!r}, which this "
                              f"interpreter does not know; register it and call recover()")
         try:
-            payload = self.rules.codec.decode(self.args)
+            payload = self.settings.codec.decode(self.args)
             args, kwargs = payload["args"], payload["kwargs"]
-            self.nonce = str(payload.get("nonce", ""))
+            self.nonce, self.deadline_at = str(payload.get("nonce", "")), payload.get("deadline")
         except Exception as exc:
             raise CorruptRecord(f"run {self.id!r}: its stored arguments cannot be read ({exc!r}); "
                                 f"the run is blocked until the row is repaired") from None
-        yield from _emit(self, "run_started")
+        yield from self._emit("run_started")
         try:
             self.gen = gen = self.fn(*args, **kwargs)
         except Exception as exc:  # wrong arguments for the function
             return (yield from self._finish("failed", exc))
-        slots, decode = self.journal.slots, self.journal.decode
+        at, decode = self.journal.at, self.journal.decode
         value: Any = None
         error: BaseException | None = None
         while True:
@@ -273,101 +360,422 @@ class Life:
                 raise Interrupted(exc) from None
             value = error = None
             if type(cmd) is Do:  # the hot path of replay: a lone step with just its result
-                entries = slots.get(self.slot)
+                entries = at.get(self.position)
                 if entries and len(entries) == 1 and entries[0].kind == "do" \
                         and entries[0].status == "ok" and entries[0].name == cmd.name:
-                    self.slot += 1
+                    self.position += 1
                     value = decode(entries[0])
                     continue
-            handler = HANDLERS.get(type(cmd))
-            if handler is None:
+            rule = RULES.get(type(cmd))
+            if rule is None:
                 return (yield from self._finish("failed", UsageError(
-                    f"the workflow yielded {cmd!r}, which is not a command; yield Do, Sleep, "
-                    f"Wait, Version or All")))
-            value, error = yield from handler(self, cmd)
+                    f"the workflow yielded {cmd!r}, which is not a command; yield "
+                    f"{', '.join(t.__name__ for t in RULES)}")))
+            value, error = yield from rule.answer(self, cmd)
 
     # ---- a yield of commands that may wait ----------------------------------------------------
 
-    def together(self, cmds: Sequence[Command], is_all: bool) -> _Gen:
-        """Answer the current yield once all its members are done; wait for events until then."""
-        self.members = [Member(c, i, self.slot + i) for i, c in enumerate(cmds)]
-        self.live = False
+    def lone(self, cmd: Command) -> _Gen:
+        return (yield from self.together((cmd,), LONE))
+
+    def all(self, cmd: All) -> _Gen:
+        return (yield from self.together(cmd.commands, ALL))
+
+    def together(self, cmds: Sequence[Command], kind: int) -> _Gen:
+        """Answer the current yield once its members are done; wait for events until then."""
+        self.members = [Member(c, i, self.position + i) for i, c in enumerate(cmds)]
+        self.kind, self.live = kind, False
         while True:
-            answer = yield from self._settle(is_all)
+            self.fresh = False
+            while self.mail:
+                yield from self._on_done(self.mail.pop(0))
+            answer = yield from self._settle()
             if answer is not None:
                 if self.alarm is not None:
                     self.alarm = None
                     yield Alarm(None)
-                self.slot += len(self.members)
+                if self.slots:  # slots kept or queued for steps it did not run
+                    self.slots = False
+                    yield WITHDRAW
+                self.orphans.update((m.position, m) for m in self.members if m.running)
+                self.position += len(self.members)
                 self.members = []
                 return answer
-            event = yield IDLE
-            if type(event) is Done:
-                yield from self._step_done(self.members[event.member], event.attempt, event.outcome)
-            elif type(event) is Wake and event.alarm:
-                self.alarm = None
+            if not (self.mail or self.fresh):  # else what came meanwhile is looked at first
+                self._absorb((yield IDLE))
 
-    def _settle(self, is_all: bool) -> Generator[Effect, Any, tuple[Any, Any] | None]:
+    def _settle(self) -> Generator[Effect, Any, tuple[Any, Any] | None]:
         """Answer the current yield from the journal or by live work; None: not yet."""
-        members, journal = self.members, self.journal
-        if journal.cancelled and journal.cancelled_at(self.slot):
-            return None, Cancelled(f"run {self.id!r} was cancelled")
-        if self.cancel and not journal.cancelled and any(m.queued for m in members):
+        members = self.members
+        interrupt = self.journal.interrupt(self.position)
+        if interrupt is not None:
+            return None, self._interrupt(interrupt)
+        if self.slots and self._halted() and any(m.queued for m in members):
+            self.slots = False  # no step starts now: give their slots back
             yield WITHDRAW
             for m in members:
                 m.queued = False
-        done = True
         for m in members:
             if not m.done and not m.running:
-                yield from MEMBERS[type(m.cmd)][2](self, m)
-            done = done and m.done
-        due = self.cancel and not journal.cancelled
-        if done and not (due and self.live):
-            if is_all:
-                failed = next((m.error for m in members if m.error is not None), None)
-                return None if failed else [m.value for m in members], failed
-            return members[0].value, members[0].error
-        if any(m.running or m.queued for m in members):
+                yield from RULES[type(m.cmd)].resolve(self, m)  # type: ignore[misc]
+        busy = any(m.running or m.queued for m in members)
+        if not busy and all(m.done for m in members):
+            if self.staged or self.after or self.cancels:  # the answer may bring a cancel
+                yield from self._flush("running")
+            if not (self.live and (self.cancel or self._struck())):
+                return self._answer()
+        if self.live and self._struck():  # steps still running end unanswered
+            return None, (yield from self._raise(deadline=True))
+        if self.cancel and not busy:
+            return None, (yield from self._raise(deadline=False))
+        if busy:
+            if self.staged:  # a sleep's deadline, say: durable before anything else happens
+                yield from self._flush("running")
             yield from self._set_alarm()
             return None
-        if due:
-            yield from self._save("running", (self._entry(self.slot, "cancel", "", "", None),),
-                                  cancel_seen=True)
-            return None, Cancelled(f"run {self.id!r} was cancelled")
         yield from self._park()
         return None
+
+    def _answer(self) -> tuple[Any, Any]:
+        if self.kind == ALL:
+            failed = next((m.error for m in self.members if m.error is not None), None)
+            return None if failed else [m.value for m in self.members], failed
+        return self.members[0].value, self.members[0].error
+
+    def _struck(self) -> bool:
+        return self.deadline_at is not None and self.settings.now() >= self.deadline_at
+
+    def _interrupt(self, entry: Entry) -> Cancelled:
+        if entry.status == "deadline":
+            self.deadline_at = None  # it strikes once
+            return DeadlineExceeded(f"run {self.id!r} passed its deadline")
+        self.cancel = False
+        return Cancelled(f"run {self.id!r} was cancelled")
+
+    def _raise(self, deadline: bool) -> _Gen:
+        """Journal a cancel (or a passed deadline) at this yield, to be raised here."""
+        entry = self._entry(self.position, "cancel", "", "deadline" if deadline else "", None)
+        if deadline:  # its children are cancelled with it
+            self.cancels += self.journal.open_children() + [
+                m.child for m in self.members if m.child and not m.done]
+        yield from self._save("running", (entry,), cancel_seen=not deadline)
+        return self._interrupt(entry)
 
     def _set_alarm(self) -> _Gen:
         at = min((m.deadline for m in self.members if m.deadline is not None and not m.done),
                  default=None)
+        if self.deadline_at is not None and self.live and (at is None or self.deadline_at < at):
+            at = self.deadline_at
         if at != self.alarm:
             self.alarm = at
             yield Alarm(at)
 
     def _park(self) -> _Gen:
-        if self.rules.closing:  # what was not started is not parked: the run row stays as is
+        if self.settings.closing:  # what was not started is not parked: the run row stays as is
             return
         pending = [m for m in self.members if not m.done]
-        waits = [m.cmd.signal for m in pending if isinstance(m.cmd, Wait)]
-        state = "waiting" if waits else "sleeping" if any(
-            isinstance(m.cmd, Sleep) for m in pending) else "running"
+        parks = {RULES[type(m.cmd)].parks for m in pending}
+        state = "waiting" if "waiting" in parks else "sleeping" if "sleeping" in parks \
+            else "running"
+        labels = ",".join(m.label for m in pending if m.label) or None
         wake_at = min((m.deadline for m in pending if m.deadline is not None), default=None)
-        if (state, wake_at, ",".join(waits) or None) != self.written:
-            yield from self._save(state, wake_at=wake_at, waiting_for=",".join(waits) or None)
+        if (state, wake_at, labels) != self.written or self.staged:
+            yield from self._save(state, wake_at=wake_at, waiting_for=labels)
         yield from self._set_alarm()
         if state != "running":
-            yield from _emit(self, "run_parked", state=state, position=self.slot)
+            yield from self._emit("run_parked", state=state, position=self.position)
 
-    @property
-    def halted(self) -> bool:
-        """No new live work while shutting down or while a cancel waits to be raised."""
-        return self.rules.closing or (self.cancel and not self.journal.cancelled)
+    def _halted(self) -> bool:
+        """No new live work while shutting down, a cancel waits, or the deadline passed."""
+        return self.settings.closing or self.cancel or self._struck()
 
     def _match(self, m: Member) -> list[Entry]:
-        if m.slot >= self.journal.end:  # nothing journaled here yet: live
-            return []
-        kinds, name, _ = MEMBERS[type(m.cmd)]
-        return self.journal.match(m.slot, kinds, name(m.cmd), m.cmd)
+        """The member's entries, journaled or staged."""
+        found: list[Entry] = []
+        if m.position < self.journal.end:  # else nothing journaled here yet: live
+            rule = RULES[type(m.cmd)]
+            found = self.journal.match(m.position, rule.kinds, rule.name(m.cmd), m.cmd)
+        if self.staged:
+            found += [e for e in self.staged if e.position == m.position and e.kind != "version"]
+        return found
+
+    # ---- events ------------------------------------------------------------------------------
+
+    def _absorb(self, events: Any) -> None:
+        """Take in what happened (the answer to ``Idle`` or ``Save``); the steps that ended
+        are journaled by the yield's loop."""
+        for event in events or ():
+            self.fresh = True
+            kind = type(event)
+            if kind is Done:
+                self.mail.append(event)
+            elif kind is Cancel:
+                self.cancel = not self.journal.cancelled
+            elif kind is Ring:
+                self.alarm = None
+            elif kind is Signals:
+                self._learn(event.items)
+            elif kind is Granted:
+                for m in self.members:
+                    m.queued = False
+            elif kind is Stop:
+                raise _Stopped
+
+    def _learn(self, items: tuple[Any, ...] | None) -> None:
+        if items is None or self.inbox is None:
+            self.inbox = None  # read it again when a Wait needs it
+            return
+        known = {s.id for s in self.inbox} | self.taken
+        self.inbox += [s for s in items if s.id not in known]
+        self.inbox.sort(key=lambda s: s.id)
+
+    def _on_done(self, event: Done) -> _Gen:
+        m = next((m for m in self.members if m.position == event.position), None)
+        orphan = m is None
+        m = self.orphans.pop(event.position, None) if orphan else m
+        if m is not None:
+            yield from self._step_done(m, event.attempt, event.outcome, retry=not orphan)
+            if orphan and self.staged:  # nothing else of its yield will write it
+                yield from self._flush(self.written[0])
+
+    def _peek(self, name: str) -> Generator[Effect, Any, Any]:
+        """The oldest unconsumed signal of this name (None: there is none)."""
+        if self.inbox is None:
+            self.inbox = [s for s in (yield INBOX) if s.id not in self.taken]
+        return next((s for s in self.inbox if s.name == name), None)
+
+    def _take(self, signal: Any) -> None:
+        assert self.inbox is not None
+        self.inbox.remove(signal)
+        self.consumed.append(signal.id)
+        self.taken.add(signal.id)
+
+    # ---- the handlers, one per command (see RULES) ------------------------------------------
+
+    def version(self, cmd: Version) -> Generator[Effect, Any, tuple[Any, Any]]:
+        marker = self.journal.versions.get(cmd.change_id)
+        if marker is not None:
+            value = self.journal.number(marker)
+            if not value.is_integer() or not cmd.min <= value <= cmd.max:
+                raise NonDeterminismError(self.id, self.position, f"Version({cmd.change_id!r}) = "
+                                          f"{marker.value}", f"accepts only {cmd.min}..{cmd.max} "
+                                          f"there")
+            return int(value), None
+        # Entries at or past this point mean the run was written by code without this call.
+        chosen = cmd.min if self.journal.end > self.position else cmd.max
+        self.staged.append(self._entry(self.position, "version", cmd.change_id, "ok",
+                                       self.settings.codec.encode(chosen)))
+        return chosen, None
+        yield  # a generator, as every handler
+
+    def deadline(self, cmd: Deadline) -> Generator[Effect, Any, tuple[Any, Any]]:
+        """``Deadline``: the run's deadline, journaled; a later one only brings it closer."""
+        entries = self.journal.match(self.position, ("deadline",), "", cmd) \
+            if self.position < self.journal.end else []
+        if entries:
+            at = self.journal.number(entries[0])
+        else:
+            at = self.settings.now() + cmd.seconds
+            at = at if self.deadline_at is None else min(at, self.deadline_at)
+            self.staged.append(self._entry(self.position, "deadline", "", "ok",
+                                           self.settings.codec.encode(at)))
+        self.deadline_at = at
+        self.position += 1
+        return None, None
+        yield  # a generator, as every handler
+
+    def resolve_do(self, m: Member) -> _Gen:
+        cmd = m.cmd
+        assert isinstance(cmd, Do)
+        entries = self._match(m)
+        final = entries[-1] if entries and entries[-1].kind == "do" else None
+        if final is None:
+            self.live = True
+            if entries:  # a retry's entry: its backoff may still run
+                info = self.journal.decode(entries[-1])
+                next_at = info.get("next_at", 0.0) if isinstance(info, dict) else 0.0
+                if self.settings.now() < next_at:
+                    m.deadline = next_at
+                    return
+            if self._halted():
+                return
+            final = yield from self._start(m, len(entries) + 1)
+            if final is None:
+                return None if m.running or m.queued else (yield from self.resolve_do(m))
+        value = self.journal.decode(final)
+        if final.status == "ok":
+            return m.settle(value)
+        m.settle(error=stored_error(value, step=cmd.name))
+
+    def resolve_sleep(self, m: Member) -> _Gen:
+        cmd = m.cmd
+        assert isinstance(cmd, Sleep)
+        entries = self._match(m)
+        self.live = self.live or not entries
+        if not entries and self._halted():
+            return
+        now = self.settings.now()
+        if entries:
+            deadline = self.journal.number(entries[0])
+        else:
+            deadline = now + cmd.seconds
+            self.staged.append(self._entry(m.position, "sleep", "", "ok",
+                                           self.settings.codec.encode(deadline), now))
+        if now < deadline:
+            m.deadline = deadline
+            return
+        m.settle()
+        yield from ()
+
+    def resolve_wait(self, m: Member) -> _Gen:
+        cmd, journal = m.cmd, self.journal
+        assert isinstance(cmd, Wait)
+        entries = self._match(m)
+        final = entries[-1] if entries and entries[-1].kind == "wait" else None
+        if final is not None:
+            if final.status == "timeout":
+                return m.settle(error=WaitTimeout(cmd.signal))
+            return m.settle(journal.decode(final))
+        self.live = True
+        if self._halted():
+            return
+        now = self.settings.now()
+        if entries:
+            timeout_at = None if journal.decode(entries[0]) is None else journal.number(entries[0])
+        else:  # journaled even without a timeout, so that inserting a command before it shows
+            timeout_at = None if cmd.timeout is None else now + cmd.timeout
+            self.staged.append(self._entry(m.position, "timer", cmd.signal, "ok",
+                                           self.settings.codec.encode(timeout_at), now))
+        signal = yield from self._peek(cmd.signal)
+        if signal is not None:
+            self._take(signal)
+            entry = self._entry(m.position, "wait", cmd.signal, "ok", signal.payload, now)
+            self.staged.append(entry)
+            self.after.append(self._event("signal_taken", step=cmd.signal, position=m.position))
+            return m.settle(journal.decode(entry))
+        if timeout_at is not None and now >= timeout_at:
+            self.staged.append(self._entry(m.position, "wait", cmd.signal, "timeout", None))
+            return m.settle(error=WaitTimeout(cmd.signal))
+        m.deadline, m.label = timeout_at, cmd.signal
+
+    def resolve_child(self, m: Member) -> _Gen:
+        cmd = m.cmd
+        assert isinstance(cmd, Child)
+        entries = self._match(m)
+        if entries and entries[-1].kind == "child":
+            m.child = str(self.journal.decode(entries[0])) if len(entries) > 1 else cmd.run_id
+            return self._child_ended(m, entries[-1].status, self.journal.decode(entries[-1]))
+        self.live = True
+        record = None
+        if not entries:
+            if self._halted():
+                return
+            made, record = yield from self._spawn(m, cmd)
+            if not made:
+                return
+        else:
+            m.child = str(self.journal.decode(entries[0]))
+        assert m.child is not None
+        notice = yield from self._peek(CHILD_SIGNAL + m.child)
+        if notice is None and entries and m.child not in self.looked:
+            self.looked.add(m.child)  # it ended while no worker ran this run (once a life)
+            record = yield Lookup(m.child)
+        if notice is None and record is not None and record.state in FINISHED:
+            notice = _Noticed(self._end_notice(record))
+        if notice is None:
+            m.label = CHILD_SIGNAL + m.child  # the signal it waits for
+            return
+        told = self.settings.codec.decode(notice.payload)
+        if self._same_deadline(told):  # the child ended by our deadline: ours strikes first
+            m.deadline = self.deadline_at
+            return
+        if notice.id >= 0:
+            self._take(notice)
+        status = {"completed": "ok", "failed": "error"}.get(told.get("state"), "cancelled")
+        value = told.get("result") if status == "ok" else told.get("error")
+        self.staged.append(self._entry(m.position, "child", cmd.workflow, status,
+                                       self.settings.codec.encode(value)))
+        self._child_ended(m, status, value)
+
+    # ---- children ----------------------------------------------------------------------------
+
+    def _spawn(self, m: Member, cmd: Child) -> Generator[Effect, Any, tuple[bool, Any]]:
+        """Stage the child's creation with its entry (one commit), and the record of the run
+        it awaits instead when one exists; False: it cannot start, and the member is settled
+        with why."""
+        m.child = cmd.run_id or child_id(self.id, m.position)
+        given = {"args": list(cmd.args), "kwargs": dict(cmd.kwargs)}
+        try:
+            text = self.settings.encode({**given, "nonce": _nonce(self.nonce, m.child), **(
+                {} if self.deadline_at is None else {"deadline": self.deadline_at})},
+                "the arguments of child run {!r}", m.child)
+            record = None if cmd.run_id is None else (yield Lookup(m.child))
+            if record is not None:
+                self._check_attach(record, cmd, given)
+        except UsageError as exc:
+            info = error_record(exc)
+            self.staged.append(self._entry(m.position, "child", cmd.workflow, "error",
+                                           self.settings.encode_error(info)))
+            self._child_ended(m, "error", info)
+            return False, None
+        self.staged.append(self._entry(m.position, "spawn", cmd.workflow, "ok",
+                                       self.settings.codec.encode(m.child)))
+        if record is None:
+            self.spawned.append(Spawn(m.child, cmd.workflow, text))
+        return True, record
+
+    def _check_attach(self, record: Any, cmd: Child, given: dict[str, Any]) -> None:
+        """A child given by id that exists already is awaited if it is the same start of a
+        run that ended, or this run's own child; else it is an error."""
+        try:
+            stored = self.settings.codec.decode(record.args)
+            same = record.workflow == cmd.workflow and given == {
+                "args": stored["args"], "kwargs": stored["kwargs"]}
+        except Exception:
+            same = False
+        if same and (record.state in FINISHED or record.parent == self.id):
+            return
+        why = "is still running, and not as a child of this run" if same else \
+            f"exists as another start ({record.workflow}({record.args}))"
+        raise UsageError(f"child run {record.run_id!r} {why}; this Child asked for "
+                         f"{cmd.workflow}({given}). Give the child another run_id")
+
+    def _child_ended(self, m: Member, status: str, value: Any) -> None:
+        assert m.child is not None
+        if status == "ok":
+            m.settle(value)
+        else:
+            m.settle(error=stored_error(value, child=m.child))
+
+    def _same_deadline(self, told: dict[str, Any]) -> bool:
+        """The child ended by the deadline it inherited from this run, which has not struck
+        here yet (another machine's clock): this run's own DeadlineExceeded comes first."""
+        error = told.get("error")
+        return self.deadline_at is not None and isinstance(error, dict) and error.get(
+            "type") == "DeadlineExceeded" and told.get("deadline") == self.deadline_at
+
+    def _end_notice(self, record: Any) -> str:
+        """A child's end, as its notice to the parent says it, from its record."""
+        codec = self.settings.codec
+        if record.state == "completed":
+            return codec.encode({"state": "completed", "result": None if record.result is None
+                                 else codec.decode(record.result)})
+        try:
+            error = codec.decode(record.error or "{}")
+        except Exception:
+            error = {"type": "Error", "message": str(record.error)}
+        return codec.encode({"state": record.state, "error": error})
+
+    def _notice(self, state: str, outcome: Any) -> Notice | None:
+        """What this run's end tells its parent (if it has one)."""
+        if self.parent is None:
+            return None
+        told: dict[str, Any] = {"state": state}
+        if state == "completed":
+            told["result"] = outcome
+        else:
+            told["error"], told["deadline"] = error_record(outcome), self.deadline_at
+        return Notice(self.parent, CHILD_SIGNAL + self.id, self.settings.encode_error(told))
 
     # ---- steps ------------------------------------------------------------------------------
 
@@ -376,139 +784,172 @@ class Life:
         (it runs elsewhere, waits for a slot, or a retry was journaled)."""
         cmd = m.cmd
         assert isinstance(cmd, Do)
-        if self.resumes > self.rules.max_resumes:
+        if self.resumes > self.settings.max_resumes:
             raise RunBlocked(
                 f"run {self.id!r} was resumed {self.resumes} times without progress; each time its "
-                f"worker died in step {cmd.name!r} (position {m.slot}). Blocked so that it cannot "
-                f"take every worker down: fix the step, then resume the run")
-        self.live = True
+                f"worker died in step {cmd.name!r} (position {m.position}). Blocked so that it "
+                f"cannot take every worker down: fix the step, then resume the run")
         if self.written[0] != "running":  # say so first (a crash in the step then counts),
-            if not (yield Acquire(m.index)):  # but not while the run waits for a slot
+            self.slots = True
+            if not (yield Acquire(m.position)):  # but not while the run waits for a slot
                 m.queued = True
                 return None
-            yield from self._save("running")
-        info = StepInfo(self.id, cmd.name, m.slot, attempt, self.nonce)
-        if self.rules.observed:
-            yield from _emit(self, "step_started", step=cmd.name, position=m.slot, attempt=attempt)
-        outcome: Outcome | bool | None = yield Call(m.index, attempt, cmd, info,
-                                                    len(self.members) == 1)
+            yield from self._flush("running")
+        elif self.staged:  # what the step may depend on is durable before it runs
+            yield from self._flush("running")
+        if self.cancel or self._struck():  # the write's answer brought a cancel (a step said
+            return None                      # to be running at shutdown runs: it is in flight)
+        info = StepInfo(self.id, cmd.name, m.position, attempt, self.nonce)
+        if self.settings.observed:
+            yield from self._emit("step_started", step=cmd.name, position=m.position,
+                                  attempt=attempt)
+        outcome: Outcome | bool | None = yield Call(m.position, attempt, cmd.fn, cmd.args,
+                                                    cmd.kwargs, info, len(self.members) == 1)
         m.queued, m.running = outcome is False, outcome is None
+        self.slots = self.slots or m.queued
         if not outcome:
             return None
         assert isinstance(outcome, Outcome)
         return (yield from self._step_done(m, attempt, outcome))
 
-    def _step_done(self, m: Member, attempt: int,
-                   outcome: Outcome) -> Generator[Effect, Any, Entry | None]:
-        """Journal a try's outcome: the final entry (returned), or a retry entry when another
-        try is due (None)."""
-        cmd, rules = m.cmd, self.rules
+    def _step_done(self, m: Member, attempt: int, outcome: Outcome,
+                   retry: bool = True) -> Generator[Effect, Any, Entry | None]:
+        """Stage a try's outcome: the final entry (returned), or a retry entry when another
+        try is due (None). ``retry`` False: a step whose yield was answered without it."""
+        cmd, settings = m.cmd, self.settings
         assert isinstance(cmd, Do)
         m.running = False
         if outcome.interrupt is not None:
             raise Interrupted(outcome.interrupt)
-        error, retry = outcome.error, cmd.retry if outcome.error is not None else None
-        if rules.observed:
-            yield from _emit(self, "step_returned", step=cmd.name, position=m.slot, attempt=attempt,
-                                  duration=rules.now() - outcome.started, error=error and repr(error))
+        error = outcome.error
+        policy = cmd.retry if error is not None and retry else None
+        if settings.observed:
+            yield from self._emit("step_returned", step=cmd.name, position=m.position,
+                                  attempt=attempt, duration=settings.now() - outcome.started,
+                                  error=error and repr(error))
         if error is None:
             try:
-                text = rules.encode(outcome.value, "the result of step {!r}", cmd.name)
+                text = settings.encode(outcome.value, "the result of step {!r}", cmd.name)
             except UsageError as exc:
                 error = exc
         if error is None:
-            entry = self._entry(m.slot, "do", cmd.name, "ok", text, outcome.started)
-        elif retry and attempt < retry.attempts and retry.retries(error):
-            now = rules.now()
-            next_at = now + retry.delay(attempt, random.random())
+            entry = self._entry(m.position, "do", cmd.name, "ok", text, outcome.started)
+        elif policy and attempt < policy.attempts and policy.retries(error):
+            now = settings.now()
+            next_at = now + policy.delay(attempt, random.random())
             info = {**error_record(error), "attempt": attempt, "next_at": next_at}
-            yield from self._save("running", (self._entry(
-                m.slot, "retry", cmd.name, "error", rules.encode_error(info), outcome.started),))
-            self.rules.log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
-                        self.id, cmd.name, attempt, retry.attempts, next_at - now, error)
-            yield from _emit(self, "step_retrying", step=cmd.name, position=m.slot,
-                                  attempt=attempt, error=repr(error))
+            self.staged.append(self._entry(m.position, "retry", cmd.name, "error",
+                                           settings.encode_error(info), outcome.started))
+            settings.log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
+                                 self.id, cmd.name, attempt, policy.attempts, next_at - now, error)
+            self.after.append(self._event("step_retrying", step=cmd.name, position=m.position,
+                                          attempt=attempt, error=repr(error)))
             return None
         else:
-            self.rules.log.warning("run %s: step %r failed: %r", self.id, cmd.name, error)
-            entry = self._entry(m.slot, "do", cmd.name, "error",
-                                rules.encode_error(error_record(error)), outcome.started)
-        yield from self._save("running", (entry,))
-        if rules.always_replay:
-            compare(self)
-        if rules.observed:
-            yield from _emit(self, "step_committed", step=cmd.name, position=m.slot,
-                                  attempt=attempt, duration=entry.ended - outcome.started)
+            settings.log.warning("run %s: step %r failed: %r", self.id, cmd.name, error)
+            entry = self._entry(m.position, "do", cmd.name, "error",
+                                settings.encode_error(error_record(error)), outcome.started)
+        self.staged.append(entry)
+        if settings.observed:
+            self.after.append(self._event("step_committed", step=cmd.name, position=m.position,
+                                          attempt=attempt, duration=entry.ended - outcome.started))
         return entry
 
     # ---- writing and ending -----------------------------------------------------------------
 
-    def _entry(self, slot: int, kind: str, name: str, status: str, value: str | None,
+    def _entry(self, position: int, kind: str, name: str, status: str, value: str | None,
                started: float | None = None) -> Entry:
-        now = self.rules.now()  # ended: when the entry is written; the next write appends it
-        return Entry(self.journal.next_seq, slot, kind, name, status, value,
+        now = self.settings.now()  # ended: when the entry is made; seqs follow staged ones
+        return Entry(self.journal.next_seq + len(self.staged), position, kind, name, status, value,
                      now if started is None else started, now)
+
+    def _flush(self, state: str) -> _Gen:
+        """Save what is staged, in ``state`` (the run row otherwise as written)."""
+        same = state == self.written[0]
+        yield from self._save(state, wake_at=self.written[1] if same else None,
+                              waiting_for=self.written[2] if same else None)
 
     def _save(self, state: str, entries: tuple[Entry, ...] = (), *, wake_at: float | None = None,
               waiting_for: str | None = None, **fields: Any) -> _Gen:
+        """Write what is staged and ``entries``, with the run row; take in the events its
+        answer brings."""
+        entries = (*self.staged, *entries) if self.staged else entries
+        consume, spawn, cancel = tuple(self.consumed), tuple(self.spawned), tuple(self.cancels)
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
-        keep = bool(entries) and not fields and not self.resumes and \
-            self.written == (state, wake_at, waiting_for)
-        yield Save(state, entries, wake_at, waiting_for, keep=keep, **fields)
+        keep = bool(entries) and not (fields or consume or spawn or self.resumes) \
+            and self.written == (state, wake_at, waiting_for)
+        events = yield Save(state, entries, wake_at, waiting_for, keep=keep, consume=consume,
+                            spawn=spawn, cancel=cancel, **fields)
         for e in entries:
             self.journal.append(e)
+        self.staged, self.consumed, self.spawned, self.cancels = [], [], [], []
         self.written = (state, wake_at, waiting_for)
         self.resumes = 0 if entries else self.resumes
-
-    def _keep_row(self) -> dict[str, Any]:
-        """The run row as written: for an entry that does not change the run's state."""
-        return {"wake_at": self.written[1], "waiting_for": self.written[2]}
+        if self.settings.always_replay and any(e.kind == "do" for e in entries):
+            compare(self)
+        after, self.after = self.after, []
+        for event in after:
+            yield Emit(event)
+        self._absorb(events)
 
     def _finish(self, state: str, outcome: Any) -> _Gen:
-        if self.journal.end > self.slot:
-            held = self.journal.rest(self.slot)
+        if self.journal.end > self.position:
+            held = self.journal.rest(self.position)
             verb = "returned" if state == "completed" else f"raised {type(outcome).__name__}"
-            raise NonDeterminismError(self.id, self.slot, f"{len(held)} more entries (next: "
+            raise NonDeterminismError(self.id, self.position, f"{len(held)} more entries (next: "
                                       f"{held[0].kind} {held[0].name!r})", f"{verb} instead")
         result = error = None
         if state == "completed":
             try:
-                result = self.rules.encode(outcome, "the workflow's return value")
+                result = self.settings.encode(outcome, "the workflow's return value")
             except UsageError as exc:
                 state, outcome = "failed", exc
         if state != "completed":
             self.ended = outcome
-            error = self.rules.encode_error(error_record(outcome))
-        self.finishing = True
-        yield from self._save(state, result=result, error=error, release=True)
+            error = self.settings.encode_error(error_record(outcome))
+        yield from self._save(state, result=result, error=error, release=True,
+                              notify=self._notice(state, outcome))
         if state == "failed":
-            self.rules.log.warning("run %s failed: %r", self.id, outcome)
+            self.settings.log.warning("run %s failed: %r", self.id, outcome)
         else:
-            self.rules.log.info("run %s %s", self.id, state)
-        yield from _emit(self, "run_finished", state=state,
+            self.settings.log.info("run %s %s", self.id, state)
+        yield from self._emit("run_finished", state=state,
                               error=None if error is None else repr(outcome))
 
     def _block(self, exc: Exception) -> _Gen:
-        self.finishing, self.ended = True, exc
-        yield from self._save("blocked", error=self.rules.encode_error(error_record(exc)),
+        self.ended, self.staged, self.consumed, self.spawned = exc, [], [], []
+        self.cancels, self.after = [], []
+        yield from self._save("blocked", error=self.settings.encode_error(error_record(exc)),
                               release=True)
-        self.rules.log.warning("run %s blocked: %s", self.id, exc)
-        yield from _emit(self, "run_blocked", error=str(exc))
+        self.settings.log.warning("run %s blocked: %s", self.id, exc)
+        yield from self._emit("run_blocked", error=str(exc))
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        return Event(kind, self.id, self.workflow, **fields)
+
+    def _emit(self, kind: str, **fields: Any) -> _Gen:
+        if self.settings.observed:
+            yield Emit(self._event(kind, **fields))
 
 
+class _Noticed(NamedTuple):
+    """A child's end read from its record (no notice came): nothing to consume."""
 
-def _emit(life: Life, kind: str, **fields: Any) -> _Gen:
-    if life.rules.observed:
-        yield Emit(Event(kind, life.id, life.workflow, **fields))
+    payload: str
+    id: int = -1
+
+
+def _nonce(parent: str, child: str) -> str:
+    return hashlib.blake2b(f"{parent}\x00{child}".encode(), digest_size=16).hexdigest()
 
 
 def compare(life: Life) -> None:
     """Replay the run from the top against its journal, as a recovery would, and raise
     where the code first disagrees (``always_replay``: non-determinism found at once)."""
-    entries = [e for slot in life.journal.slots.values() for e in slot]
+    entries = [e for at in life.journal.at.values() for e in at]
     entries += life.journal.versions.values()
-    shadow = Life(life.rules, life.id, life.workflow, life.fn, life.args, Journal(
-        life.id, sorted(entries, key=lambda e: e.seq), life.rules.codec))
+    shadow = Life(life.settings, life.id, life.workflow, life.fn, life.args, Journal(
+        life.id, sorted(entries, key=lambda e: e.seq), life.settings.codec), parent=life.parent)
     if dry_run(shadow)[0] == "blocked" and isinstance(shadow.ended, NonDeterminismError):
         raise shadow.ended
 
@@ -527,8 +968,8 @@ def dry_run(life: Life) -> tuple[str | None, list[Entry]]:
                 markers += [e for e in effect.entries if e.kind == "version"]
                 if effect.release:
                     return effect.state, markers  # ``ended`` is set before the last write
-            elif type(effect) in (Acquire, Call, Idle):
-                return None, markers
+            elif type(effect) in (Acquire, Call, Idle, Lookup):
+                return None, markers + [e for e in life.staged if e.kind == "version"]
             reply = [] if type(effect) is Inbox else None
     except StopIteration:
         return None, markers
@@ -536,116 +977,48 @@ def dry_run(life: Life) -> tuple[str | None, list[Entry]]:
         gen.close()
 
 
-# ---- one handler per command --------------------------------------------------------------
+# ---- the one table of commands --------------------------------------------------------------
 
-def _version(life: Life, cmd: Version) -> Generator[Effect, Any, tuple[Any, Any]]:
-    marker = life.journal.versions.get(cmd.change_id)
-    if marker is not None:
-        value = life.journal.number(marker)
-        if not value.is_integer() or not cmd.min <= value <= cmd.max:
-            raise NonDeterminismError(life.id, life.slot, f"Version({cmd.change_id!r}) = "
-                                      f"{marker.value}", f"accepts only {cmd.min}..{cmd.max} there")
-        return int(value), None
-    # Entries at or past this point mean the run was written by code without this call.
-    chosen = cmd.min if life.journal.end > life.slot else cmd.max
-    yield from life._save(life.written[0], (life._entry(life.slot, "version", cmd.change_id, "ok",
-                          life.rules.codec.encode(chosen)),), **life._keep_row())
-    return chosen, None
+class Rule(NamedTuple):
+    """How the engine treats one kind of command."""
 
-
-def _together(life: Life, cmd: Command) -> _Gen:
-    if isinstance(cmd, All):
-        return (yield from life.together(cmd.commands, True))
-    return (yield from life.together((cmd,), False))
-
-
-def _do(life: Life, m: Member) -> _Gen:
-    cmd, journal = m.cmd, life.journal
-    assert isinstance(cmd, Do)
-    entries = life._match(m)
-    final = entries[-1] if entries and entries[-1].kind == "do" else None
-    if final is None:
-        if entries:  # a retry's entry: its backoff may still run
-            info = journal.decode(entries[-1])
-            next_at = info.get("next_at", 0.0) if isinstance(info, dict) else 0.0
-            if life.rules.now() < next_at:
-                m.deadline = next_at
-                return
-        if life.halted:
-            return
-        final = yield from life._start(m, len(entries) + 1)
-        if final is None:
-            return None if m.running or m.queued else (yield from _do(life, m))
-    if final.status == "ok":
-        return m.settle(journal.decode(final))
-    info = journal.decode(final)
-    info = info if isinstance(info, dict) else {"message": str(info)}
-    m.settle(error=StepFailed(cmd.name, info.get("type", "Error"), info.get("message", ""),
-                              info.get("traceback")))
+    kinds: tuple[str, ...]
+    """The journal entry kinds it owns at its position (replay matches kind and name)."""
+    name: Callable[[Any], str]
+    """The name its entries carry."""
+    answer: Callable[[Life, Any], _Gen]
+    """How its yield is answered: a ``Life`` handler, evaluating to (value, error)."""
+    resolve: Callable[[Life, Member], _Gen] | None
+    """How it is answered or advanced as one member of a yield (None: it is not one)."""
+    parks: str
+    """The state of a run that waits on it."""
+    kit: str
+    """How ``testing.replay`` answers it: ``step`` (one position of a list journal, or by
+    name in a dict), ``child`` (as a step, by workflow name), ``signal`` (a position, or by
+    signal name), ``sleep`` (passes by itself), ``version`` (``max`` unless told),
+    ``deadline`` (takes no position), ``all`` (by its members)."""
+    lint: str
+    """What lint knows of a call making it: ``step`` (its second argument is a step, not
+    workflow code) or ``command``."""
 
 
-def _sleep(life: Life, m: Member) -> _Gen:
-    cmd = m.cmd
-    assert isinstance(cmd, Sleep)
-    entries = life._match(m)
-    life.live = life.live or not entries
-    if not entries and life.halted:
-        return
-    now = life.rules.now()
-    if entries:
-        deadline = life.journal.number(entries[-1])
-    else:
-        single = len(life.members) == 1
-        deadline = now + cmd.seconds
-        yield from life._save("sleeping" if single else life.written[0], (life._entry(
-            m.slot, "sleep", "", "ok", life.rules.codec.encode(deadline), now),),
-            wake_at=deadline if single else life.written[1])
-    if now >= deadline:
-        m.settle()
-    else:
-        m.deadline = deadline
+def _blank(cmd: Any) -> str:
+    return ""
 
 
-def _wait(life: Life, m: Member) -> _Gen:
-    cmd, journal, rules = m.cmd, life.journal, life.rules
-    assert isinstance(cmd, Wait)
-    entries = life._match(m)
-    final = entries[-1] if entries and entries[-1].kind == "wait" else None
-    if final is not None:
-        if final.status == "timeout":
-            return m.settle(error=WaitTimeout(cmd.signal))
-        return m.settle(journal.decode(final))
-    life.live = True
-    if life.halted:
-        return
-    now = rules.now()
-    timeout_at = journal.number(entries[0]) if entries else None
-    if timeout_at is None and cmd.timeout is not None:
-        timeout_at = now + cmd.timeout
-        yield from life._save(life.written[0], (life._entry(
-            m.slot, "timer", cmd.signal, "ok", rules.codec.encode(timeout_at), now),),
-            **life._keep_row())
-    signal = next((s for s in (yield INBOX) if s.name == cmd.signal), None)
-    if signal is not None:
-        yield from life._save("running", (life._entry(m.slot, "wait", cmd.signal, "ok",
-                              signal.payload, now),), consume=signal.id)
-        yield from _emit(life, "signal_taken", step=cmd.signal, position=m.slot)
-        return m.settle(journal.decode(journal.slots[m.slot][-1]))
-    if timeout_at is not None and now >= timeout_at:
-        yield from life._save("running", (life._entry(m.slot, "wait", cmd.signal, "timeout", None),))
-        return m.settle(error=WaitTimeout(cmd.signal))
-    m.deadline = timeout_at
-
-
-HANDLERS: dict[type, Callable[[Life, Any], _Gen]] = {
-    Do: _together, Sleep: _together, Wait: _together, All: _together, Version: _version,
+RULES: dict[type, Rule] = {
+    Do: Rule(("do", "retry"), lambda c: c.name, Life.lone, Life.resolve_do, "running", "step",
+             "step"),
+    Sleep: Rule(("sleep",), _blank, Life.lone, Life.resolve_sleep, "sleeping", "sleep",
+                "command"),
+    Wait: Rule(("timer", "wait"), lambda c: c.signal, Life.lone, Life.resolve_wait, "waiting",
+               "signal", "command"),
+    Child: Rule(("spawn", "child"), lambda c: c.workflow, Life.lone, Life.resolve_child,
+                "waiting", "child", "command"),
+    All: Rule((), _blank, Life.all, None, "running", "all", "command"),
+    Version: Rule(("version",), lambda c: c.change_id, Life.version, None, "running", "version",
+                  "command"),
+    Deadline: Rule(("deadline",), _blank, Life.deadline, None, "running", "deadline",
+                   "command"),
 }
-"""Every command a workflow may yield, by type: how its yield is answered."""
-
-MEMBERS: dict[type, tuple[tuple[str, ...], Callable[[Any], str], Callable[[Life, Member], _Gen]]] = {
-    Do: (("do", "retry"), lambda c: c.name, _do),
-    Sleep: (("sleep",), lambda c: "", _sleep),
-    Wait: (("timer", "wait"), lambda c: c.signal, _wait),
-}
-"""Commands that may wait and sit in an ``All``: the entry kinds they own, the name their
-entries carry, and how one member is answered or advanced."""
+"""Every command a workflow may yield, by type."""

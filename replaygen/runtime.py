@@ -27,20 +27,19 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
 
-from .commands import Do
 from .errors import StoreUnavailable
-from .observe import Observer, StepInfo, _current, notify
+from .observe import Observer, _current, notify
 from .replay import (
-    Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Life, Outcome, Save, Wake, Withdraw,
+    GRANTED, RING, UNREAD, Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Lookup,
+    Outcome, Save, Withdraw,
 )
-from .store import FINISHED, Store, Write
+from .store import Spawn, Store, Write
 
 log = logging.getLogger("replaygen")
-WAKE, RING = Wake(), Wake(alarm=True)
 _INLINE = 0.001
 """A synchronous step whose recent calls took less than this (seconds) runs on the driver;
 a slower one runs on the pool, so that it holds no other run up."""
@@ -187,25 +186,30 @@ class GroupCommit:
 
 
 class Actor:
-    """The runtime's side of one run it holds: the life, its mailbox and its slots. Touched
-    by the thread turning it, except under the runtime's lock (mailbox, flags) and the
-    steps' lock (slots)."""
+    """The runtime's side of one run it holds: its life (a generator of effects), its mailbox
+    and its slots. Touched by the thread turning it, except under the runtime's lock
+    (mailbox, flags) and the steps' lock (slots)."""
 
-    __slots__ = ("id", "fence", "life", "gen", "mailbox", "reply", "scheduled", "gone", "held",
-                 "queued", "alarm", "ended")
+    __slots__ = ("id", "fence", "gen", "state", "mailbox", "reply", "scheduled", "gone", "held",
+                 "queued", "running", "alarm", "ended")
 
-    def __init__(self, life: Life, fence: int) -> None:
-        self.id, self.fence, self.life, self.gen = life.id, fence, life, life.life()
+    def __init__(self, run_id: str, gen: Generator[Effect, Any, Any], fence: int,
+                 state: str) -> None:
+        self.id, self.gen, self.fence = run_id, gen, fence
+        self.state = state              # as its last write said (or the claim)
         self.mailbox: deque[Any] = deque()
         self.reply: Any = None          # the answer to the effect the life waits on
         self.scheduled = self.gone = False
-        self.held: set[int] = set()     # members holding a slot for their next Call
-        self.queued: set[int] = set()   # members waiting for a slot
+        self.held: set[int] = set()     # positions holding a slot for their next Call
+        self.queued: set[int] = set()   # positions waiting for a slot
+        self.running: set[int] = set()  # positions whose step runs off the driver
         self.alarm: int | None = None  # the seq of the alarm the life asked for last
         self.ended: threading.Event | None = None  # made by the first waiter (see waiter())
 
     def busy(self) -> bool:
-        return self.scheduled or any(m.running for m in self.life.members)
+        """It has work in hand: a step running, or a turn due (read in this order: a step's
+        end schedules the turn before it stops counting as running)."""
+        return bool(self.running) or self.scheduled
 
 
 class Steps:
@@ -223,42 +227,42 @@ class Steps:
         self._aloop: asyncio.AbstractEventLoop | None = None
 
     def acquire(self, actor: Actor, effect: Acquire) -> bool:
-        return self._slot(actor, effect.member, keep=True)
+        return self._slot(actor, effect.position, keep=True)
 
-    def _slot(self, actor: Actor, member: int, keep: bool) -> bool:
-        """Take a slot for the member (kept for its next call if ``keep``; else the one kept
-        for it is used), or queue it for one: False."""
+    def _slot(self, actor: Actor, position: int, keep: bool) -> bool:
+        """Take a slot for the step at ``position`` (kept for its next call if ``keep``; else
+        the one kept for it is used), or queue it for one: False."""
         with self._lock:
-            if member in actor.held:
+            if position in actor.held:
                 if not keep:
-                    actor.held.discard(member)
+                    actor.held.discard(position)
                 return True
-            if self._free and member not in actor.queued:
+            if self._free and position not in actor.queued:
                 self._free -= 1
                 if keep:
-                    actor.held.add(member)
+                    actor.held.add(position)
                 return True
-            if member not in actor.queued:
-                actor.queued.add(member)
-                self._queue.append((actor, member))
+            if position not in actor.queued:
+                actor.queued.add(position)
+                self._queue.append((actor, position))
             return False
 
-    def release(self) -> None:
-        """A slot came free: keep it for the longest waiter and wake it, or put it back."""
+    def free(self) -> None:
+        """A slot came free: keep it for the longest waiter and tell it, or put it back."""
         with self._lock:
             while self._queue:
-                actor, member = self._queue.popleft()
-                if not actor.gone and member in actor.queued:
-                    actor.queued.discard(member)
-                    actor.held.add(member)
+                actor, position = self._queue.popleft()
+                if not actor.gone and position in actor.queued:
+                    actor.queued.discard(position)
+                    actor.held.add(position)
                     break
             else:
                 self._free += 1
                 return
-        if not self._post(actor, WAKE):  # gone meanwhile: pass it on
+        if not self._post(actor, GRANTED):  # gone meanwhile: pass it on
             with self._lock:
-                actor.held.discard(member)
-            self.release()
+                actor.held.discard(position)
+            self.free()
 
     def withdraw(self, actor: Actor, effect: Withdraw | None = None) -> None:
         with self._lock:
@@ -266,32 +270,33 @@ class Steps:
             actor.held.clear()
             actor.queued.clear()
         for _ in range(freed):
-            self.release()
+            self.free()
 
     def call(self, actor: Actor, effect: Call) -> Outcome | bool | None:
         """Run a step in a slot (the one kept for it, or a free one): inline if it is alone
         and has been quick, else on the pool or the event loop (a ``Done`` follows). With no
-        slot free it is queued instead: False, and a ``Wake`` once one is kept for it."""
-        if not self._slot(actor, effect.member, keep=False):
+        slot free it is queued instead: False, and a ``Granted`` once one is kept for it."""
+        if not self._slot(actor, effect.position, keep=False):
             return False
-        cmd, info = effect.cmd, effect.info
-        done = partial(self._done, actor, effect.member, effect.attempt)
-        if _is_async(cmd.fn):
-            future = asyncio.run_coroutine_threadsafe(self._acall(cmd, info), self._async_loop())
+        done = partial(self._done, actor, effect.position, effect.attempt)
+        if _is_async(effect.fn):
+            actor.running.add(effect.position)
+            future = asyncio.run_coroutine_threadsafe(self._acall(effect), self._async_loop())
             future.add_done_callback(lambda f: done(f.result()))
             return None
-        if not effect.alone or self._cost.get(_cost_key(cmd.fn), 0.0) > _INLINE:
-            self._pool.submit(lambda: done(self._call(cmd, info)))
+        if not effect.alone or self._cost.get(_cost_key(effect.fn), 0.0) > _INLINE:
+            actor.running.add(effect.position)
+            self._pool.submit(lambda: done(self._call(effect)))
             return None
-        return self._call(cmd, info)
+        return self._call(effect)
 
-    def _done(self, actor: Actor, member: int, attempt: int, outcome: Outcome) -> None:
-        self._post(actor, Done(member, attempt, outcome))
+    def _done(self, actor: Actor, position: int, attempt: int, outcome: Outcome) -> None:
+        self._post(actor, Done(position, attempt, outcome))
 
-    def _call(self, cmd: Do[Any], info: StepInfo) -> Outcome:
-        started, token, t0 = self._clock.now(), _current.set(info), time.perf_counter()
+    def _call(self, step: Call) -> Outcome:
+        started, token, t0 = self._clock.now(), _current.set(step.info), time.perf_counter()
         try:
-            value = cmd.fn(*cmd.args, **cmd.kwargs)
+            value = step.fn(*step.args, **step.kwargs)
             if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
                 value = asyncio.run_coroutine_threadsafe(_await(value), self._async_loop()).result()
             return Outcome(started, value)
@@ -301,21 +306,21 @@ class Steps:
             return Outcome(started, interrupt=exc)
         finally:
             _current.reset(token)
-            self.release()
-            took, key = time.perf_counter() - t0, _cost_key(cmd.fn)
+            self.free()
+            took, key = time.perf_counter() - t0, _cost_key(step.fn)
             self._cost[key] = (self._cost.get(key, took) + took) / 2  # recent calls count most
 
-    async def _acall(self, cmd: Do[Any], info: StepInfo) -> Outcome:
+    async def _acall(self, step: Call) -> Outcome:
         started = self._clock.now()
-        _current.set(info)  # the task has its own context
+        _current.set(step.info)  # the task has its own context
         try:
-            return Outcome(started, await cmd.fn(*cmd.args, **cmd.kwargs))
+            return Outcome(started, await step.fn(*step.args, **step.kwargs))
         except Exception as exc:
             return Outcome(started, error=exc)
         except BaseException as exc:
             return Outcome(started, interrupt=exc)
         finally:
-            self.release()
+            self.free()
 
     def _async_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -351,7 +356,7 @@ class _Alarms:
                 self.heap = [a for a in self.heap if self._owner(a) is not None]
                 heapq.heapify(self.heap)
 
-    def ring(self, now: float, deliver: Callable[[Actor, Wake], object]) -> float:
+    def ring(self, now: float, deliver: Callable[[Actor, Any], object]) -> float:
         """Wake the runs whose alarm is due; the seconds to the next one, at most 1 s so that a
         wall-clock change is seen."""
         heap = self.heap
@@ -360,7 +365,7 @@ class _Alarms:
             if (actor := self._owner(alarm)) is not None:
                 if not alarm[3]:
                     actor.alarm = None  # rung: the life asks again for a deadline still ahead
-                deliver(actor, RING if not alarm[3] else WAKE)
+                deliver(actor, RING if not alarm[3] else UNREAD)
         return min(heap[0][0] - now, 1.0) if heap else 1.0
 
     def _owner(self, alarm: tuple[float, int, str, bool]) -> Actor | None:
@@ -374,8 +379,9 @@ class Runtime:
     """Runs lives: turns them on the driver, performs their effects, commits their writes."""
 
     def __init__(self, store: Store, owner: str, clock: Clock, concurrency: int,
-                 observer: Observer | None) -> None:
+                 observer: Observer | None, spawned: Callable[[tuple[Spawn, ...]], None]) -> None:
         self.store, self.owner, self.clock, self.observer = store, owner, clock, observer
+        self._spawned = spawned  # told of the children a committed write made
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
@@ -394,7 +400,8 @@ class Runtime:
             subscribe(partial(_kick, weakref.ref(self)))  # a test clock moved: alarms may be due
         self._perform: dict[type, Callable[[Actor, Any], Any]] = {
             Acquire: self.steps.acquire, Call: self.steps.call, Withdraw: self.steps.withdraw,
-            Alarm: self._alarm, Inbox: self._inbox, Emit: lambda _, e: notify(self.observer, e.event),
+            Alarm: self._alarm, Inbox: self._inbox, Lookup: self._lookup,
+            Emit: lambda _, e: notify(self.observer, e.event),
         }
         self._watchdog = threading.Thread(target=self._watch_turns, daemon=True,
                                           name="replaygen-watchdog")
@@ -402,11 +409,17 @@ class Runtime:
         with self.lock:
             self._promote()
 
+    def kick(self) -> None:
+        """The clock moved (a test's): look for alarms now due."""
+        with self.lock:
+            self._wake.notify_all()
+
     # ---- runs --------------------------------------------------------------------------------
 
-    def adopt(self, life: Life, fence: int) -> Actor:
-        """Hold the run and start its life."""
-        actor = Actor(life, fence)
+    def adopt(self, run_id: str, life: Generator[Effect, Any, Any], fence: int,
+              state: str) -> Actor:
+        """Hold the run (claimed at ``fence``, in ``state``) and start its life."""
+        actor = Actor(run_id, life, fence, state)
         with self.lock:
             old = self.actors.get(actor.id)
             self.actors[actor.id] = actor
@@ -417,12 +430,13 @@ class Runtime:
             self.forget(old)
         return actor
 
-    def hint(self, run_id: str, cancel: bool) -> None:
-        """Something may have happened to the run (a signal, a cancel): let it look again."""
+    def tell(self, run_id: str, *events: Any) -> None:
+        """Give the run events (a signal, a cancel, a stop), if this runtime holds it."""
         actor = self.actors.get(run_id)
         if actor is not None:
-            actor.life.cancel = actor.life.cancel or cancel
-            self.post(actor, WAKE)
+            with self.lock:
+                for event in events:
+                    self._deliver(actor, event)
 
     def post(self, actor: Actor, event: Any) -> bool:
         with self.lock:
@@ -431,12 +445,14 @@ class Runtime:
     def _deliver(self, actor: Actor, event: Any) -> bool:  # under the lock
         if actor.gone:
             return False
-        if not (event is WAKE and actor.mailbox and actor.mailbox[-1] is WAKE):
+        if not (event is UNREAD and UNREAD in actor.mailbox):
             actor.mailbox.append(event)
         if not actor.scheduled:
             actor.scheduled = True
             self._ready.append(actor)
             self._wake.notify_all()
+        if type(event) is Done:
+            actor.running.discard(event.position)
         return True
 
     def forget(self, actor: Actor) -> None:
@@ -511,6 +527,7 @@ class Runtime:
                     break
                 self._in_turn = False
             result = self.group.commit([write])[0]
+            self._notified(write, result)
             write = None
             if not self._answer(actor, result):
                 break
@@ -531,6 +548,8 @@ class Runtime:
                 self._wake.notify_all()  # a new driver may be idle
 
     def _committed(self, batch: list[tuple[Actor, Write]], results: list[Any]) -> None:
+        for (_, write), result in zip(batch, results, strict=True):
+            self._notified(write, result)
         ready = [actor for (actor, _), result in zip(batch, results, strict=True)
                  if self._answer(actor, result)]
         with self.lock:
@@ -538,26 +557,48 @@ class Runtime:
             self._wake.notify_all()  # for a new driver, if this one was replaced
 
     def _answer(self, actor: Actor, result: Any) -> bool:
-        """Give a life its write's outcome; False if the run is let go instead."""
+        """Give a life its write's outcome (with the events that came meanwhile); False if
+        the run is let go instead."""
         if result is True:
-            actor.reply = None
+            if actor.mailbox:
+                with self.lock:
+                    actor.reply = tuple(actor.mailbox)
+                    actor.mailbox.clear()
+            else:
+                actor.reply = None
             return True
-        if result is False:  # refused: another worker owns the run, or it was terminated
-            if not (actor.life.finishing and self._finished(actor.id)):  # else our own write
-                log.warning("run %s was taken over by another worker, or terminated; stopped "
-                            "here", actor.id)
+        if result is False:  # refused: the fence moved
+            log.warning("run %s: %s; this worker stopped it here", actor.id, self._lost(actor.id))
         elif not isinstance(result, _Abandon):
             actor.reply = result  # an error the rules handle (they block the run)
             return True
         self.forget(actor)
         return False
 
-    def _finished(self, run_id: str) -> bool:
+    def _notified(self, write: Write, result: Any) -> None:
+        """A committed write told another run something (a child's end): if that run is
+        held here, it hears at once (other workers hear through the store). Children it made
+        are passed on, to be claimed."""
+        if result is True:
+            if write.notify is not None:
+                self.tell(write.notify.run_id, UNREAD)
+            if write.spawn:
+                self._spawned(write.spawn)
+
+    def _lost(self, run_id: str) -> str:
+        """Why a write of the run was refused, as the store tells it now."""
         try:
             record = self.store.get(run_id)
-        except Exception:
-            return False
-        return record is not None and record.state in FINISHED
+        except Exception as exc:
+            return f"it was terminated or taken over (the store cannot tell which now: {exc})"
+        if record is None:
+            return "it is no longer in the store"
+        if record.state == "cancelled" and '"Terminated"' in (record.error or ""):
+            return "it was terminated"
+        lapsed = "this worker's lease had lapsed"
+        if record.owner is None:
+            return f"it was taken over by another worker ({lapsed}), and is {record.state} now"
+        return f"it was taken over by another worker, {record.owner} ({lapsed})"
 
     def _promote(self) -> None:
         """Make a new thread the driver (called under the lock)."""
@@ -607,13 +648,15 @@ class Runtime:
                 raise
             kind = type(effect)
             if kind is Save:
+                actor.state = effect.state  # type: ignore[union-attr]
                 return Write(actor.id, self.owner, actor.fence, *effect)
             if kind is Idle:
                 with self.lock:
                     if actor.gone or not actor.mailbox:
                         actor.scheduled = False
                         return None
-                    reply = actor.mailbox.popleft()
+                    reply = tuple(actor.mailbox)
+                    actor.mailbox.clear()
             else:
                 reply = perform[kind](actor, effect)
 
@@ -632,6 +675,17 @@ class Runtime:
             log.warning("run %s waits for the store: %s", actor.id, exc)
             self._alarm(actor, Alarm(self.clock.now() + 1.0), once=True)
             return []
+
+    def _lookup(self, actor: Actor, effect: Lookup) -> Any:
+        delay = 0.05
+        while True:  # a store that is down is waited for, as a commit waits
+            try:
+                return self.store.get(effect.run_id)
+            except StoreUnavailable as exc:
+                if self._halt.wait(delay):
+                    raise
+                log.warning("run %s waits for the store: %s", actor.id, exc)
+                delay = min(delay * 2, 5.0)
 
     # ---- stopping ------------------------------------------------------------------------------
 
@@ -659,8 +713,7 @@ def _kick(runtime: weakref.ref[Runtime]) -> None:
     """A test clock moved: let the driver look for due alarms (the clock holds only a weak
     reference, so it keeps no stopped runtime alive)."""
     if (it := runtime()) is not None:
-        with it.lock:
-            it._wake.notify_all()
+        it.kick()
 
 
 def _cost_key(fn: Any) -> object:

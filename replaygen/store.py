@@ -18,11 +18,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
-from .errors import RunFinished, RunNotFound
-from .journal import Entry
+from .errors import ReplaygenError, RunFinished, RunNotFound
+from .journal import Entry, Notice, Spawn
 
-__all__ = ["ACTIVE", "FINISHED", "STATES", "Claim", "Entry", "MemoryStore", "RunRecord", "Signal",
-           "Store", "Write"]
+__all__ = ["ACTIVE", "FINISHED", "STATES", "Claim", "Entry", "MemoryStore", "Notice", "RunRecord",
+           "Signal", "Spawn", "Store", "Write"]
 
 ACTIVE = ("pending", "running", "sleeping", "waiting")
 FINISHED = ("completed", "failed", "cancelled")
@@ -47,6 +47,8 @@ class RunRecord:
     waiting_for: str | None = None
     cancel_requested: bool = False
     resumes: int = 0
+    parent: str | None = None
+    """The run that started this one as its child (``Child``), or None."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,9 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     waiting_for: str | None = None
     result: str | None = None
     error: str | None = None
-    consume: int | None = None
-    """Id of the signal this write consumes (deleted in the same transaction)."""
+    consume: tuple[int, ...] = ()
+    """Ids of the signals this write consumes (deleted in the same transaction; one that is
+    not queued fails the write)."""
     cancel_seen: bool = False
     """The run's cancel request is now journaled; stop reporting it in wakeups()."""
     release: bool = False
@@ -88,6 +91,15 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     keep: bool = False
     """Only ``entries`` are new; the run row is unchanged (a store may skip rewriting it, but
     must still check the fence)."""
+    spawn: tuple[Spawn, ...] = ()
+    """Child runs to insert, after the row update: pending, unowned (any worker may claim
+    them, and the watchers are woken), ``parent`` this run, with their cancel requested at
+    once when this run's is requested and not yet seen. A child id that exists fails the
+    write (an error, not a refusal)."""
+    cancel: tuple[str, ...] = ()
+    """Runs whose cancel is requested, after the spawns, as ``Store.cancel`` does."""
+    notify: Notice | None = None
+    """A signal delivered to another run, unless that run is finished or missing."""
     create: tuple[str, str] | None = None
     """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence`` (by
     nobody with ``release``: a client's start, which wakes the watchers), unless a run with
@@ -146,18 +158,22 @@ class Store(Protocol):
         """Give up every run ``owner`` holds, and its lease (graceful shutdown)."""
         ...
 
-    def deliver(self, run_id: str, name: str, payload: str) -> None:
-        """Queue a signal; raise RunNotFound, or RunFinished for a finished run."""
+    def deliver(self, run_id: str, name: str, payload: str) -> int:
+        """Queue a signal and return its id; raise RunNotFound, or RunFinished for a finished
+        run."""
         ...
 
     def cancel(self, run_id: str) -> RunRecord:
-        """Request cancellation (idempotent; no effect on a finished run); raise RunNotFound."""
+        """Request cancellation of the run and of every unfinished run descending from it
+        (children, their children...), in one transaction, waking their owners. Idempotent;
+        finished runs are left as they are. Returns the run's record; raise RunNotFound."""
         ...
 
-    def terminate(self, run_id: str, error: str) -> RunRecord:
-        """End an unfinished run now: state ``cancelled`` with ``error``, no owner, fence
-        bumped (its owner's later writes are refused); a finished run is returned unchanged.
-        Raise RunNotFound."""
+    def terminate(self, run_id: str, error: str, notify: Notice | None = None) -> RunRecord:
+        """End an unfinished run and every unfinished run descending from it now: state
+        ``cancelled`` with ``error``, no owner, fence bumped (their owners' later writes are
+        refused), and ``notify`` delivered as a ``Write`` delivers it. A finished run is
+        returned unchanged. Raise RunNotFound."""
         ...
 
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
@@ -171,9 +187,9 @@ class Store(Protocol):
 
     def runs(
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
-        limit: int = 100, offset: int = 0,
+        parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
-        """Runs, newest first."""
+        """Runs, newest first (the children of ``parent`` only, if given)."""
         ...
 
     def close(self) -> None: ...
@@ -239,8 +255,13 @@ class MemoryStore:
         if [e.seq for e in w.entries] != list(range(
                 len(self._journals[w.run_id]), len(self._journals[w.run_id]) + len(w.entries))):
             raise ValueError(f"run {w.run_id!r}: journal seq already taken or skipped")
-        if w.consume is not None and all(s.id != w.consume for s in self._signals[w.run_id]):
+        queued = {s.id for s in self._signals[w.run_id]}
+        if any(i not in queued for i in w.consume):
             raise ValueError(f"run {w.run_id!r}: signal {w.consume} is not queued")
+        for child in w.spawn:
+            if child.run_id in self._runs:
+                raise ReplaygenError(f"cannot create child run {child.run_id!r} of run "
+                                     f"{w.run_id!r}: a run with that id exists")
 
     def _apply(self, w: Write) -> bool:
         if w.create:
@@ -257,18 +278,50 @@ class MemoryStore:
         if run is None or run.owner != w.owner or run.fence != w.fence:
             return False
         self._journals[w.run_id].extend(w.entries)
-        if w.consume is not None:
-            self._signals[w.run_id] = [s for s in self._signals[w.run_id] if s.id != w.consume]
+        if w.consume:
+            self._signals[w.run_id] = [s for s in self._signals[w.run_id] if s.id not in w.consume]
         if w.cancel_seen:
             self._cancel_seen.add(w.run_id)
+        now = time.time()
         self._runs[w.run_id] = replace(
-            run, state=w.state, updated=time.time(), wake_at=w.wake_at, waiting_for=w.waiting_for,
+            run, state=w.state, updated=now, wake_at=w.wake_at, waiting_for=w.waiting_for,
             result=w.result, error=w.error, resumes=0 if w.entries else run.resumes,
             owner=None if w.release else run.owner,
         )
-        if w.release:
+        born_cancelled = run.cancel_requested and w.run_id not in self._cancel_seen
+        for child in w.spawn:
+            self._runs[child.run_id] = RunRecord(
+                child.run_id, child.workflow, child.args, "pending", None, 1, now, now,
+                cancel_requested=born_cancelled, parent=w.run_id)
+            self._journals[child.run_id], self._signals[child.run_id] = [], []
+        for run_id in w.cancel:
+            self._cancel_tree(run_id)
+        if w.notify is not None:
+            self._notify(w.notify)
+        if w.release or w.spawn or w.cancel or w.notify:
             self._bump()
         return True
+
+    def _tree(self, run_id: str) -> list[str]:
+        """The run and every run descending from it."""
+        found, at = [run_id], 0
+        while at < len(found):
+            found += [r.run_id for r in self._runs.values() if r.parent == found[at]]
+            at += 1
+        return found
+
+    def _cancel_tree(self, run_id: str) -> None:
+        for rid in self._tree(run_id):
+            run = self._runs.get(rid)
+            if run is not None and run.state not in FINISHED and not run.cancel_requested:
+                self._runs[rid] = replace(run, cancel_requested=True)
+
+    def _notify(self, notice: Notice) -> None:
+        target = self._runs.get(notice.run_id)
+        if target is not None and target.state not in FINISHED:
+            self._ids += 1
+            self._signals[notice.run_id].append(
+                Signal(self._ids, notice.name, notice.payload, time.time()))
 
     def _live(self, owner: str | None, now: float) -> bool:
         return owner is not None and self._leases.get(owner, 0.0) >= now
@@ -323,7 +376,7 @@ class MemoryStore:
                     self._runs[run.run_id] = replace(run, owner=None)
             self._bump()
 
-    def deliver(self, run_id: str, name: str, payload: str) -> None:
+    def deliver(self, run_id: str, name: str, payload: str) -> int:
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
@@ -335,28 +388,33 @@ class MemoryStore:
             self._ids += 1
             self._signals[run_id].append(Signal(self._ids, name, payload, time.time()))
             self._bump()
+            return self._ids
 
     def cancel(self, run_id: str) -> RunRecord:
         with self._lock:
-            run = self._runs.get(run_id)
-            if run is None:
+            if run_id not in self._runs:
                 raise RunNotFound(f"cannot cancel: no run {run_id!r} in this store")
-            if run.state not in FINISHED and not run.cancel_requested:
-                run = self._runs[run_id] = replace(run, cancel_requested=True)
-                self._bump()
-            return run
+            self._cancel_tree(run_id)
+            self._bump()
+            return self._runs[run_id]
 
-    def terminate(self, run_id: str, error: str) -> RunRecord:
+    def terminate(self, run_id: str, error: str, notify: Notice | None = None) -> RunRecord:
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFound(f"cannot terminate: no run {run_id!r} in this store")
-            if run.state not in FINISHED:
-                run = self._runs[run_id] = replace(
-                    run, state="cancelled", error=error, owner=None, fence=run.fence + 1,
-                    wake_at=None, waiting_for=None, updated=time.time())
-                self._bump()
-            return run
+            if run.state in FINISHED:
+                return run
+            for rid in self._tree(run_id):
+                r = self._runs[rid]
+                if r.state not in FINISHED:
+                    self._runs[rid] = replace(
+                        r, state="cancelled", error=error, owner=None, fence=r.fence + 1,
+                        wake_at=None, waiting_for=None, updated=time.time())
+            if notify is not None:
+                self._notify(notify)
+            self._bump()
+            return self._runs[run_id]
 
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
         with self._lock:
@@ -374,13 +432,14 @@ class MemoryStore:
 
     def runs(
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
-        limit: int = 100, offset: int = 0,
+        parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
         with self._lock:
             found = [
                 r for r in reversed(self._runs.values())
                 if (states is None or r.state in states)
                 and (workflow is None or r.workflow == workflow)
+                and (parent is None or r.parent == parent)
             ]
             return found[offset:offset + limit]
 

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .codec import Codec, JSONCodec
-from .commands import All, Command, Do, Sleep, Version, Wait
-from .errors import Cancelled, RunNotFound, UsageError, WaitTimeout
+from .commands import Command
+from .errors import Cancelled, DeadlineExceeded, RunNotFound, UsageError, WaitTimeout
 from .interpreter import DEFAULT_MAX_PAYLOAD
 from .journal import Entry, Journal
 from .registry import registered, table
-from .replay import Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Rules, Save, Wake, dry_run
+from .replay import (
+    CANCEL, CHILD_SIGNAL, RING, RULES, Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Save,
+    Settings, Signals, dry_run,
+)
 from .store import ACTIVE, MemoryStore, RunRecord, Store
 
 _NONE = object()
@@ -64,64 +67,77 @@ class _Signal(NamedTuple):
     payload: str
 
 
+
+
 class _Performer:
-    """Answers a life's effects from the fake journal, with a clock that jumps to alarms."""
+    """Answers a life's effects from the fake journal, as the world outside a run would: a
+    step ends with its answer, a signal or a child's end arrives, a cancel comes, and time
+    jumps to the next alarm when nothing else can happen."""
 
     def __init__(self, life: Life, answers: dict[int, Any], clock: list[float]) -> None:
         self.life, self.answers, self.clock = life, answers, clock
         self.alarm: float | None = None
-        self.cancel_due = False
-
-    def answer(self, slot: int) -> Any:
-        found = self.answers.get(slot, _NONE)
-        if isinstance(found, Cancelled) and not self.life.cancel:
-            self.life.cancel = self.cancel_due = True
-        return found
+        self.sent: list[_Signal] = []  # delivered to the run, not yet consumed
+        self.told: set[int] = set()    # positions whose signal or end was sent
+        self.cancelled = False
 
     def perform(self, effect: Any) -> Any:
         kind = type(effect)
         if kind is Acquire:  # a step answered with Cancelled() never starts
-            return not isinstance(self.answer(self.life.members[effect.member].slot), Cancelled)
+            return not isinstance(self.answers.get(effect.position), Cancelled)
         if kind is Call:
-            found = self.answer(effect.info.position)
-            if isinstance(found, Cancelled):
-                return False  # queued: the cancel is raised before the step runs
-            if found is _NONE:
-                raise _Stop
-            if isinstance(found, Exception):
-                return Outcome(self.clock[0], error=found)
-            return Outcome(self.clock[0], found)
+            return self.call(effect.position)
         if kind is Inbox:
-            return self.inbox()
+            return list(self.sent)
         if kind is Alarm:
             self.alarm = effect.at
-        if kind is Idle:
+        elif kind is Save:
+            self.sent = [s for s in self.sent if s.id not in effect.consume]
+        elif kind is Idle:
             return self.idle()
-        return None  # Save, Withdraw, Emit: nothing to perform
+        return None  # Withdraw, Emit, Lookup (no other runs here): nothing to perform
 
-    def inbox(self) -> list[_Signal]:
-        out = []
-        for m in self.life.members:
-            found = self.answer(m.slot) if isinstance(m.cmd, Wait) else _NONE
-            if isinstance(m.cmd, Wait) and found is not _NONE and not isinstance(found, BaseException):
-                self.answers.pop(m.slot)  # consumed, as a signal is
-                out.append(_Signal(m.slot, m.cmd.signal, self.life.rules.codec.encode(found)))
-        return out
-
-    def idle(self) -> Wake:
-        pending = [m for m in self.life.members if not m.done]
-        for m in pending:
-            self.answer(m.slot)  # a Cancelled() answer is due now
-        if self.cancel_due:
-            self.cancel_due = False
-            return Wake()
-        for m in pending:
-            if isinstance(m.cmd, Wait) and not isinstance(self.answers.get(m.slot), WaitTimeout):
-                raise _Stop  # a signal no answer gives
-        if self.alarm is None:
+    def call(self, position: int) -> Any:
+        found = self.answers.get(position, _NONE)
+        if isinstance(found, Cancelled):
+            return False  # Cancelled: raised before the step runs
+        if found is _NONE:
             raise _Stop
+        if isinstance(found, Exception):
+            return Outcome(self.clock[0], error=found)
+        return Outcome(self.clock[0], found)
+
+    def idle(self) -> tuple[Any, ...]:
+        pending = [m for m in self.life.members if not m.done]
+        answers = [self.answers.get(m.position, _NONE) for m in pending]
+        if not self.cancelled and any(isinstance(a, Cancelled) and not isinstance(
+                a, DeadlineExceeded) for a in answers):
+            self.cancelled = True
+            return (CANCEL,)
+        news = tuple(s for m in pending if (s := self.news(m)) is not None)
+        if news:
+            self.sent += news
+            return (Signals(news),)
+        if self.alarm is None or any(RULES[type(m.cmd)].kit in ("signal", "child") and a is _NONE
+                                     for m, a in zip(pending, answers, strict=True)):
+            raise _Stop  # a signal (or a child's end) no answer gives: time does not pass
         self.clock[0], self.alarm = max(self.clock[0], self.alarm), None  # time passes at once
-        return Wake(alarm=True)
+        return (RING,)
+
+    def news(self, m: Any) -> _Signal | None:
+        """The signal (or child's end) the answer at the member's position sends, once."""
+        found = self.answers.get(m.position, _NONE)
+        kit = RULES[type(m.cmd)].kit
+        if m.position in self.told or found is _NONE or kit not in (
+                "signal", "child") or isinstance(found, (Cancelled, WaitTimeout)):
+            return None
+        self.told.add(m.position)
+        codec = self.life.settings.codec
+        if kit == "signal":
+            return _Signal(-1 - m.position, m.cmd.signal, codec.encode(found))
+        told = {"state": "failed", "error": {"type": type(found).__name__, "message": str(
+            found)}} if isinstance(found, Exception) else {"state": "completed", "result": found}
+        return _Signal(-1 - m.position, CHILD_SIGNAL + str(m.child), codec.encode(told))
 
 
 class _Stop(Exception):
@@ -135,24 +151,28 @@ def replay(
 ) -> Trace:
     """Drive ``workflow(*args, **kwargs)`` with answers from a fake journal.
 
-    ``journal`` is a list answering by position (each Do and Wait, and each
-    member of an All, Sleeps included, takes one) or a dict answering Dos by step name.
-    ``signals`` answers Waits by signal name, ``sleeps`` answers Sleeps in order
-    (they pass by themselves when not given), ``versions`` gives Version values
-    by change id (default: ``max``). An exception as an answer is raised:
-    ``WaitTimeout()`` (for a Wait with a timeout) and ``Cancelled()`` as themselves, any
-    other as the ``StepFailed`` the engine would raise for that step.
+    ``journal`` is a list answering by position (each Do, Wait and Child takes one, each
+    member of an All too, Sleeps included) or a dict answering Dos by step name and Children
+    by workflow name. ``signals`` answers Waits by signal name, ``sleeps``
+    answers Sleeps in order (they pass by themselves when not given), ``versions`` gives
+    Version values by change id (default: ``max``); a Deadline takes no position. An
+    exception as an answer is raised: ``WaitTimeout()`` (for a Wait with a timeout),
+    ``Cancelled()`` and ``DeadlineExceeded()`` (the run's deadline strikes there) as
+    themselves, any other as the ``StepFailed`` (for a Child: ``ChildFailed``, naming its
+    derived id) the engine would raise.
     """
     codec = codec or JSONCodec()
-    trace, answers = Trace(), _Answers(journal, signals, sleeps)
     clock = [time.time()]
+    trace, answers = Trace(), _Answers(journal, signals, sleeps)
     markers = [Entry(i, 0, "version", name, "ok", codec.encode(v), 0.0, 0.0)
                for i, (name, v) in enumerate((versions or {}).items())]
-    rules = Rules(codec, lambda: clock[0], DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET)
-    life = Life(rules, "replay", getattr(workflow, "__qualname__", "workflow"), lambda: _record(
+    settings = Settings(codec, lambda: clock[0], DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30,
+                        log=_QUIET)
+    life = Life(settings, "replay", getattr(workflow, "__qualname__", "workflow"), lambda: _record(
         workflow(*args, **kwargs), trace, answers), '{"args":[],"kwargs":{}}',
         Journal("replay", markers, codec))
-    performer = _Performer(life, answers.by_slot, clock)
+    answers.strike = lambda: setattr(life, "deadline_at", clock[0])
+    performer = _Performer(life, answers.by_position, clock)
     gen = life.life()
     reply: Any = None
     try:
@@ -174,44 +194,58 @@ def replay(
 
 
 class _Answers:
-    """The fake journal's answers, handed to each command's slots as it is yielded."""
+    """The fake journal's answers, handed to the positions of each command as it is
+    yielded (how, ``RULES[type(cmd)].kit`` says)."""
 
     def __init__(self, journal: Sequence[Any] | Mapping[str, Any], signals: Mapping[str, Any] | None,
                  sleeps: Sequence[Any]) -> None:
         self.journal, self.signals, self.sleeps = journal, signals or {}, list(sleeps)
-        self.by_position = not isinstance(journal, Mapping)
-        self.position = self.slept = self.slot = 0
+        self.listed = not isinstance(journal, Mapping)
+        self.cursor = self.slept = self.position = 0  # in the list; sleeps; in the run
         self.asked: set[Any] = set()
-        self.by_slot: dict[int, Any] = {}
+        self.by_position: dict[int, Any] = {}
+        self.strike: Callable[[], None] = lambda: None
 
-    def command(self, cmd: Command) -> None:
-        if isinstance(cmd, Version) or not isinstance(cmd, Command):
+    def command(self, cmd: Any) -> None:
+        rule = RULES.get(type(cmd))
+        if rule is None or rule.kit == "version":
             return
-        members = cmd.commands if isinstance(cmd, All) else (cmd,)
-        for member in members:
-            found = self.find(member, isinstance(cmd, All))
-            if found is not _NONE:
-                self.by_slot[self.slot] = found
-            self.slot += 1
+        if rule.kit == "deadline":
+            self.position += 1
+        else:
+            for member in cmd.commands if rule.kit == "all" else (cmd,):
+                self.place(self.position, self.find(member, rule.kit == "all"))
+                self.position += 1
+
+    def place(self, position: int, found: Any) -> None:
+        if isinstance(found, DeadlineExceeded):
+            self.strike()
+        if found is not _NONE:
+            self.by_position[position] = found
+
+    def next(self) -> Any:
+        self.asked.add(self.cursor)
+        self.cursor += 1
+        return self.journal[self.cursor - 1]  # type: ignore[index]
 
     def find(self, cmd: Command, member: bool) -> Any:
-        if isinstance(cmd, Sleep) and not (member and self.by_position):
+        kit = RULES[type(cmd)].kit
+        if kit == "sleep" and not (member and self.listed):
             self.slept += 1
             found = self.sleeps[self.slept - 1] if self.slept <= len(self.sleeps) else None
             return found if found is not None else _NONE
-        if self.by_position and self.position < len(self.journal):
-            self.asked.add(self.position)
-            self.position += 1
-            return self.journal[self.position - 1]  # type: ignore[index]
-        if isinstance(cmd, Do) and not self.by_position:
-            self.asked.add(cmd.name)
-            return self.journal.get(cmd.name, _NONE)  # type: ignore[union-attr]
-        if isinstance(cmd, Wait):
-            return self.signals.get(cmd.signal, _NONE)
+        if self.listed and self.cursor < len(self.journal):
+            return self.next()
+        if kit in ("step", "child") and not self.listed:
+            name = cmd.name if kit == "step" else cmd.workflow  # type: ignore[attr-defined]
+            self.asked.add(name)
+            return self.journal.get(name, _NONE)  # type: ignore[union-attr]
+        if kit == "signal":
+            return self.signals.get(cmd.signal, _NONE)  # type: ignore[attr-defined]
         return _NONE
 
     def unused(self) -> list[Any]:
-        keys = range(len(self.journal)) if self.by_position else self.journal
+        keys = range(len(self.journal)) if self.listed else self.journal
         return [k for k in keys if k not in self.asked]
 
 
@@ -278,9 +312,9 @@ def _check_one(store: Store, r: RunRecord, fn: Any, codec: Codec) -> Check:
         journal = Journal(r.run_id, store.journal(r.run_id), codec)
     except Exception as exc:
         return Check(r.run_id, r.workflow, r.state, False, f"unreadable: {exc}")
-    rules = Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET)
-    life = Life(rules, r.run_id, r.workflow, fn, r.args, journal,
-                written=(r.state, r.wake_at, r.waiting_for))
+    settings = Settings(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET)
+    life = Life(settings, r.run_id, r.workflow, fn, r.args, journal,
+                written=(r.state, r.wake_at, r.waiting_for), parent=r.parent)
     state, markers = dry_run(life)
     versions = tuple((e.name, int(journal.number(e))) for e in markers)
     if state != "blocked":
@@ -346,7 +380,7 @@ def replay_run(workflow: Callable[..., Any], source: Any, codec: Codec | None = 
     record = store.runs()[0]
     codec = codec or JSONCodec()
     trace = Trace()
-    life = Life(Rules(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET),
+    life = Life(Settings(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET),
                 record.run_id, record.workflow, lambda *a, **k: _record(
                     workflow(*a, **k), trace, _Answers((), None, ())), record.args,
                 Journal(record.run_id, store.journal(record.run_id), codec))

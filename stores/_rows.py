@@ -23,7 +23,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "workflow": (str,), "args": (str,), "state": (str,), "owner": (str, _NONE),
     "fence": (int,), "created": (float, int), "updated": (float, int), "result": (str, _NONE),
     "error": (str, _NONE), "wake_at": (float, int, _NONE), "waiting_for": (str, _NONE),
-    "cancel_requested": (bool,), "resumes": (int,),
+    "cancel_requested": (bool,), "resumes": (int,), "parent": (str, _NONE),
 }
 assert set(_TYPES) == {f.name for f in fields(RunRecord)}, "a RunRecord field is not checked"
 

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from replaygen import (
-    All, Cancelled, Do, Interpreter, NonDeterminismError, ReplaygenError, RunFinished,
-    RunNotFound, Sleep, StepFailed, Store, Version, Wait,
+    All, Cancelled, Child, ChildFailed, Deadline, DeadlineExceeded, Do, Interpreter,
+    NonDeterminismError, ReplaygenError, RunFinished, RunNotFound, Sleep, StepFailed, Store,
+    Version, Wait,
 )
-from replaygen.store import Entry, Write
+from replaygen.store import Entry, Notice, Spawn, Write
 from replaygen.testing import FakeClock
 
 StoreFactory = Callable[[], Store]
@@ -36,9 +37,9 @@ its journal row ``seq`` behind the store's back, as another program damaging it 
 HOSTILE = ["o'brien \"quoted\"", "'; DROP TABLE runs; --", "ünïcödé ✓ 漢字 🚀", "a\\b%_*?", " ", "x" * 255]
 
 
-def _entry(seq: int, slot: int | None = None, kind: str = "do", name: str = "s",
+def _entry(seq: int, position: int | None = None, kind: str = "do", name: str = "s",
            value: str | None = '{"v":1}') -> Entry:
-    return Entry(seq, seq if slot is None else slot, kind, name, "ok", value, 1.0, 2.0)
+    return Entry(seq, seq if position is None else position, kind, name, "ok", value, 1.0, 2.0)
 
 
 @pytest.fixture
@@ -271,11 +272,11 @@ def test_signals_are_kept_in_order_and_consumed_once(store: Store) -> None:
     sigs = store.signals("r")
     assert [(s.name, s.payload) for s in sigs] == [("go", '"first"'), ("other", '"x"'), ("go", '"second"')]
     assert store.commit([Write("r", "A", 1, "running", (_entry(0, kind="wait", name="go"),),
-                               consume=sigs[0].id)]) == [True]
+                               consume=(sigs[0].id,))]) == [True]
     assert [s.payload for s in store.signals("r")] == ['"x"', '"second"']
     with pytest.raises(Exception):  # noqa: B017 (each store raises its own type)  # consuming a signal twice is impossible
         store.commit([Write("r", "A", 1, "running", (_entry(1, kind="wait", name="go"),),
-                            consume=sigs[0].id)])
+                            consume=(sigs[0].id,))])
     assert len(store.journal("r")) == 1
 
 
@@ -333,6 +334,106 @@ def test_wakeups_report_signals_and_unseen_cancels_of_the_owner(store: Store) ->
     assert sorted(store.wakeups("A")) == [("a", False), ("b", True)]
     store.commit([Write("b", "A", 1, "running", (_entry(0, kind="cancel", name=""),), cancel_seen=True)])
     assert store.wakeups("A") == [("a", False)]
+
+
+def test_a_write_makes_children_that_name_their_parent(store: Store) -> None:
+    store.create("p", "wf", "{}", "A")
+    kids = (Spawn("p/0", "kid", '{"args":[1]}'), Spawn("p/1", "kid", '{"args":[2]}'))
+    assert store.commit([Write("p", "A", 1, "waiting", (_entry(0, kind="spawn"),),
+                               spawn=kids)]) == [True]
+    for kid in kids:
+        r = store.get(kid.run_id)
+        assert r is not None and (r.workflow, r.args, r.state, r.owner, r.parent) == (
+            "kid", kid.args, "pending", None, "p")
+    assert [r.run_id for r in store.runs(parent="p")] == ["p/1", "p/0"]  # newest first
+    assert store.runs(parent="nobody") == []
+    # Unowned: any worker may claim them.
+    assert {c.run.run_id for c in store.claim("B", run_ids=["p/0", "p/1"])} == {"p/0", "p/1"}
+
+
+def test_a_refused_write_makes_no_children(store: Store) -> None:
+    store.create("p", "wf", "{}", "A")
+    assert store.commit([Write("p", "A", 9, "running", spawn=(Spawn("p/0", "kid", "{}"),))]) \
+        == [False]
+    assert store.get("p/0") is None
+
+
+def test_a_child_whose_id_exists_fails_the_whole_write(store: Store) -> None:
+    store.create("p", "wf", "{}", "A")
+    store.create("taken", "other", "{}", "B")
+    with pytest.raises(Exception, match="taken"):  # noqa: B017 - each store its own type
+        store.commit([Write("p", "A", 1, "running", (_entry(0, kind="spawn"),),
+                            spawn=(Spawn("taken", "kid", "{}"),))])
+    assert store.journal("p") == [] and store.get("taken").workflow == "other"  # type: ignore[union-attr]
+
+
+def test_a_child_is_born_cancelled_while_its_parents_cancel_is_unseen(store: Store) -> None:
+    store.create("p", "wf", "{}", "A")
+    store.cancel("p")
+    assert store.commit([Write("p", "A", 1, "running", spawn=(Spawn("p/0", "kid", "{}"),))]) \
+        == [True]
+    assert store.get("p/0").cancel_requested  # type: ignore[union-attr]
+    assert store.commit([Write("p", "A", 1, "running", cancel_seen=True,
+                               spawn=(Spawn("p/1", "kid", "{}"),))]) == [True]
+    assert not store.get("p/1").cancel_requested  # type: ignore[union-attr]  # compensation
+
+
+def _family(store: Store) -> None:
+    """g -> g/0 -> g/0/0, and a finished g/1."""
+    store.create("g", "wf", "{}", "A")
+    store.commit([Write("g", "A", 1, "running", spawn=(Spawn("g/0", "wf", "{}"),
+                                                        Spawn("g/1", "wf", "{}")))])
+    store.claim("B", run_ids=["g/0", "g/1"])
+    store.commit([Write("g/0", "B", 2, "running", spawn=(Spawn("g/0/0", "wf", "{}"),))])
+    store.commit([Write("g/1", "B", 2, "completed", result="1", release=True)])
+
+
+def test_cancel_reaches_every_unfinished_descendant(store: Store) -> None:
+    _family(store)
+    assert store.cancel("g").cancel_requested
+    assert [store.get(r).cancel_requested for r in ("g/0", "g/0/0", "g/1")] == [  # type: ignore[union-attr]
+        True, True, False]
+    assert {r for r, cancel in store.wakeups("B") if cancel} == {"g/0"}
+    assert store.cancel("g").cancel_requested  # twice is once
+
+
+def test_a_write_cancels_runs_and_their_descendants(store: Store) -> None:
+    _family(store)
+    assert store.commit([Write("g", "A", 1, "running", cancel=("g/0",))]) == [True]
+    assert store.get("g/0/0").cancel_requested and not store.get("g").cancel_requested  # type: ignore[union-attr]
+
+
+def test_terminate_ends_every_unfinished_descendant_and_tells_the_parent(store: Store) -> None:
+    _family(store)
+    told = Notice("g", "replaygen:child:g/0", '{"state":"cancelled"}')
+    r = store.terminate("g/0", '{"type":"Terminated","message":"x"}', told)
+    assert r.state == "cancelled"
+    assert [store.get(x).state for x in ("g/0", "g/0/0", "g/1", "g")] == [  # type: ignore[union-attr]
+        "cancelled", "cancelled", "completed", "running"]
+    assert store.get("g/0/0").fence == 2 and store.get("g/0/0").owner is None  # type: ignore[union-attr]
+    assert [(s.name, s.payload) for s in store.signals("g")] == [(told.name, told.payload)]
+
+
+def test_a_notice_reaches_an_unfinished_run_only(store: Store) -> None:
+    _family(store)
+    store.claim("C", run_ids=["g/0/0"])
+    done = Notice("g/0", "replaygen:child:g/0/0", '{"state":"completed","result":1}')
+    assert store.commit([Write("g/0/0", "C", 2, "completed", result="1", release=True,
+                               notify=done)]) == [True]
+    assert [s.payload for s in store.signals("g/0")] == [done.payload]
+    store.commit([Write("g", "A", 1, "completed", result="1", release=True)])
+    late = Notice("g", "replaygen:child:x", "{}")
+    store.claim("C", run_ids=["g/0"])
+    store.commit([Write("g/0", "C", 3, "completed", result="1", release=True, notify=late)])
+    assert store.signals("g") == []  # a finished run takes no notice
+
+
+def test_a_write_consumes_several_signals_at_once(store: Store) -> None:
+    store.create("r", "wf", "{}", "A")
+    ids = [store.deliver("r", name, '"x"') for name in ("a", "b", "c")]
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 3
+    assert store.commit([Write("r", "A", 1, "running", consume=tuple(ids[:2]))]) == [True]
+    assert [s.name for s in store.signals("r")] == ["c"]
 
 
 def test_watch_wakes_when_another_thread_delivers(store_factory: StoreFactory, store: Store) -> None:
@@ -507,7 +608,7 @@ def test_cancel_reaches_a_waiting_run_on_this_store(store_factory: StoreFactory)
         interp.result(run_id, timeout=10)
     assert interp.status(run_id).state == "cancelled"
     kinds = [e.kind for e in interp._store.journal(run_id)]  # noqa: SLF001
-    assert kinds == ["cancel", "do"]
+    assert kinds == ["timer", "cancel", "do"]  # the Wait as first reached, the cancel there
     interp.shutdown()
 
 
@@ -664,6 +765,93 @@ def test_a_damaged_result_or_error_spoils_that_run_s_answer_only(
     assert {r.run_id for r in store.runs()} == {"ok", "bad-result", "bad-error"}
     interp.shutdown()
     store.close()
+
+
+def _kid(n: int) -> Any:
+    return (yield Do("kid", _step, f"kid-{n}"))
+
+
+def _kid_fails() -> Any:
+    yield Do("kid-fails", _failing)
+
+
+def _kid_waits() -> Any:
+    try:
+        return (yield Wait("never"))
+    except Cancelled:
+        yield Do("kid-undo", _step, "kid-undo")
+        raise
+
+
+def _parent(n: int) -> Any:
+    both = yield All(Child(_kid, n), Child(_kid, n + 1))
+    try:
+        yield Child(_kid_fails)
+    except ChildFailed as failure:
+        undone = yield Do("compensate", _step, "compensate")
+        return [both, failure.run_id, undone]
+
+
+def _grandparent() -> Any:
+    return (yield Child(_middle))
+
+
+def _middle() -> Any:
+    return (yield Child(_kid_waits))
+
+
+_FAMILY: list[Callable[..., Any]] = [_kid, _kid_fails, _kid_waits, _parent, _grandparent, _middle]
+
+
+def test_a_parent_awaits_children_and_compensates_a_failed_one_on_this_store(
+        store_factory: StoreFactory) -> None:
+    interp = Interpreter(store_factory(), _FAMILY)
+    try:
+        result = interp.result(interp.start(_parent, 1, run_id="p"), timeout=20)
+        assert result[0] == [{"step": "kid-1", "pair": [1, 2]}, {"step": "kid-2", "pair": [1, 2]}]
+        assert result[1:] == ["p/2", {"step": "compensate", "pair": [1, 2]}]
+        assert interp.status("p").children == ("p/0", "p/1", "p/2")
+        assert interp.status("p/2").state == "failed" and interp.status("p/2").parent == "p"
+    finally:
+        interp.shutdown()
+
+
+def test_cancel_of_a_grandparent_reaches_its_grandchildren_on_this_store(
+        store_factory: StoreFactory) -> None:
+    interp = Interpreter(store_factory(), _FAMILY)
+    try:
+        interp.start(_grandparent, run_id="g")
+        _until(lambda: interp.runs(parent="g/0") and interp.status("g/0/0").state == "waiting",
+               "the grandchild to wait")
+        interp.cancel("g")
+        for run_id in ("g", "g/0", "g/0/0"):
+            with pytest.raises(Cancelled):
+                interp.result(run_id, timeout=20)
+        assert "kid-undo" in [e.name for e in interp._store.journal("g/0/0")]  # noqa: SLF001
+    finally:
+        interp.shutdown()
+
+
+def _deadline_parent() -> Any:
+    yield Deadline(0.5)
+    try:
+        yield All(Child(_kid_waits), Sleep(3600))
+    except DeadlineExceeded:
+        return "struck"
+
+
+def test_a_deadline_wakes_a_sleeping_run_and_cancels_its_children_on_this_store(
+        store_factory: StoreFactory) -> None:
+    interp = Interpreter(store_factory(), [*_FAMILY, _deadline_parent])
+    try:
+        started = time.time()
+        assert interp.result(interp.start(_deadline_parent, run_id="d"), timeout=20) == "struck"
+        assert time.time() - started >= 0.5  # never early
+        with pytest.raises(Cancelled):
+            interp.result("d/1", timeout=20)
+        assert "kid-undo" in [e.name for e in interp._store.journal("d/1")]  # noqa: SLF001
+    finally:
+        interp.shutdown()
 
 
 def test_a_non_deterministic_error_names_both_sides() -> None:

@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
-from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
+from replaygen.store import ACTIVE, FINISHED, Claim, Entry, Notice, RunRecord, Signal, Write
 
 from ._rows import blocked_error, damage, workflow_names
 
@@ -61,15 +61,17 @@ __all__ = ["PostgresStore", "SCHEMA_VERSION"]
 T = TypeVar("T")
 log = logging.getLogger("replaygen")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout this code writes; a schema recorded with a higher version is refused. A change
 an older replaygen still works with (a nullable column it never names, as
-``workers.workflows``) adds to version 1 without a bump, so old and new workers may share a
-schema during an upgrade and a rollback stays possible."""
+``workers.workflows``) adds to a version without a bump, so old and new workers may share a
+schema during an upgrade and a rollback stays possible. Version 2 adds ``runs.parent`` (child
+runs): a worker of version 1 would run a child without telling its parent that it ended, so
+it must refuse the schema; a version 1 schema is migrated by the first worker of version 2."""
 
 _NOW = "extract(epoch FROM statement_timestamp())::float8"  # the database's clock
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
-                "wake_at, waiting_for, cancel_requested, resumes")
+                "wake_at, waiting_for, cancel_requested, resumes, parent")
 _ENTRY_COLUMNS = "seq, slot, kind, name, status, value, started, ended"
 
 _TABLES = """
@@ -91,7 +93,8 @@ CREATE TABLE IF NOT EXISTS {runs} (
     cancel_seen boolean NOT NULL DEFAULT false,
     resumes integer NOT NULL DEFAULT 0,
     next_seq integer NOT NULL DEFAULT 0, -- the journal's length: appends must start here
-    token text                           -- which create/claim took the run (for unsure outcomes)
+    token text,                          -- which create/claim took the run (for unsure outcomes)
+    parent text                          -- the run that started this one as its child
 );
 CREATE INDEX IF NOT EXISTS {runs_owner} ON {runs} (owner);
 CREATE INDEX IF NOT EXISTS {runs_state} ON {runs} (state, id);
@@ -360,10 +363,14 @@ class PostgresStore:
                     f"(schema version {found}; this one knows up to {SCHEMA_VERSION}). Upgrade "
                     f"replaygen on this worker, or use another schema.")
             conn.execute(q["create_tables"])
-            # Added to schemas made before it. Looked up first: ALTER TABLE takes an exclusive
+            # Added to schemas made before them. Looked up first: ALTER TABLE takes an exclusive
             # lock on the table (stalling every claim) even when the column is there already.
             if conn.execute(q["has_workflows"], [self.schema]).fetchone() is None:
                 conn.execute(q["add_workflows"])
+            if found == "1":
+                conn.execute(q["add_parent"])
+                conn.execute(q["update_version"], [str(SCHEMA_VERSION)])
+            conn.execute(q["runs_parent"])
             if found is None:
                 conn.execute(q["set_version"], [str(SCHEMA_VERSION)])
 
@@ -416,7 +423,8 @@ class PostgresStore:
         # and the INSERT of the entries of the runs it updated, atomic as one statement) is one
         # round trip instead of four. Writes it refused go through the full path below.
         if len({w.run_id for w in writes}) == len(writes) and not any(
-                w.create or w.consume is not None or (w.release and w.state in ACTIVE) for w in writes):
+                w.create or w.consume or w.spawn or w.cancel or w.notify
+                or (w.release and w.state in ACTIVE) for w in writes):
             applied = self._call(lambda conn: self._commit_one_statement(conn, writes))
             done = [w.run_id in applied for w in writes]
             rest = [i for i, ok in enumerate(done) if not ok]
@@ -441,7 +449,8 @@ class PostgresStore:
         try:
             rows = conn.execute(self._q["commit_append"], [
                 *self._commit_params(ws),
-                [r for r, _ in entries], [e.seq for _, e in entries], [e.slot for _, e in entries],
+                [r for r, _ in entries], [e.seq for _, e in entries],
+                [e.position for _, e in entries],
                 [e.kind for _, e in entries], [e.name for _, e in entries],
                 [e.status for _, e in entries], [e.value for _, e in entries],
                 [e.started for _, e in entries], [e.ended for _, e in entries],
@@ -499,20 +508,53 @@ class PostgresStore:
             try:
                 conn.execute(q["append"], [
                     [r for r, _ in entries], [e.seq for _, e in entries],
-                    [e.slot for _, e in entries], [e.kind for _, e in entries],
+                    [e.position for _, e in entries], [e.kind for _, e in entries],
                     [e.name for _, e in entries], [e.status for _, e in entries],
                     [e.value for _, e in entries], [e.started for _, e in entries],
                     [e.ended for _, e in entries],
                 ])
             except psycopg.errors.UniqueViolation:  # guarded by next_seq; a corrupt journal
                 raise ValueError(_SEQ_TAKEN) from None
-        consumed = [(w.run_id, w.consume) for w in fresh if w.consume is not None]
+        consumed = [(w.run_id, signal) for w in fresh for signal in w.consume]
         if consumed:
             gone = {row[0] for row in conn.execute(q["consume"], [
                 [r for r, _ in consumed], [s for _, s in consumed]]).fetchall()}
             for run_id, signal in consumed:
                 if signal not in gone:
                     raise ValueError(f"run {run_id!r}: signal {signal} is not queued")
+        self._effects(conn, fresh)
+
+    def _effects(self, conn: psycopg.Connection[Any], ws: Sequence[Write]) -> None:
+        """What applied writes do to other runs: children made (each a statement of its own,
+        after the fenced update, so that a cancel committed meanwhile is seen), cancels and
+        notices."""
+        q = self._q
+        for w in ws:
+            for c in w.spawn:
+                try:
+                    with conn.transaction():  # a savepoint: the error names the child
+                        conn.execute(q["spawn"], [c.run_id, c.workflow, c.args, w.run_id])
+                except psycopg.errors.UniqueViolation:
+                    raise ReplaygenError(f"cannot create child run {c.run_id!r} of run "
+                                         f"{w.run_id!r}: a run with that id exists") from None
+            if w.cancel:
+                self._cancel_tree(conn, list(w.cancel))
+            if w.notify is not None:
+                self._deliver_notice(conn, w.notify)
+            if w.spawn or w.cancel or w.notify:
+                self._notify(conn, "news", w.run_id)
+
+    def _cancel_tree(self, conn: psycopg.Connection[Any], run_ids: list[str]) -> int:
+        """Request the cancel of these runs and every run descending from them. Until a
+        statement finds nothing new: a child made by a write that committed while the last
+        one waited for its parent's row is seen by the next."""
+        total = 0
+        while n := conn.execute(self._q["cancel_tree"], [run_ids, list(FINISHED)]).rowcount:
+            total += n
+        return total
+
+    def _deliver_notice(self, conn: psycopg.Connection[Any], n: Notice) -> None:
+        conn.execute(self._q["notice"], [n.run_id, n.name, n.payload, n.run_id, list(FINISHED)])
 
     def _already_applied(self, conn: psycopg.Connection[Any], w: Write) -> bool:
         """A write the fenced UPDATE refused: stale fence (False), an exact repeat of a write
@@ -593,8 +635,8 @@ class PostgresStore:
                 self._notify(conn, "release")
         self._call(tx, idempotent=True)
 
-    def deliver(self, run_id: str, name: str, payload: str) -> None:
-        def tx(conn: psycopg.Connection[Any]) -> None:
+    def deliver(self, run_id: str, name: str, payload: str) -> int:
+        def tx(conn: psycopg.Connection[Any]) -> int:
             with conn.transaction():
                 # FOR SHARE: the run cannot finish between this check and the insert.
                 row = conn.execute(self._q["share"], [run_id]).fetchone()
@@ -603,34 +645,37 @@ class PostgresStore:
                 if row[0] in FINISHED:
                     raise RunFinished(
                         f"cannot deliver {name!r}: run {run_id!r} is already {row[0]}")
-                conn.execute(self._q["deliver"], [run_id, name, payload])
+                made = conn.execute(self._q["deliver"], [run_id, name, payload]).fetchone()
                 self._notify(conn, "signal", run_id)
-        self._call(tx)
+                return int(made[0]) if made else 0
+        return self._call(tx)
 
     def cancel(self, run_id: str) -> RunRecord:
         def tx(conn: psycopg.Connection[Any]) -> RunRecord:
             with conn.transaction():
-                row = conn.execute(self._q["cancel"], [run_id, list(FINISHED)]).fetchone()
-                if row is not None:
-                    self._notify(conn, "cancel", run_id)
-                    return _record(row)
-                row = conn.execute(self._q["get"], [run_id]).fetchone()
-                if row is None:
+                # Its row first: a write of it under way (making a child) commits before.
+                if conn.execute(self._q["lock"], [run_id]).fetchone() is None:
                     raise RunNotFound(f"cannot cancel: no run {run_id!r} in this store")
-                return _record(row)
+                if self._cancel_tree(conn, [run_id]):
+                    self._notify(conn, "cancel", run_id)
+                return _record(conn.execute(self._q["get"], [run_id]).fetchone() or ())
         return self._call(tx, idempotent=True)
 
-    def terminate(self, run_id: str, error: str) -> RunRecord:
+    def terminate(self, run_id: str, error: str, notify: Notice | None = None) -> RunRecord:
         def tx(conn: psycopg.Connection[Any]) -> RunRecord:
             with conn.transaction():
-                row = conn.execute(self._q["terminate"], [error, run_id, list(FINISHED)]).fetchone()
-                if row is not None:
-                    self._notify(conn, "release", run_id)
-                    return _record(row)
-                row = conn.execute(self._q["get"], [run_id]).fetchone()
+                row = conn.execute(self._q["lock"], [run_id]).fetchone()
                 if row is None:
                     raise RunNotFound(f"cannot terminate: no run {run_id!r} in this store")
-                return _record(row)
+                done = 0
+                while n := conn.execute(self._q["terminate_tree"],
+                                        [[run_id], error, list(FINISHED)]).rowcount:
+                    done += n
+                if done:
+                    if notify is not None:
+                        self._deliver_notice(conn, notify)
+                    self._notify(conn, "release", run_id)
+                return _record(conn.execute(self._q["get"], [run_id]).fetchone() or ())
         return self._call(tx, idempotent=True)
 
     def wakeups(self, owner: str) -> list[tuple[str, bool]]:
@@ -678,10 +723,10 @@ class PostgresStore:
 
     def runs(
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
-        limit: int = 100, offset: int = 0,
+        parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
         params = {"states": None if states is None else list(states), "workflow": workflow,
-                  "limit": limit, "offset": offset}
+                  "parent": parent, "limit": limit, "offset": offset}
         rows = self._call(lambda c: c.execute(self._q["runs"], params).fetchall(),
                           idempotent=True)
         return [_record(r) for r in rows]
@@ -736,7 +781,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "schema": s,
         **{t: sql.Identifier(schema, t) for t in ("meta", "runs", "journal", "signals", "workers")},
         # index names live in the table's schema and must not be schema-qualified
-        **{i: sql.Identifier(i) for i in ("runs_owner", "runs_state", "signals_run")},
+        **{i: sql.Identifier(i) for i in ("runs_owner", "runs_state", "signals_run",
+                                          "runs_parent")},
     }
     text = {
         "create_schema": "CREATE SCHEMA IF NOT EXISTS {schema}",
@@ -817,16 +863,34 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "drop_worker": "DELETE FROM {workers} WHERE owner = %s",
         "release": "UPDATE {runs} SET owner = NULL WHERE owner = %s",
         "deliver": f"INSERT INTO {{signals}} (run_id, name, payload, sent) "
-                   f"VALUES (%s, %s, %s, {_NOW})",
-        "cancel": f"""
-            UPDATE {{runs}} SET cancel_requested = true
-            WHERE run_id = %s AND state <> ALL(%s::text[]) AND NOT cancel_requested
-            RETURNING {_RUN_COLUMNS}""",
-        "terminate": f"""
+                   f"VALUES (%s, %s, %s, {_NOW}) RETURNING id",
+        "notice": f"""
+            INSERT INTO {{signals}} (run_id, name, payload, sent)
+            SELECT %s, %s, %s, {_NOW} WHERE EXISTS (
+                SELECT 1 FROM {{runs}} WHERE run_id = %s AND state <> ALL(%s::text[]))""",
+        "spawn": f"""
+            INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
+                                  parent, cancel_requested)
+            SELECT %s, %s, %s, 'pending', NULL, 1, {_NOW}, {_NOW}, p.run_id,
+                   p.cancel_requested AND NOT p.cancel_seen
+            FROM {{runs}} p WHERE p.run_id = %s""",
+        "cancel_tree": """
+            WITH RECURSIVE tree(id) AS (
+                SELECT unnest(%s::text[])
+                UNION SELECT r.run_id FROM {runs} r JOIN tree ON r.parent = tree.id)
+            UPDATE {runs} SET cancel_requested = true
+            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%s::text[])
+                AND NOT cancel_requested""",
+        "terminate_tree": f"""
+            WITH RECURSIVE tree(id) AS (
+                SELECT unnest(%s::text[])
+                UNION SELECT r.run_id FROM {{runs}} r JOIN tree ON r.parent = tree.id)
             UPDATE {{runs}} SET state = 'cancelled', error = %s, owner = NULL, fence = fence + 1,
                 wake_at = NULL, waiting_for = NULL, updated = {_NOW}
-            WHERE run_id = %s AND state <> ALL(%s::text[])
-            RETURNING {_RUN_COLUMNS}""",
+            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%s::text[])""",
+        "add_parent": "ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS parent text",
+        "update_version": "UPDATE {meta} SET value = %s WHERE key = 'schema_version'",
+        "runs_parent": "CREATE INDEX IF NOT EXISTS {runs_parent} ON {runs} (parent, id)",
         "wakeups": """
             SELECT r.run_id, r.cancel_requested AND NOT r.cancel_seen FROM {runs} r
             WHERE r.owner = %s AND ((r.cancel_requested AND NOT r.cancel_seen)
@@ -836,6 +900,7 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             SELECT {_RUN_COLUMNS} FROM {{runs}}
             WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
               AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+              AND (%(parent)s::text IS NULL OR parent = %(parent)s::text)
             ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s""",
     }
     text["commit_step"] = f"""

@@ -34,20 +34,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
-from replaygen.store import ACTIVE, FINISHED, Claim, Entry, RunRecord, Signal, Write
+from replaygen.store import ACTIVE, FINISHED, Claim, Entry, Notice, RunRecord, Signal, Write
 
 from ._rows import blocked_error, damage, workflow_names
 
 T = TypeVar("T")
 log = logging.getLogger("replaygen")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout this code writes; a file recorded with a higher version is refused. A change an
 older replaygen still works with (a table it never reads, as ``worker_workflows``: the
-workflow names each worker advertises, as a JSON array) adds to schema 1 without a bump, so
+workflow names each worker advertises, as a JSON array) adds to a schema without a bump, so
 old and new workers may share a file during an upgrade and a rollback stays possible. (A
-column added to ``workers`` would not do: older code inserts its rows without naming columns.)"""
+column added to ``workers`` would not do: older code inserts its rows without naming columns.)
+Schema 2 adds ``runs.parent`` (child runs): a worker of schema 1 would run a child without
+telling its parent that it ended, so it must refuse the file; a schema 1 file is migrated
+when a worker of this version opens it."""
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
-                "wake_at, waiting_for, cancel_requested, resumes")
+                "wake_at, waiting_for, cancel_requested, resumes, parent")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -55,7 +58,7 @@ CREATE TABLE IF NOT EXISTS runs (
     owner TEXT, fence INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
     result TEXT, error TEXT, wake_at REAL, waiting_for TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0, cancel_seen INTEGER NOT NULL DEFAULT 0,
-    resumes INTEGER NOT NULL DEFAULT 0);
+    resumes INTEGER NOT NULL DEFAULT 0, parent TEXT);
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner);
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state, created);
 CREATE TABLE IF NOT EXISTS journal (
@@ -109,6 +112,15 @@ CREATE TEMP TRIGGER batch_release INSTEAD OF INSERT ON batch WHEN NEW.op = 'rele
 CREATE TEMP TRIGGER batch_consume INSTEAD OF INSERT ON batch WHEN NEW.op = 'consume' BEGIN
     DELETE FROM signals WHERE id = NEW.consume AND run_id = NEW.run_id;
     SELECT RAISE(ABORT, 'replaygen: signal not queued') WHERE changes() = 0; END;
+CREATE TEMP TRIGGER batch_spawn INSTEAD OF INSERT ON batch WHEN NEW.op = 'spawn' BEGIN
+    INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated, parent,
+                      cancel_requested)
+    SELECT NEW.run_id, NEW.name, NEW.value, 'pending', NULL, 1, NEW.ended, NEW.ended, p.run_id,
+           p.cancel_requested AND NOT p.cancel_seen FROM runs p WHERE p.run_id = NEW.owner; END;
+CREATE TEMP TRIGGER batch_notify INSTEAD OF INSERT ON batch WHEN NEW.op = 'notify' BEGIN
+    INSERT INTO signals (run_id, name, payload, sent) SELECT NEW.run_id, NEW.name, NEW.value,
+        NEW.ended WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id
+                                AND state NOT IN ('completed', 'failed', 'cancelled')); END;
 CREATE TEMP TRIGGER batch_bump INSTEAD OF INSERT ON batch WHEN NEW.op = 'bump' BEGIN
     {_BUMP}; END;
 """
@@ -134,19 +146,39 @@ def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
         rows.append(("release" if w.release else "update", *run, w.state, *(None,) * 7, now,
                      w.wake_at, w.waiting_for, w.result, w.error,
                      bool(w.entries) | w.cancel_seen << 1, None))
-        if w.consume is not None:
-            rows.append(("consume", *run, *(None,) * 14, w.consume))
+        rows += [("consume", *run, *(None,) * 14, signal) for signal in w.consume]
+    # Children after the row update (a cancel seen in it is not passed on), parent = owner.
+    rows += [("spawn", c.run_id, w.run_id, None, None, None, None, None, c.workflow, None,
+              c.args, None, now, None, None, None, None, 0, None) for c in w.spawn]
+    if w.notify is not None:
+        rows.append(_notice(w.notify, now))
     return rows
 
 
+def _notice(n: Notice, now: float) -> tuple[Any, ...]:
+    return ("notify", n.run_id, None, None, None, None, None, None, n.name, None, n.payload,
+            None, now, None, None, None, None, 0, None)
+
+
 def _bump(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
-    """The row that wakes every watcher, if a write leaves a run claimable by any worker."""
-    return [("bump", *_NO_RUN)] if any(w.release and w.state in ACTIVE for w in writes) else []
+    """The row that wakes every watcher, if a write leaves a run claimable by any worker or
+    tells runs of news (children made or cancelled, a child's end)."""
+    return [("bump", *_NO_RUN)] if any(w.release and w.state in ACTIVE or w.spawn or w.cancel
+                                       or w.notify for w in writes) else []
+
+
+# The runs descending from those in the JSON array parameter, and they themselves.
+_TREE = ("WITH RECURSIVE tree(id) AS (SELECT value FROM json_each(?) UNION "
+         "SELECT r.run_id FROM runs r JOIN tree ON r.parent = tree.id) ")
+_CANCEL_TREE = (_TREE + "UPDATE runs SET cancel_requested = 1 WHERE run_id IN (SELECT id FROM "
+                "tree) AND state NOT IN ('completed', 'failed', 'cancelled') "
+                "AND NOT cancel_requested")
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
     flag = bool(row[12]) if isinstance(row[12], int) else row[12]  # a damaged cell stays visible
-    return RunRecord(*row[:12], cancel_requested=flag, resumes=row[13])  # type: ignore[misc]
+    return RunRecord(*row[:12], cancel_requested=flag, resumes=row[13],  # type: ignore[misc]
+                     parent=row[14])
 
 
 _UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's error for a TEXT cell that is not UTF-8
@@ -271,6 +303,7 @@ class SQLiteStore:
         self._r: sqlite3.Connection | None = None  # the reader; set once the file is open
         self._uri: str | None = None  # how to open a read-only file, when it is one
         self._readonly: str | None = None  # why this process cannot write, when it cannot
+        self._columns = _RUN_COLUMNS  # as a read-only file of schema 1, without parents, has them
         # Heartbeats given before the file existed: (lease until, advertised names as JSON).
         self._leases: dict[str, tuple[float, str | None]] = {}
         if self.path == ":memory:" or os.path.exists(self.path):
@@ -355,10 +388,13 @@ class SQLiteStore:
         target = f"{uri}?mode=ro" if shm else f"{uri}?immutable=1"
         r = self._connect(target)
         try:
-            if self._retry(partial(self._check, r)) is None:
+            found = self._retry(partial(self._check, r))
+            if found is None:
                 raise StoreUnavailable(
                     f"SQLite store {self.path!r} holds no replaygen store yet and this process "
                     f"cannot create one: {why}")
+            if found < 2:  # not migrated: read as it is
+                self._columns = _RUN_COLUMNS.replace("parent", "NULL AS parent")
         except BaseException:
             r.close()
             raise
@@ -389,10 +425,14 @@ class SQLiteStore:
         return found[0][0] if found else None
 
     def _migrate(self, c: sqlite3.Connection) -> None:
-        self._check(c)
+        found = self._check(c)
+        if found == 1:  # schema 2: child runs know their parent
+            c.execute("ALTER TABLE runs ADD COLUMN parent TEXT")
+            c.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 c.execute(statement)
+        c.execute("CREATE INDEX IF NOT EXISTS runs_parent ON runs (parent, created)")
         c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         for owner, (until, names) in self._leases.items():  # given before the file existed
             c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
@@ -487,7 +527,7 @@ class SQLiteStore:
         return self.get(run_id)  # runs are never deleted, so it is there
 
     def get(self, run_id: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        rows = self._read(f"SELECT {self._columns} FROM runs WHERE run_id = ?", (run_id,))
         return _record(rows[0]) if rows else None
 
     def journal(self, run_id: str) -> list[Entry]:
@@ -502,17 +542,27 @@ class SQLiteStore:
     def commit(self, writes: Sequence[Write]) -> list[bool]:
         now = time.time()
         rows = [row for w in writes for row in _rows(w, now)]
+        cancels = [run_id for w in writes for run_id in w.cancel]
+
+        def batch(c: sqlite3.Connection) -> None:
+            self._apply(c, rows + _bump(writes))
+            if cancels:
+                c.execute(_CANCEL_TREE, (json.dumps(cancels),))
         try:
             try:  # one statement, its own transaction, unless the batch needs several
-                self._tx(lambda c: self._apply(c, rows + _bump(writes)), begin=len(rows) >= _ROWS)
+                self._tx(batch, begin=len(rows) >= _ROWS or bool(cancels))
                 return [True] * len(writes)
             except _Refused:  # rolled back whole: apply the writes one by one
                 return self._tx(lambda c: self._apply_each(c, writes, now))
         except sqlite3.IntegrityError as exc:
-            if "signal not queued" not in str(exc):
-                raise
-            consumed = ", ".join(f"{w.consume} (run {w.run_id!r})" for w in writes if w.consume)
-            raise sqlite3.IntegrityError(f"signal {consumed} is not queued") from None
+            if "signal not queued" in str(exc):
+                consumed = ", ".join(f"{w.consume} (run {w.run_id!r})" for w in writes if w.consume)
+                raise sqlite3.IntegrityError(f"signal {consumed} is not queued") from None
+            if "runs.run_id" in str(exc) and any(w.spawn for w in writes):
+                made = ", ".join(repr(c.run_id) for w in writes for c in w.spawn)
+                raise ReplaygenError(f"cannot create child run {made}: a run with that id "
+                                     f"exists") from None
+            raise
 
     @staticmethod
     def _apply(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -532,6 +582,8 @@ class SQLiteStore:
             c.execute("SAVEPOINT one")  # a refused write leaves no trace, even of many statements
             try:
                 self._apply(c, _rows(w, now))
+                if w.cancel:
+                    c.execute(_CANCEL_TREE, (json.dumps(w.cancel),))
                 done.append(True)
             except _Refused:
                 c.execute("ROLLBACK TO one")
@@ -649,39 +701,42 @@ class SQLiteStore:
             raise RunNotFound(f"cannot {doing}: no run {run_id!r} in {self.path!r}")
         return _record(rows[0])
 
-    def deliver(self, run_id: str, name: str, payload: str) -> None:
+    def deliver(self, run_id: str, name: str, payload: str) -> int:
         if not self._ready(create=False):  # no file, no run: say so without making the file
             self._state(None, run_id, f"deliver {name!r}")
-        def tx(c: sqlite3.Connection) -> None:
+        def tx(c: sqlite3.Connection) -> int:
             run = self._state(c, run_id, f"deliver {name!r}")
             if run.state in FINISHED:
                 raise RunFinished(f"cannot deliver {name!r}: run {run_id!r} is already {run.state}")
-            c.execute("INSERT INTO signals (run_id, name, payload, sent) VALUES (?, ?, ?, ?)",
-                      (run_id, name, payload, time.time()))
+            made = c.execute("INSERT INTO signals (run_id, name, payload, sent) VALUES "
+                             "(?, ?, ?, ?)", (run_id, name, payload, time.time()))
             c.execute(_BUMP)
-        self._tx(tx)
+            return int(made.lastrowid or 0)
+        return self._tx(tx)
 
     def cancel(self, run_id: str) -> RunRecord:
         if not self._ready(create=False):
             return self._state(None, run_id, "cancel")
 
         def tx(c: sqlite3.Connection) -> RunRecord:
-            run = self._state(c, run_id, "cancel")
-            if run.state in FINISHED or run.cancel_requested:
-                return run
-            c.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
-            c.execute(_BUMP)
+            self._state(c, run_id, "cancel")
+            if c.execute(_CANCEL_TREE, (json.dumps([run_id]),)).rowcount:
+                c.execute(_BUMP)
             return self._state(c, run_id, "cancel")
         return self._tx(tx)
 
-    def terminate(self, run_id: str, error: str) -> RunRecord:
+    def terminate(self, run_id: str, error: str, notify: Notice | None = None) -> RunRecord:
         def tx(c: sqlite3.Connection) -> RunRecord:
             run = self._state(c, run_id, "terminate")
             if run.state in FINISHED:
                 return run
-            c.execute("UPDATE runs SET state = 'cancelled', error = ?, owner = NULL, "
+            now = time.time()
+            c.execute(_TREE + "UPDATE runs SET state = 'cancelled', error = ?, owner = NULL, "
                       "fence = fence + 1, wake_at = NULL, waiting_for = NULL, updated = ? "
-                      "WHERE run_id = ?", (error, time.time(), run_id))
+                      "WHERE run_id IN (SELECT id FROM tree) AND state NOT IN ('completed', "
+                      "'failed', 'cancelled')", (json.dumps([run_id]), error, now))
+            if notify is not None:
+                self._apply(c, [_notice(notify, now)])
             c.execute(_BUMP)
             return self._state(c, run_id, "terminate")
         return self._tx(tx)
@@ -719,15 +774,16 @@ class SQLiteStore:
 
     def runs(
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
-        limit: int = 100, offset: int = 0,
+        parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
-        sql, params = f"SELECT {_RUN_COLUMNS} FROM runs WHERE 1", []
+        sql, params = f"SELECT {self._columns} FROM runs WHERE 1", []
         if states is not None:
             sql += f" AND state IN {_IN}"
             params.append(json.dumps(list(states)))
-        if workflow is not None:
-            sql += " AND workflow = ?"
-            params.append(workflow)
+        for column, value in (("workflow", workflow), ("parent", parent)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
         return [_record(r) for r in self._read(
             sql + " ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset])]
 

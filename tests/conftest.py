@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from replaygen import Interpreter, MemoryStore, RunStatus
+from replaygen import Interpreter, MemoryStore, RunNotFound, RunStatus
 from replaygen.testing import FakeClock
 
 EPOCH = 1_700_000_000.0
@@ -101,7 +101,10 @@ def reach(eventually: Callable[..., Any]) -> Callable[..., RunStatus]:
 
     def wait(interpreter: Interpreter, run_id: str, *states: str) -> RunStatus:
         def check() -> RunStatus | None:
-            status = interpreter.status(run_id)
+            try:
+                status = interpreter.status(run_id)
+            except RunNotFound:  # not made yet (a child)
+                return None
             return status if status.state in states else None
 
         return eventually(check, f"run {run_id!r} to be {' or '.join(states)}")  # type: ignore[no-any-return]

@@ -105,7 +105,7 @@ def test_runs_lists_newest_first_with_state_workflow_and_step(home: Path, runs: 
     assert [re.split(" {2,}", line)[:3] for line in lines[1:]] == [
         ["wait-1", "waiting (no worker is live)", "flow"], ["boom-1", "failed", "boom"],
         ["done-1", "completed", "quick"]]
-    assert "#0 do first" in lines[1] and "for signal go" in lines[1]
+    assert "#1 wait go" in lines[1] and "for signal go" in lines[1]
     assert "ZeroDivisionError" in lines[2]
 
 
@@ -133,7 +133,8 @@ def test_show_prints_where_the_run_is_parked_and_its_journal(home: Path, runs: A
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "state:       waiting" in out and "waiting for: signal go" in out
-    assert "POS  SEQ  KIND  NAME   STATUS  TOOK" in out
+    assert "POS  SEQ  KIND   NAME   STATUS  TOOK" in out
+    assert re.search(r"1 +1 +timer +go +ok .* no timeout", out)  # the Wait, as first reached
     assert '{"n":7,"secret":"RESULT-SECRET"}' in out
 
 
@@ -147,7 +148,7 @@ def test_show_truncates_values_unless_full(home: Path, runs: Any) -> None:
 def test_show_json(home: Path, runs: Any) -> None:
     shown = json.loads(cli("show", "wait-1", "--json", cwd=home, store="runs.db").stdout)
     assert shown["run"]["state"] == "waiting" and shown["run"]["waiting_for"] == "go"
-    assert [e["name"] for e in shown["journal"]] == ["first"]
+    assert [e["name"] for e in shown["journal"]] == ["first", "go"]
     assert shown["signals"] == []
 
 

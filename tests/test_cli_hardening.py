@@ -100,7 +100,7 @@ def test_runs_escapes_control_characters_and_keeps_one_line_per_run(
     assert len(lines) == 1 + len(hostile)  # the header and one row per run
     for shown in ("red\\x1b[31m", "two\\nlines", "é中\\x7f", "para\\u2029graph", "rtl\\u202eevil"):
         assert sum(line.startswith(shown + " ") for line in lines) == 1, shown
-    assert all("wf\\x1b[2J" in line and "#0 do st\\x9bep\\u2028" in line
+    assert all("wf\\x1b[2J" in line and "#1 wait go\\x07" in line
                and "for signal go\\x07" in line for line in lines[1:])
 
 
@@ -133,7 +133,7 @@ def test_json_output_stays_exact(home: Path, hostile: list[str]) -> None:
     shown = json.loads(cli("show", "red\x1b[31m", "--json", cwd=home, store="runs.db").stdout)
     assert shown["run"]["run_id"] == "red\x1b[31m" and shown["run"]["workflow"] == "wf\x1b[2J"
     assert shown["run"]["waiting_for"] == "go\x07"
-    assert [e["name"] for e in shown["journal"]] == ["st\x9bep\u2028"]
+    assert [e["name"] for e in shown["journal"]] == ["st\x9bep\u2028", "go\x07"]
 
 
 def test_signal_confirmation_escapes_the_names(home: Path, hostile: list[str]) -> None:

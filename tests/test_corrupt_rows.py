@@ -92,7 +92,7 @@ def test_a_journal_cell_of_the_wrong_kind_blocks_its_run_only(db: Path, column: 
     park(SQLiteStore(db), "bad", "good")
     damage(db, f"UPDATE journal SET {column} = {value} WHERE run_id = 'bad' AND seq = 1")
     store = SQLiteStore(db)
-    assert len(store.journal("bad")) == 3  # reading it does not fail
+    assert len(store.journal("bad")) == 4  # reading it does not fail (3 steps and the Wait)
     interp = Interpreter(store, WORKFLOWS)
     assert sorted(interp.recover()) == ["bad", "good"]
     good_completes(interp)
@@ -187,7 +187,7 @@ def test_a_damaged_signal_payload_blocks_its_run_only(db: Path) -> None:
     assert sorted(interp.recover()) == ["bad", "good"]
     good_completes(interp)
     error = blocked_error(interp, "bad")
-    assert "'bad'" in error and "journal row 3" in error
+    assert "'bad'" in error and "journal row 4" in error  # after 3 steps and the Wait's
     interp.shutdown()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -35,7 +34,6 @@ def table_rows(out: str) -> list[str]:
 
 @pytest.mark.slow
 def test_quick_mode_passes_every_boundary() -> None:
-    t0 = time.monotonic()
     p = crash("--quick")
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
     rows = table_rows(p.stdout)
@@ -45,7 +43,6 @@ def test_quick_mode_passes_every_boundary() -> None:
     kills = int(next(r for r in rows if "random kills" in r).split()[-4])
     assert kills >= 30
     assert "all invariants held" in p.stdout
-    assert time.monotonic() - t0 < 120
 
 
 @pytest.mark.slow

@@ -219,7 +219,7 @@ def test_a_finished_run_is_not_kept_in_memory_by_its_unexpired_timeout(
     worker = interp([waits, other])
     run = worker.start(waits)
     reach(worker, run, "waiting")
-    life = weakref.ref(worker._runtime.actors[run].life)
+    life = weakref.ref(worker._runtime.actors[run].gen)  # the life, as the runtime holds it
     worker.deliver(run, "go", 1)
     assert worker.result(run, timeout=PATIENCE) == 1
     ended = worker._runtime.waiter(run)  # None once the worker has let the run go

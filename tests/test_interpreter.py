@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from replaygen import (
-    All, Cancelled, Do, Event, Interpreter, MemoryStore, ReplaygenError, Retry, RunFinished,
+    All, Cancelled, Client, Do, Event, Interpreter, MemoryStore, ReplaygenError, Retry, RunFinished,
     RunNotFound, Sleep, StepFailed, StoreUnavailable, Version, Wait, WaitTimeout, WorkflowFailed,
     current_step,
 )
@@ -2033,7 +2033,7 @@ class DamagingStore(MemoryStore):
 @pytest.mark.parametrize("damage", [
     pytest.param(lambda rows: [damaged(rows[0], value="{not json")], id="undecodable"),
     pytest.param(lambda rows: [damaged(rows[0], seq=3)], id="gap"),
-    pytest.param(lambda rows: [damaged(rows[0], slot="zero")], id="mistyped"),
+    pytest.param(lambda rows: [damaged(rows[0], position="zero")], id="mistyped"),
 ])
 def test_a_corrupt_journal_row_blocks_the_run_and_spares_its_neighbours(
         interp: Make, reach: Any,
@@ -2502,7 +2502,7 @@ def test_a_failing_store_read_leaves_a_waiting_run_resumable(interp: Make, reach
         return real(rid)
 
     store.signals = signals  # type: ignore[method-assign]
-    worker.deliver(run_id, "go", 5)
+    Client(store).deliver(run_id, "go", 5)  # from elsewhere: the worker must read its inbox
     time.sleep(0.2)
     assert worker.status(run_id).state == "waiting"  # neither blocked nor failed
     failing["on"] = False

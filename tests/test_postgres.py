@@ -141,12 +141,12 @@ def _script(store: object) -> list[object]:
     out.append([(g.name, g.payload) for g in sigs])
     out.append(sorted(s.wakeups("A")))
     out.append(s.commit([Write(hostile, "A", 1, "running", (_entry(2, 2, '"first"', "go"),),
-                               consume=sigs[0].id)]))
+                               consume=(sigs[0].id,))]))
     out.append([(g.name, g.payload) for g in s.signals(hostile)])
     out.append(attempt(s.commit, [Write(hostile, "A", 1, "running", (_entry(3, 3),),
-                                        consume=sigs[0].id)]))
+                                        consume=(sigs[0].id,))]))
     out.append(attempt(s.commit, [Write(hostile, "A", 1, "running", (_entry(3, 3),),
-                                        consume=s.signals("r2")[0].id)]))
+                                        consume=(s.signals("r2")[0].id,))]))
     out.append(len(s.journal(hostile)))
     # cancel: idempotent, reported by wakeups until journaled (cancel_seen)
     out.append(attempt(s.cancel, "missing"))
@@ -220,7 +220,7 @@ def test_a_write_replayed_after_an_unknown_outcome_counts_once(store: PostgresSt
     store.create("r", "wf", "{}", "A")
     store.deliver("r", "go", "1")
     sig = store.signals("r")[0].id
-    w = Write("r", "A", 1, "running", (_entry(0, 0), _entry(1, 1)), consume=sig)
+    w = Write("r", "A", 1, "running", (_entry(0, 0), _entry(1, 1)), consume=(sig,))
     assert store.commit([w]) == [True]
     assert store.commit([w]) == [True]
     assert len(store.journal("r")) == 2
@@ -513,7 +513,7 @@ def _assert_journals_whole(store: PostgresStore, ids: list[str], steps: int) -> 
     for rid in ids:
         journal = store.journal(rid)
         assert [e.seq for e in journal] == list(range(steps)), rid  # no gap, no duplicate
-        assert [(e.kind, e.slot, e.status) for e in journal] == [("do", i, "ok")
+        assert [(e.kind, e.position, e.status) for e in journal] == [("do", i, "ok")
                                                                  for i in range(steps)]
 
 

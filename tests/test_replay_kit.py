@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 
-from replaygen import All, Cancelled, Do, Sleep, StepFailed, Version, Wait, WaitTimeout
+from replaygen import (
+    All, Cancelled, Child, ChildFailed, Deadline, DeadlineExceeded, Do, Sleep, StepFailed, Version,
+    Wait, WaitTimeout,
+)
 from replaygen.testing import replay
 
 
@@ -355,3 +358,64 @@ def test_an_answer_never_asked_for_is_reported_when_the_run_ends() -> None:
 def test_unused_answers_of_a_run_that_stops_early_are_not_reported() -> None:
     t = replay(checkout, {"id": 42}, journal={"receipt": None})
     assert not t.done and t.unused == []
+
+
+# ---- Child and Deadline ---------------------------------------------------------------------
+
+def pay(order: Any) -> Any:
+    return (yield Do("charge", charge_card, order))
+
+
+def ship(order: Any) -> Any:
+    return (yield Do("send", send_receipt, order))
+
+
+def order_flow(order: Any) -> Any:
+    yield Deadline(3600)
+    paid = yield Child(pay, order)
+    try:
+        shipped = yield Child(ship, order)
+    except ChildFailed as failure:
+        yield Do("refund", refund, paid)
+        return ["refunded", failure.run_id, failure.error_message]
+    return [paid, shipped]
+
+
+def test_a_child_is_answered_like_a_step_and_a_deadline_takes_no_position() -> None:
+    t = replay(order_flow, 1, journal=["txn", "parcel"])
+    assert t.result == ["txn", "parcel"]
+    assert t.commands == [Deadline(3600), Child(pay, 1), Child(ship, 1)]
+
+
+def test_a_dict_journal_answers_children_by_workflow_name() -> None:
+    assert replay(order_flow, 1, journal={"ship": "parcel", "pay": "txn"}).result == ["txn", "parcel"]
+
+
+def test_an_exception_as_a_childs_answer_is_raised_as_child_failed_with_the_derived_id() -> None:
+    t = replay(order_flow, 1, journal=["txn", ValueError("no stock"), None])
+    assert t.result == ["refunded", "replay/2", "no stock"]
+
+
+def test_a_child_without_an_answer_is_pending() -> None:
+    t = replay(order_flow, 1, journal=["txn"])
+    assert not t.done and t.pending == Child(ship, 1)
+
+
+def test_deadline_exceeded_as_an_answer_strikes_at_that_command() -> None:
+    def wf() -> Any:
+        yield Deadline(60)
+        try:
+            yield Do("slow", charge_card, 1)
+        except DeadlineExceeded:
+            return "struck"
+
+    assert replay(wf, journal=[DeadlineExceeded()]).result == "struck"
+
+
+def test_a_deadline_that_is_not_caught_ends_the_trace_with_it() -> None:
+    t = replay(order_flow, 1, journal=[DeadlineExceeded()])
+    assert t.done and isinstance(t.error, DeadlineExceeded)
+
+
+def test_children_compare_by_value() -> None:
+    assert Child(pay, 1, run_id="p") == Child("pay", 1, run_id="p") != Child(pay, 2)

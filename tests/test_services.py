@@ -305,6 +305,25 @@ def test_each_service_runs_its_own_workflow_and_never_touches_the_other_services
 
 
 @pytest.mark.slow
+def test_a_parent_whose_worker_does_not_know_its_children_completes_when_their_services_run_them(
+        services: Services) -> None:
+    svc, box = services, str(services.box)
+    svc.serve("orders", "tests._orders", recover=True)
+    run_id = svc.client.start("checkout", box, "o1", run_id="o1")
+    svc.until("the children to be made", lambda: len(svc.store.runs(parent="o1")) == 2)
+    assert svc.client.status("o1").state == "waiting"  # the orders worker cannot run them
+    for wf, app in APPS.items():
+        svc.serve(wf, app, recover=True)
+    assert svc.client.result(run_id, timeout=PATIENCE) == ["billing o1-bill now",
+                                                            "shipping o1-ship now"]
+    pids = {wf: svc.report(wf)["pid"] for wf in APPS}
+    for wf, child in (("billing", "o1/0"), ("shipping", "o1/1")):
+        assert svc.client.status(child).parent == "o1"
+        assert svc.pids(f"o1-{wf[:4]}", "first") == [pids[wf]]  # its own service ran it
+    svc.stop("orders", *APPS)
+
+
+@pytest.mark.slow
 def test_runs_a_client_process_starts_are_executed_by_the_workers_only(services: Services) -> None:
     svc, box = services, str(services.box)
     for name in ("w1", "w2"):
