@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 from .commands import Command
 from .errors import ReplaygenError
+from .replay import RULES
 
 __all__ = ["Finding", "LintError", "Selection", "find_workflows", "lint_module", "lint_workflows",
            "main"]
@@ -50,7 +51,8 @@ __all__ = ["Finding", "LintError", "Selection", "find_workflows", "lint_module",
 SILENCE = re.compile(r"#\s*replaygen:\s*deterministic\b", re.IGNORECASE)
 """The comment that silences a finding on its line."""
 
-_COMMANDS = frozenset({"Do", "Sleep", "Wait", "Version", "All"})
+_COMMANDS = {t.__name__: rule.lint for t, rule in RULES.items()}
+"""Every command by class name, with what lint knows of its call (``replay.RULES``)."""
 _FnNode = ast.FunctionDef | ast.AsyncFunctionDef
 
 
@@ -569,7 +571,9 @@ class _Body:
             self.visit(stmt, self.root)
 
     def _is_do(self, call: ast.Call, scope: _Scope) -> bool:
-        return self.command(call.func, scope) == "Do"
+        """It makes a command whose second argument is a step (``Do``)."""
+        made = self.command(call.func, scope)
+        return made is not None and _COMMANDS.get(made) == "step"
 
     def visit(self, node: ast.AST, scope: _Scope) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -287,3 +287,22 @@ def test_main_writes_to_the_streams_it_is_given(tmp_path: Path) -> None:
     with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
         assert lint.main(["nowhere_module"], out=out, err=err) == 2
     assert (tmp_path / "err").read_text().startswith("replaygen: error: cannot import")
+
+
+def test_every_command_makes_a_generator_a_workflow_for_lint(
+        module: Callable[[str, str], str]) -> None:
+    name = module("composed", """
+import time
+from replaygen import Any, Child, Deadline, Wait
+
+def racer():
+    yield Any(Wait("a"), Wait("b"))
+
+def parent():
+    yield Deadline(10)
+    started = time.time()
+    yield Child("racer")
+""")
+    selection = find_workflows(name)
+    assert sorted(n for n, _ in selection.workflows) == ["parent", "racer"]
+    assert [f.code for f in lint_module(name)] == ["RG101"]  # time.time() in parent's body
