@@ -1,13 +1,13 @@
 """replaygen: durable execution for Python generators.
 
 A workflow is a generator function that yields commands (``Do``, ``Sleep``,
-``Wait``, ``Version``, ``All``, ``Child``, ``Deadline``); an ``Interpreter``
+``Wait``, ``Version``, ``All``, ``Any``, ``Child``, ``Deadline``); an ``Interpreter``
 executes each command or, when a run is resumed after a crash, answers it from the run's
 journal.
 """
 
 from .codec import Codec, JSONCodec
-from .commands import All, Child, Command, Deadline, Do, Retry, Sleep, Version, Wait
+from .commands import All, Any, Child, Command, Deadline, Do, Retry, Sleep, Version, Wait
 from .errors import (
     Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError,
     ResultTimeout, RunBlocked, RunFinished, RunNotFound, StepFailed, StoreUnavailable, UsageError,
@@ -20,7 +20,7 @@ from .registry import workflow
 from .store import MemoryStore, Store
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "All", "Cancelled", "Child", "ChildFailed", "Client", "Clock",
+    "DEFAULT_MAX_PAYLOAD", "All", "Any", "Cancelled", "Child", "ChildFailed", "Client", "Clock",
     "Codec", "Command", "CorruptRecord", "Deadline", "DeadlineExceeded", "Do", "Event",
     "Interpreter", "JSONCodec", "MemoryStore",
     "NonDeterminismError", "Observer", "ReplaygenError", "ResultTimeout", "Retry", "RunBlocked",

@@ -273,6 +273,8 @@ def _outcome(e: Entry, full: bool) -> str:
         return f"{'DeadlineExceeded' if e.status == 'deadline' else 'Cancelled'} raised here"
     if e.kind == "spawn":
         return f"started child {_safe(str(_decode(e.value)))}"
+    if e.kind == "woke":
+        return "slept to the end (first of the Any)"
     if e.status == "timeout":
         return "timed out"
     if e.status == "cancelled":
@@ -304,7 +306,7 @@ def _awaited(waiting_for: str | None) -> str:
                      else f"signal {_safe(p)}" for p in parts)
 
 
-_COMMAND = {"retry": "do", "timer": "wait", "spawn": "child"}
+_COMMAND = {"retry": "do", "timer": "wait", "woke": "sleep", "spawn": "child"}
 """The command an entry kind belongs to, where the two names differ."""
 
 _Live = dict[str, list[str] | None]

@@ -66,7 +66,7 @@ class Command:
 
     __slots__ = ()
     groupable: ClassVar[bool] = False
-    """It may be a member of ``All``."""
+    """It may be a member of ``All`` and ``Any``."""
 
     def __iter__(self) -> Generator[Command, typing.Any, typing.Any]:
         return (yield self)
@@ -273,6 +273,28 @@ class All(Command):
         object.__setattr__(self, "commands", commands)
 
     def __iter__(self) -> Generator[Command, typing.Any, list[typing.Any]]:
+        return (yield self)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, init=False)
+class Any(Command):  # noqa: A001 - the fixed name; typing.Any is spelled in full here
+    """The first of ``Do``, ``Sleep``, ``Wait`` and ``Child`` commands to finish wins;
+    evaluates to ``(index, value)``, or raises the winner's error. Deterministic on replay.
+
+    A losing Sleep or Wait is dropped (an untaken signal stays queued for the next Wait), a
+    losing step still running has its result journaled but not returned, and a losing
+    child is cancelled.
+    """
+
+    commands: tuple[Command, ...]
+
+    def __init__(self, *commands: Command) -> None:
+        if not commands:
+            raise UsageError("Any(...) needs at least one command")
+        _members("Any", commands)
+        object.__setattr__(self, "commands", commands)
+
+    def __iter__(self) -> Generator[Command, typing.Any, tuple[int, typing.Any]]:
         return (yield self)  # type: ignore[no-any-return]
 
 

@@ -18,7 +18,7 @@ MESSAGE_LIMIT = 10_000
 """Characters of an error message kept in an error record."""
 
 
-_NO_VALUE = frozenset({"cancel"})
+_NO_VALUE = frozenset({"cancel", "woke"})
 """Entry kinds that hold no value (and a Wait's timeout); every other entry holds text."""
 
 

@@ -9,7 +9,7 @@ step ended elsewhere, a signal, a cancel, an alarm) reaches it as an event, in t
 kit drives the same lives with a fake performer.
 
 This module holds every rule (matching, Version, retries and backoff, cancel, deadlines,
-``All``, children, the end-of-run shape check, crash loops, payload limits) and
+``All`` and ``Any``, children, the end-of-run shape check, crash loops, payload limits) and
 must never import threading, asyncio or a store, nor perform I/O of its own.
 
 ``RULES`` is the one table of commands: what each owns in the journal, how it is answered,
@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from .codec import Codec
 from .commands import MAX_NAME, RESERVED, All, Child, Command, Deadline, Do, Sleep, Version, Wait
+from .commands import Any as AnyOf
 from .errors import (
     Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError,
     RunBlocked, StepFailed, UsageError, WaitTimeout,
@@ -259,7 +260,7 @@ class Member:
 
 
 _Gen = Generator[Effect, Any, Any]
-LONE, ALL = 0, 1  # how a yield's members make its answer
+LONE, ALL, ANY = 0, 1, 2  # how a yield's members make its answer
 
 
 class Life:
@@ -381,8 +382,12 @@ class Life:
     def all(self, cmd: All) -> _Gen:
         return (yield from self.together(cmd.commands, ALL))
 
+    def any(self, cmd: AnyOf) -> _Gen:
+        return (yield from self.together(cmd.commands, ANY))
+
     def together(self, cmds: Sequence[Command], kind: int) -> _Gen:
-        """Answer the current yield once its members are done; wait for events until then."""
+        """Answer the current yield once its members are done (the first of them, for an
+        ``Any``); wait for events until then."""
         self.members = [Member(c, i, self.position + i) for i, c in enumerate(cmds)]
         self.kind, self.live = kind, False
         while True:
@@ -415,15 +420,20 @@ class Life:
             yield WITHDRAW
             for m in members:
                 m.queued = False
-        for m in members:
+        winner = self._winner() if self.kind == ANY else None
+        for m in members if winner is None else ():
             if not m.done and not m.running:
                 yield from RULES[type(m.cmd)].resolve(self, m)  # type: ignore[misc]
+            if self.kind == ANY and m.done:  # decided now: the losing children are cancelled
+                winner = m
+                self.cancels += [o.child for o in members if o.child and not o.done]
+                break
         busy = any(m.running or m.queued for m in members)
-        if not busy and all(m.done for m in members):
+        if winner is not None or (not busy and all(m.done for m in members)):
             if self.staged or self.after or self.cancels:  # the answer may bring a cancel
                 yield from self._flush("running")
             if not (self.live and (self.cancel or self._struck())):
-                return self._answer()
+                return self._answer(winner)
         if self.live and self._struck():  # steps still running end unanswered
             return None, (yield from self._raise(deadline=True))
         if self.cancel and not busy:
@@ -436,11 +446,28 @@ class Life:
         yield from self._park()
         return None
 
-    def _answer(self) -> tuple[Any, Any]:
+    def _answer(self, winner: Member | None) -> tuple[Any, Any]:
+        if winner is not None:
+            return None if winner.error else (winner.index, winner.value), winner.error
         if self.kind == ALL:
             failed = next((m.error for m in self.members if m.error is not None), None)
             return None if failed else [m.value for m in self.members], failed
         return self.members[0].value, self.members[0].error
+
+    def _winner(self) -> Member | None:
+        """The member of an ``Any`` whose end was journaled first, settled from its entries."""
+        first: tuple[int, Member] | None = None
+        for m in self.members:
+            entries = self._match(m)
+            if entries and entries[-1].kind == RULES[type(m.cmd)].end and (
+                    first is None or entries[-1].seq < first[0]):
+                first = entries[-1].seq, m
+        if first is None:
+            return None
+        winner = first[1]
+        for _ in RULES[type(winner.cmd)].resolve(self, winner):  # type: ignore[misc]
+            raise AssertionError("a journaled end needed live work")  # settled from its entries
+        return winner
 
     def _struck(self) -> bool:
         return self.deadline_at is not None and self.settings.now() >= self.deadline_at
@@ -611,6 +638,8 @@ class Life:
         cmd = m.cmd
         assert isinstance(cmd, Sleep)
         entries = self._match(m)
+        if entries and entries[-1].kind == "woke":  # it won an Any
+            return m.settle()
         self.live = self.live or not entries
         if not entries and self._halted():
             return
@@ -624,6 +653,8 @@ class Life:
         if now < deadline:
             m.deadline = deadline
             return
+        if self.kind == ANY:  # its end decides the Any: journal it
+            self.staged.append(self._entry(m.position, "woke", "", "ok", None, now))
         m.settle()
         yield from ()
 
@@ -907,8 +938,18 @@ class Life:
         if state != "completed":
             self.ended = outcome
             error = self.settings.encode_error(error_record(outcome))
-        yield from self._save(state, result=result, error=error, release=True,
+        yield from self._save(state, result=result, error=error, release=not self.orphans,
                               notify=self._notice(state, outcome))
+        while self.orphans:  # losing steps of an Any still run: their ends are journaled too
+            self._absorb((yield IDLE))
+            for done in self.mail:
+                m = self.orphans.pop(done.position, None)
+                if m is not None:
+                    yield from self._step_done(m, done.attempt, done.outcome, retry=False)
+            self.mail = []
+            if self.staged or not self.orphans:  # the run row as finished, each time
+                yield from self._save(state, result=result, error=error,
+                                      release=not self.orphans)
         if state == "failed":
             self.settings.log.warning("run %s failed: %r", self.id, outcome)
         else:
@@ -984,6 +1025,8 @@ class Rule(NamedTuple):
 
     kinds: tuple[str, ...]
     """The journal entry kinds it owns at its position (replay matches kind and name)."""
+    end: str
+    """The kind of the entry that ends it as a member (the first journaled decides an Any)."""
     name: Callable[[Any], str]
     """The name its entries carry."""
     answer: Callable[[Life, Any], _Gen]
@@ -996,7 +1039,7 @@ class Rule(NamedTuple):
     """How ``testing.replay`` answers it: ``step`` (one position of a list journal, or by
     name in a dict), ``child`` (as a step, by workflow name), ``signal`` (a position, or by
     signal name), ``sleep`` (passes by itself), ``version`` (``max`` unless told),
-    ``deadline`` (takes no position), ``all`` (by its members)."""
+    ``deadline`` (takes no position), ``all`` and ``any`` (by their members)."""
     lint: str
     """What lint knows of a call making it: ``step`` (its second argument is a step, not
     workflow code) or ``command``."""
@@ -1007,18 +1050,19 @@ def _blank(cmd: Any) -> str:
 
 
 RULES: dict[type, Rule] = {
-    Do: Rule(("do", "retry"), lambda c: c.name, Life.lone, Life.resolve_do, "running", "step",
-             "step"),
-    Sleep: Rule(("sleep",), _blank, Life.lone, Life.resolve_sleep, "sleeping", "sleep",
-                "command"),
-    Wait: Rule(("timer", "wait"), lambda c: c.signal, Life.lone, Life.resolve_wait, "waiting",
-               "signal", "command"),
-    Child: Rule(("spawn", "child"), lambda c: c.workflow, Life.lone, Life.resolve_child,
+    Do: Rule(("do", "retry"), "do", lambda c: c.name, Life.lone, Life.resolve_do, "running",
+             "step", "step"),
+    Sleep: Rule(("sleep", "woke"), "woke", _blank, Life.lone, Life.resolve_sleep, "sleeping",
+                "sleep", "command"),
+    Wait: Rule(("timer", "wait"), "wait", lambda c: c.signal, Life.lone, Life.resolve_wait,
+               "waiting", "signal", "command"),
+    Child: Rule(("spawn", "child"), "child", lambda c: c.workflow, Life.lone, Life.resolve_child,
                 "waiting", "child", "command"),
-    All: Rule((), _blank, Life.all, None, "running", "all", "command"),
-    Version: Rule(("version",), lambda c: c.change_id, Life.version, None, "running", "version",
-                  "command"),
-    Deadline: Rule(("deadline",), _blank, Life.deadline, None, "running", "deadline",
+    All: Rule((), "", _blank, Life.all, None, "running", "all", "command"),
+    AnyOf: Rule((), "", _blank, Life.any, None, "running", "any", "command"),
+    Version: Rule(("version",), "", lambda c: c.change_id, Life.version, None, "running",
+                  "version", "command"),
+    Deadline: Rule(("deadline",), "", _blank, Life.deadline, None, "running", "deadline",
                    "command"),
 }
 """Every command a workflow may yield, by type."""

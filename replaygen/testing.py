@@ -69,6 +69,10 @@ class _Signal(NamedTuple):
 
 
 
+_NEVER = object()
+"""The answer of a member of an ``Any`` that another member's answer beats: it never ends."""
+
+
 class _Performer:
     """Answers a life's effects from the fake journal, as the world outside a run would: a
     step ends with its answer, a signal or a child's end arrives, a cancel comes, and time
@@ -99,8 +103,8 @@ class _Performer:
 
     def call(self, position: int) -> Any:
         found = self.answers.get(position, _NONE)
-        if isinstance(found, Cancelled):
-            return False  # Cancelled: raised before the step runs
+        if found is _NEVER or isinstance(found, Cancelled):
+            return None if found is _NEVER else False  # Cancelled: raised before the step runs
         if found is _NONE:
             raise _Stop
         if isinstance(found, Exception):
@@ -128,7 +132,7 @@ class _Performer:
         """The signal (or child's end) the answer at the member's position sends, once."""
         found = self.answers.get(m.position, _NONE)
         kit = RULES[type(m.cmd)].kit
-        if m.position in self.told or found is _NONE or kit not in (
+        if m.position in self.told or found is _NONE or found is _NEVER or kit not in (
                 "signal", "child") or isinstance(found, (Cancelled, WaitTimeout)):
             return None
         self.told.add(m.position)
@@ -144,6 +148,11 @@ class _Stop(Exception):
     """The fake journal has no answer for the command the workflow waits on."""
 
 
+class _BadAnswer(UsageError):
+    """An answer of the fake journal that cannot answer its command: the test's mistake,
+    raised to it (never into the workflow)."""
+
+
 def replay(
     workflow: Callable[..., Any], *args: Any, journal: Sequence[Any] | Mapping[str, Any] = (),
     signals: Mapping[str, Any] | None = None, sleeps: Sequence[Any] = (),
@@ -152,8 +161,9 @@ def replay(
     """Drive ``workflow(*args, **kwargs)`` with answers from a fake journal.
 
     ``journal`` is a list answering by position (each Do, Wait and Child takes one, each
-    member of an All too, Sleeps included) or a dict answering Dos by step name and Children
-    by workflow name. ``signals`` answers Waits by signal name, ``sleeps``
+    member of an All too, Sleeps included, and an Any one for the whole race, answered with
+    ``(index, value)``) or a dict answering Dos by step name and Children by workflow name.
+    ``signals`` answers Waits by signal name (inside an Any too: that Wait wins), ``sleeps``
     answers Sleeps in order (they pass by themselves when not given), ``versions`` gives
     Version values by change id (default: ``max``); a Deadline takes no position. An
     exception as an answer is raised: ``WaitTimeout()`` (for a Wait with a timeout),
@@ -186,6 +196,8 @@ def replay(
     except _Stop:
         trace.pending = trace.commands[-1]
         gen.close()
+    if isinstance(trace.error, _BadAnswer):
+        raise UsageError(str(trace.error)) from None
     trace.unused = answers.unused() if trace.done else []
     if trace.unused:
         warnings.warn(f"replay(): these answers were never asked for: {trace.unused!r} (a "
@@ -212,6 +224,8 @@ class _Answers:
             return
         if rule.kit == "deadline":
             self.position += 1
+        elif rule.kit == "any":
+            self.race(cmd.commands)
         else:
             for member in cmd.commands if rule.kit == "all" else (cmd,):
                 self.place(self.position, self.find(member, rule.kit == "all"))
@@ -222,6 +236,26 @@ class _Answers:
             self.strike()
         if found is not _NONE:
             self.by_position[position] = found
+
+    def race(self, members: Sequence[Command]) -> None:
+        """An Any: one list position answers ``(index, value)``; else its members' answers
+        (a signal by name, a step by name) decide, and the others never end."""
+        if self.listed and self.cursor < len(self.journal):
+            found = self.next()
+            if isinstance(found, Cancelled):
+                self.place(self.position, found)
+                found = _NONE
+            elif not (isinstance(found, (tuple, list)) and len(found) == 2 and isinstance(
+                    found[0], int) and 0 <= found[0] < len(members)):
+                raise _BadAnswer(f"the answer of Any at list position {self.cursor - 1} must be "
+                                 f"(index, value) with 0 <= index < {len(members)}, got {found!r}")
+            found = {} if found is _NONE else {found[0]: found[1]}
+        else:
+            found = {i: a for i, m in enumerate(members) if (a := self.find(m, True)) is not _NONE}
+        for i in range(len(members)):
+            if found:
+                self.place(self.position + i, found.get(i, _NEVER))
+        self.position += len(members)
 
     def next(self) -> Any:
         self.asked.add(self.cursor)

@@ -27,6 +27,7 @@ from replaygen import (
     NonDeterminismError, ReplaygenError, RunFinished, RunNotFound, Sleep, StepFailed, Store,
     Version, Wait,
 )
+from replaygen import Any as AnyOf
 from replaygen.store import Entry, Notice, Spawn, Write
 from replaygen.testing import FakeClock
 
@@ -852,6 +853,37 @@ def test_a_deadline_wakes_a_sleeping_run_and_cancels_its_children_on_this_store(
         assert "kid-undo" in [e.name for e in interp._store.journal("d/1")]  # noqa: SLF001
     finally:
         interp.shutdown()
+
+
+def _race() -> Any:
+    first = yield AnyOf(Wait("approve"), Sleep(3600))
+    second = yield AnyOf(Wait("approve"), Sleep(3600))
+    last = yield Wait("last")
+    return [first, second, last]
+
+
+def test_any_of_a_wait_and_a_sleep_takes_the_first_and_replays_it_after_a_restart(
+        store_factory: StoreFactory) -> None:
+    clock = FakeClock()
+    first = Interpreter(store_factory(), [_race], clock=clock)
+    run_id = first.start(_race, run_id="race")
+    _poll(first, run_id, "waiting")
+    first.deliver(run_id, "approve", "yes")  # the Wait wins the first race
+    _until(lambda: [e.kind for e in first._store.journal(run_id)].count("wait") == 1,  # noqa: SLF001
+           "the signal to win")
+    clock.advance(3601)  # the Sleep wins the second
+    _until(lambda: "woke" in [e.kind for e in first._store.journal(run_id)],  # noqa: SLF001
+           "the sleep to win")
+    first.shutdown()
+    second = Interpreter(store_factory(), [_race], clock=clock)
+    second.recover()
+    second.deliver(run_id, "approve", "late")  # stays queued: both races are decided
+    second.deliver(run_id, "last", 1)
+    try:
+        assert second.result(run_id, timeout=20) == [[0, "yes"], [1, None], 1]
+        assert [s.payload for s in second._store.signals(run_id)] == ['"late"']  # noqa: SLF001
+    finally:
+        second.shutdown()
 
 
 def test_a_non_deterministic_error_names_both_sides() -> None:

@@ -85,8 +85,8 @@ def test_every_command_is_one_rule_and_every_rule_handler_is_a_method_of_life() 
         assert (rule.resolve is not None) == command.groupable, command
         if rule.resolve is not None:
             assert getattr(Life, rule.resolve.__name__) is rule.resolve, command
-        assert rule.kit in ("step", "child", "signal", "sleep", "version", "deadline", "all"), \
-            command
+        assert rule.kit in ("step", "child", "signal", "sleep", "version", "deadline", "all",
+                            "any"), command
         assert rule.lint in ("step", "command"), command
 
 

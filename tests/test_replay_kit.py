@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 
+import pytest
+
 from replaygen import (
-    All, Cancelled, Child, ChildFailed, Deadline, DeadlineExceeded, Do, Sleep, StepFailed, Version,
-    Wait, WaitTimeout,
+    All, Cancelled, Child, ChildFailed, Deadline, DeadlineExceeded, Do, Sleep, StepFailed,
+    UsageError, Version, Wait, WaitTimeout,
 )
+from replaygen import Any as AnyOf
 from replaygen.testing import replay
 
 
@@ -419,3 +422,36 @@ def test_a_deadline_that_is_not_caught_ends_the_trace_with_it() -> None:
 
 def test_children_compare_by_value() -> None:
     assert Child(pay, 1, run_id="p") == Child("pay", 1, run_id="p") != Child(pay, 2)
+
+
+# ---- Any ------------------------------------------------------------------------------------
+
+def race() -> Any:
+    index, value = yield AnyOf(Wait("approved"), Sleep(86400))
+    return [index, value]
+
+
+def test_an_any_takes_one_list_position_answered_with_index_and_value() -> None:
+    assert replay(race, journal=[(0, "yes")]).result == [0, "yes"]
+    assert replay(race, journal=[[1, None]]).result == [1, None]
+
+
+def test_an_any_is_answered_by_the_signal_of_one_of_its_waits() -> None:
+    assert replay(race, signals={"approved": "yes"}).result == [0, "yes"]
+
+
+def test_an_any_with_no_answer_is_pending() -> None:
+    t = replay(race)
+    assert not t.done and t.pending == AnyOf(Wait("approved"), Sleep(86400))
+
+
+def test_a_bad_any_answer_says_what_is_expected() -> None:
+    with pytest.raises(UsageError, match=r"\(index, value\)"):
+        replay(race, journal=["yes"])
+
+
+def test_an_any_of_steps_answered_by_name_lets_the_answered_one_win() -> None:
+    def wf() -> Any:
+        return (yield AnyOf(Do("a", charge_card, 1), Do("b", charge_card, 2)))
+
+    assert replay(wf, journal={"b": "second"}).result == (1, "second")
