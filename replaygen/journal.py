@@ -91,6 +91,7 @@ class Journal:
         self.next_seq = 0
         self.end = 0  # the first position past every positional entry
         self.cancelled = False  # a cancel request has been journaled (and so consumed)
+        self.interrupts: dict[int, Entry] = {}  # cancel (or deadline) entries, by position
         for e in entries:
             if e.seq != self.next_seq:
                 raise CorruptRecord(
@@ -111,12 +112,10 @@ class Journal:
         else:
             self.at.setdefault(e.position, []).append(e)
             self.end = max(self.end, e.position + 1)
-            # A cancel (not a deadline) journaled: the run's cancel request is consumed.
-            self.cancelled = self.cancelled or (e.kind == "cancel" and e.status != "deadline")
-
-    def interrupt(self, position: int) -> Entry | None:
-        """The cancel (or deadline) entry journaled at ``position``, if any."""
-        return next((e for e in self.at.get(position, ()) if e.kind == "cancel"), None)
+            if e.kind == "cancel":
+                self.interrupts[e.position] = e
+                # A cancel (not a deadline) journaled: the run's cancel request is consumed.
+                self.cancelled = self.cancelled or e.status != "deadline"
 
     def match(self, position: int, kinds: tuple[str, ...], name: str, cmd: Any) -> list[Entry]:
         """The entries at ``position`` of command ``cmd``, owning ``kinds`` and named ``name``;

@@ -261,6 +261,9 @@ class Member:
 
 _Gen = Generator[Effect, Any, Any]
 LONE, ALL, ANY = 0, 1, 2  # how a yield's members make its answer
+_NONE: list[Member] = []  # the members between yields (never changed)
+_RUNNING = ("running", None, None)  # the run row of a run taking steps
+_NOT_BEGUN = object()
 
 
 class Life:
@@ -282,6 +285,7 @@ class Life:
         self.orphans: dict[int, Member] = {}  # steps still running for an answered yield
         self.live = False                   # the current yield needed live work
         self.slots = False                  # it asked for a concurrency slot that may be kept
+        self.busy = False                   # steps of it still run
         self.alarm: float | None = None
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
@@ -360,12 +364,15 @@ class Life:
             except BaseException as exc:
                 raise Interrupted(exc) from None
             value = error = None
-            if type(cmd) is Do:  # the hot path of replay: a lone step with just its result
+            if type(cmd) is Do:
                 entries = at.get(self.position)
                 if entries and len(entries) == 1 and entries[0].kind == "do" \
                         and entries[0].status == "ok" and entries[0].name == cmd.name:
-                    self.position += 1
+                    self.position += 1  # the hot path of replay: a step with just its result
                     value = decode(entries[0])
+                    continue
+                if entries is None and self._lean():
+                    value, error = yield from self.step(cmd)
                     continue
             rule = RULES.get(type(cmd))
             if rule is None:
@@ -376,20 +383,58 @@ class Life:
 
     # ---- a yield of commands that may wait ----------------------------------------------------
 
+    # The handlers of yields that may wait return the generator of ``together`` itself: a
+    # generator frame fewer for every effect to pass through.
     def lone(self, cmd: Command) -> _Gen:
-        return (yield from self.together((cmd,), LONE))
+        return self.together((cmd,), LONE)
 
     def all(self, cmd: All) -> _Gen:
-        return (yield from self.together(cmd.commands, ALL))
+        return self.together(cmd.commands, ALL)
 
     def any(self, cmd: AnyOf) -> _Gen:
-        return (yield from self.together(cmd.commands, ANY))
+        return self.together(cmd.commands, ANY)
 
-    def together(self, cmds: Sequence[Command], kind: int) -> _Gen:
+    def _lean(self) -> bool:
+        """The run is at a fresh position with nothing pending: a step may take the lean path."""
+        return self.written == _RUNNING and self.position >= self.journal.end and not (
+            self.staged or self.mail or self.cancel or self.resumes or self.settings.closing
+            or self.deadline_at is not None or self.settings.observed)
+
+    def step(self, cmd: Do[Any]) -> Generator[Effect, Any, tuple[Any, Any]]:
+        """The common case, a step at a fresh position that ends at once and well: from the
+        yield to its commit with no member and no pass. Anything else (it runs elsewhere, waits
+        for a slot, fails) goes on as a yield of one member that has begun."""
+        position = self.position
+        outcome = yield Call(position, 1, cmd.fn, cmd.args, cmd.kwargs,
+                             StepInfo(self.id, cmd.name, position, 1, self.nonce), True)
+        if type(outcome) is Outcome and outcome.error is None and outcome.interrupt is None:
+            try:
+                text = self.settings.encode(outcome.value, "the result of step {!r}", cmd.name)
+            except UsageError:
+                text = None  # the general path stages the failure
+            if text is not None:
+                entry = self._entry(position, "do", cmd.name, "ok", text, outcome.started)
+                yield from self._save("running", (entry,))
+                answer = (self.journal.decode(entry), None) if not self.cancel else (
+                    None, (yield from self._raise(deadline=False)))  # a cancel came meanwhile
+                self.position = position + 1
+                return answer
+        answered: tuple[Any, Any] = yield from self.together((cmd,), LONE, outcome)
+        return answered
+
+    def together(self, cmds: Sequence[Command], kind: int, began: Any = _NOT_BEGUN) -> _Gen:
         """Answer the current yield once its members are done (the first of them, for an
-        ``Any``); wait for events until then."""
-        self.members = [Member(c, i, self.position + i) for i, c in enumerate(cmds)]
+        ``Any``); wait for events until then. ``began``: what the lean path's call answered."""
+        self.members = [Member(cmds[0], 0, self.position)] if kind == LONE else [
+            Member(c, i, self.position + i) for i, c in enumerate(cmds)]
         self.kind, self.live = kind, False
+        if began is not _NOT_BEGUN:
+            self.live, m = True, self.members[0]
+            if type(began) is Outcome:
+                yield from self._ended(m, 1, began)
+            else:
+                m.queued, m.running = began is False, began is None
+                self.slots = m.queued
         while True:
             self.fresh = False
             while self.mail:
@@ -402,9 +447,10 @@ class Life:
                 if self.slots:  # slots kept or queued for steps it did not run
                     self.slots = False
                     yield WITHDRAW
-                self.orphans.update((m.position, m) for m in self.members if m.running)
+                if self.busy:  # steps that still run: their ends are journaled later
+                    self.orphans.update((m.position, m) for m in self.members if m.running)
                 self.position += len(self.members)
-                self.members = []
+                self.members = _NONE
                 return answer
             if not (self.mail or self.fresh):  # else what came meanwhile is looked at first
                 self._absorb((yield IDLE))
@@ -412,24 +458,32 @@ class Life:
     def _settle(self) -> Generator[Effect, Any, tuple[Any, Any] | None]:
         """Answer the current yield from the journal or by live work; None: not yet."""
         members = self.members
-        interrupt = self.journal.interrupt(self.position)
-        if interrupt is not None:
-            return None, self._interrupt(interrupt)
+        if self.journal.interrupts and self.position in self.journal.interrupts:
+            return None, self._interrupt(self.journal.interrupts[self.position])
         if self.slots and self._halted() and any(m.queued for m in members):
             self.slots = False  # no step starts now: give their slots back
             yield WITHDRAW
             for m in members:
                 m.queued = False
-        winner = self._winner() if self.kind == ANY else None
-        for m in members if winner is None else ():
-            if not m.done and not m.running:
-                yield from RULES[type(m.cmd)].resolve(self, m)  # type: ignore[misc]
-            if self.kind == ANY and m.done:  # decided now: the losing children are cancelled
-                winner = m
-                self.cancels += [o.child for o in members if o.child and not o.done]
-                break
-        busy = any(m.running or m.queued for m in members)
-        if winner is not None or (not busy and all(m.done for m in members)):
+        winner = None
+        if self.kind != ANY:
+            for m in members:
+                if not (m.done or m.running):
+                    yield from RULES[type(m.cmd)].resolve(self, m)  # type: ignore[misc]
+        elif (winner := self._winner()) is None:
+            for m in members:
+                if not (m.done or m.running):
+                    yield from RULES[type(m.cmd)].resolve(self, m)  # type: ignore[misc]
+                if m.done:  # decided now: the losing children are cancelled
+                    winner = m
+                    self.cancels += [o.child for o in members if o.child and not o.done]
+                    break
+        done, busy = True, False
+        for m in members:
+            busy = busy or m.running or m.queued
+            done = done and m.done
+        self.busy = busy
+        if winner is not None or (done and not busy):
             if self.staged or self.after or self.cancels:  # the answer may bring a cancel
                 yield from self._flush("running")
             if not (self.live and (self.cancel or self._struck())):
@@ -470,7 +524,8 @@ class Life:
         return winner
 
     def _struck(self) -> bool:
-        return self.deadline_at is not None and self.settings.now() >= self.deadline_at
+        at = self.deadline_at
+        return at is not None and self.settings.now() >= at
 
     def _interrupt(self, entry: Entry) -> Cancelled:
         if entry.status == "deadline":
@@ -514,7 +569,8 @@ class Life:
 
     def _halted(self) -> bool:
         """No new live work while shutting down, a cancel waits, or the deadline passed."""
-        return self.settings.closing or self.cancel or self._struck()
+        return self.settings.closing or self.cancel or (
+            self.deadline_at is not None and self._struck())
 
     def _match(self, m: Member) -> list[Entry]:
         """The member's entries, journaled or staged."""
@@ -561,7 +617,7 @@ class Life:
         orphan = m is None
         m = self.orphans.pop(event.position, None) if orphan else m
         if m is not None:
-            yield from self._step_done(m, event.attempt, event.outcome, retry=not orphan)
+            yield from self._ended(m, event.attempt, event.outcome, retry=not orphan)
             if orphan and self.staged:  # nothing else of its yield will write it
                 yield from self._flush(self.written[0])
 
@@ -614,7 +670,7 @@ class Life:
     def resolve_do(self, m: Member) -> _Gen:
         cmd = m.cmd
         assert isinstance(cmd, Do)
-        entries = self._match(m)
+        entries = self._match(m) if m.position < self.journal.end or self.staged else []
         final = entries[-1] if entries and entries[-1].kind == "do" else None
         if final is None:
             self.live = True
@@ -828,23 +884,32 @@ class Life:
             yield from self._flush("running")
         elif self.staged:  # what the step may depend on is durable before it runs
             yield from self._flush("running")
-        if self.cancel or self._struck():  # the write's answer brought a cancel (a step said
-            return None                      # to be running at shutdown runs: it is in flight)
+        if self.cancel or (self.deadline_at is not None and self._struck()):  # the write's answer
+            return None  # brought a cancel (a step said to be running at shutdown is in flight)
         info = StepInfo(self.id, cmd.name, m.position, attempt, self.nonce)
         if self.settings.observed:
             yield from self._emit("step_started", step=cmd.name, position=m.position,
                                   attempt=attempt)
         outcome: Outcome | bool | None = yield Call(m.position, attempt, cmd.fn, cmd.args,
                                                     cmd.kwargs, info, len(self.members) == 1)
+        if type(outcome) is Outcome:  # it ran at once
+            return (yield from self._ended(m, attempt, outcome))
         m.queued, m.running = outcome is False, outcome is None
         self.slots = self.slots or m.queued
-        if not outcome:
-            return None
-        assert isinstance(outcome, Outcome)
-        return (yield from self._step_done(m, attempt, outcome))
+        return None
+
+    def _ended(self, m: Member, attempt: int, outcome: Outcome,
+               retry: bool = True) -> Generator[Effect, Any, Entry | None]:
+        """A try of a step ended: tell the observer (before it is durable), then stage it."""
+        if self.settings.observed:
+            yield from self._emit("step_returned", step=m.cmd.name, position=m.position,  # type: ignore[attr-defined]
+                                  attempt=attempt,
+                                  duration=self.settings.now() - outcome.started,
+                                  error=outcome.error and repr(outcome.error))
+        return self._step_done(m, attempt, outcome, retry)
 
     def _step_done(self, m: Member, attempt: int, outcome: Outcome,
-                   retry: bool = True) -> Generator[Effect, Any, Entry | None]:
+                   retry: bool = True) -> Entry | None:
         """Stage a try's outcome: the final entry (returned), or a retry entry when another
         try is due (None). ``retry`` False: a step whose yield was answered without it."""
         cmd, settings = m.cmd, self.settings
@@ -854,10 +919,6 @@ class Life:
             raise Interrupted(outcome.interrupt)
         error = outcome.error
         policy = cmd.retry if error is not None and retry else None
-        if settings.observed:
-            yield from self._emit("step_returned", step=cmd.name, position=m.position,
-                                  attempt=attempt, duration=settings.now() - outcome.started,
-                                  error=error and repr(error))
         if error is None:
             try:
                 text = settings.encode(outcome.value, "the result of step {!r}", cmd.name)
@@ -895,33 +956,43 @@ class Life:
                      now if started is None else started, now)
 
     def _flush(self, state: str) -> _Gen:
-        """Save what is staged, in ``state`` (the run row otherwise as written)."""
-        same = state == self.written[0]
-        yield from self._save(state, wake_at=self.written[1] if same else None,
-                              waiting_for=self.written[2] if same else None)
+        """Save what is staged, in ``state`` (a parked run's row otherwise as written)."""
+        if state == self.written[0] != "running":
+            return self._save(state, wake_at=self.written[1], waiting_for=self.written[2])
+        return self._save(state)
 
     def _save(self, state: str, entries: tuple[Entry, ...] = (), *, wake_at: float | None = None,
-              waiting_for: str | None = None, **fields: Any) -> _Gen:
+              waiting_for: str | None = None, result: str | None = None,
+              error: str | None = None, cancel_seen: bool = False, release: bool = False,
+              notify: Notice | None = None) -> _Gen:
         """Write what is staged and ``entries``, with the run row; take in the events its
         answer brings."""
-        entries = (*self.staged, *entries) if self.staged else entries
-        consume, spawn, cancel = tuple(self.consumed), tuple(self.spawned), tuple(self.cancels)
+        if self.staged:
+            entries = tuple(self.staged) + entries if entries else tuple(self.staged)
+            self.staged.clear()
+        consume = spawn = cancel = ()  # type: tuple[Any, ...]
+        if self.consumed or self.spawned or self.cancels:
+            consume, spawn, cancel = tuple(self.consumed), tuple(self.spawned), tuple(self.cancels)
+            self.consumed, self.spawned, self.cancels = [], [], []
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
-        keep = bool(entries) and not (fields or consume or spawn or self.resumes) \
+        keep = bool(entries) and not (result or error or cancel_seen or release or notify or
+                                      consume or spawn or self.resumes) \
             and self.written == (state, wake_at, waiting_for)
-        events = yield Save(state, entries, wake_at, waiting_for, keep=keep, consume=consume,
-                            spawn=spawn, cancel=cancel, **fields)
+        events = yield Save(state, entries, wake_at, waiting_for, result, error, consume,
+                            cancel_seen, release, keep, spawn, cancel, notify)
         for e in entries:
             self.journal.append(e)
-        self.staged, self.consumed, self.spawned, self.cancels = [], [], [], []
         self.written = (state, wake_at, waiting_for)
-        self.resumes = 0 if entries else self.resumes
-        if self.settings.always_replay and any(e.kind == "do" for e in entries):
-            compare(self)
-        after, self.after = self.after, []
-        for event in after:
-            yield Emit(event)
-        self._absorb(events)
+        if entries:
+            self.resumes = 0
+            if self.settings.always_replay and any(e.kind == "do" for e in entries):
+                compare(self)
+        if self.after:
+            after, self.after = self.after, []
+            for event in after:
+                yield Emit(event)
+        if events:
+            self._absorb(events)
 
     def _finish(self, state: str, outcome: Any) -> _Gen:
         if self.journal.end > self.position:
@@ -945,7 +1016,7 @@ class Life:
             for done in self.mail:
                 m = self.orphans.pop(done.position, None)
                 if m is not None:
-                    yield from self._step_done(m, done.attempt, done.outcome, retry=False)
+                    yield from self._ended(m, done.attempt, done.outcome, retry=False)
             self.mail = []
             if self.staged or not self.orphans:  # the run row as finished, each time
                 yield from self._save(state, result=result, error=error,

@@ -527,7 +527,8 @@ class Runtime:
                     break
                 self._in_turn = False
             result = self.group.commit([write])[0]
-            self._notified(write, result)
+            if write.notify is not None or write.spawn:
+                self._notified(write, result)
             write = None
             if not self._answer(actor, result):
                 break

@@ -255,8 +255,7 @@ class MemoryStore:
         if [e.seq for e in w.entries] != list(range(
                 len(self._journals[w.run_id]), len(self._journals[w.run_id]) + len(w.entries))):
             raise ValueError(f"run {w.run_id!r}: journal seq already taken or skipped")
-        queued = {s.id for s in self._signals[w.run_id]}
-        if any(i not in queued for i in w.consume):
+        if w.consume and not set(w.consume) <= {s.id for s in self._signals[w.run_id]}:
             raise ValueError(f"run {w.run_id!r}: signal {w.consume} is not queued")
         for child in w.spawn:
             if child.run_id in self._runs:
@@ -289,7 +288,7 @@ class MemoryStore:
             owner=None if w.release else run.owner,
         )
         born_cancelled = run.cancel_requested and w.run_id not in self._cancel_seen
-        for child in w.spawn:
+        for child in w.spawn:  # after the row: a cancel seen in this write is not passed on
             self._runs[child.run_id] = RunRecord(
                 child.run_id, child.workflow, child.args, "pending", None, 1, now, now,
                 cancel_requested=born_cancelled, parent=w.run_id)

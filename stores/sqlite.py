@@ -146,10 +146,11 @@ def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
         rows.append(("release" if w.release else "update", *run, w.state, *(None,) * 7, now,
                      w.wake_at, w.waiting_for, w.result, w.error,
                      bool(w.entries) | w.cancel_seen << 1, None))
-        rows += [("consume", *run, *(None,) * 14, signal) for signal in w.consume]
-    # Children after the row update (a cancel seen in it is not passed on), parent = owner.
-    rows += [("spawn", c.run_id, w.run_id, None, None, None, None, None, c.workflow, None,
-              c.args, None, now, None, None, None, None, 0, None) for c in w.spawn]
+        if w.consume:
+            rows += [("consume", *run, *(None,) * 14, signal) for signal in w.consume]
+    if w.spawn:  # after the row update (a cancel seen in it is not passed on); parent = owner
+        rows += [("spawn", c.run_id, w.run_id, None, None, None, None, None, c.workflow, None,
+                  c.args, None, now, None, None, None, None, 0, None) for c in w.spawn]
     if w.notify is not None:
         rows.append(_notice(w.notify, now))
     return rows
@@ -541,16 +542,16 @@ class SQLiteStore:
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
         now = time.time()
-        rows = [row for w in writes for row in _rows(w, now)]
+        rows = [row for w in writes for row in _rows(w, now)] + _bump(writes)
         cancels = [run_id for w in writes for run_id in w.cancel]
 
         def batch(c: sqlite3.Connection) -> None:
-            self._apply(c, rows + _bump(writes))
+            self._apply(c, rows)
             if cancels:
                 c.execute(_CANCEL_TREE, (json.dumps(cancels),))
         try:
             try:  # one statement, its own transaction, unless the batch needs several
-                self._tx(batch, begin=len(rows) >= _ROWS or bool(cancels))
+                self._tx(batch, begin=len(rows) > _ROWS or bool(cancels))
                 return [True] * len(writes)
             except _Refused:  # rolled back whole: apply the writes one by one
                 return self._tx(lambda c: self._apply_each(c, writes, now))

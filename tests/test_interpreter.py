@@ -1724,6 +1724,33 @@ def test_a_run_cancelled_during_its_last_step_that_absorbs_it_completes(
     assert i.result(run, timeout=PATIENCE) == "cancelled after charging"
 
 
+def test_a_cancel_during_a_later_step_is_raised_at_its_yield_after_its_result_is_journaled(
+        interp: Make, gate: Any) -> None:
+    entered, release = gate(), gate()
+
+    def second() -> str:
+        entered.set()
+        release.wait(PATIENCE)
+        return "charged"
+
+    def wf() -> Any:
+        yield Do("first", lambda: 1)  # the run is running: the next step takes the lean path
+        try:
+            yield Do("second", second)
+        except Cancelled:
+            return "cancelled at the second step"
+        return "not cancelled"
+
+    i = interp([wf])
+    run = i.start(wf)
+    assert entered.wait(PATIENCE)
+    i.cancel(run)
+    release.set()
+    assert i.result(run, timeout=PATIENCE) == "cancelled at the second step"
+    kinds = [(e.kind, e.name, e.position) for e in i._store.journal(run)]  # noqa: SLF001
+    assert kinds == [("do", "first", 0), ("do", "second", 1), ("cancel", "", 1)]
+
+
 @pytest.mark.counts_replays
 def test_a_journaled_cancel_is_replayed_at_the_same_point(
         interp: Make, restart: Any, gate: Any, reach: Any) -> None:
