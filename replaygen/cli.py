@@ -372,7 +372,8 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
     for s in states or ():
         if s not in STATES:
             raise CLIError(f"unknown state {s!r}; states are {', '.join(STATES)}")
-    runs = store.runs(states=states, workflow=a.workflow, limit=a.limit, offset=a.offset)
+    runs = store.runs(states=states, workflow=a.workflow, parent=a.parent, limit=a.limit,
+                      offset=a.offset)
     tails = {r.run_id: next(reversed(store.journal(r.run_id)), None) for r in runs}
     live = _live(store)
     if a.json:
@@ -394,11 +395,21 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+def _children(store: Store, run_id: str) -> list[str]:
+    """The runs ``run_id`` started as children, in creation order."""
+    found: list[RunRecord] = []
+    while page := store.runs(parent=run_id, limit=1000, offset=len(found)):
+        found += page
+    return [c.run_id for c in reversed(found)]
+
+
 def cmd_show(store: Store, a: argparse.Namespace) -> int:
     r = get_run(store, a.run_id)
     journal, signals, live = store.journal(r.run_id), store.signals(r.run_id), _live(store)
+    children = _children(store, r.run_id)
     if a.json:
-        print(json.dumps({"run": _record_json(r, live), "journal": [_entry_json(e) for e in journal],
+        print(json.dumps({"run": {**_record_json(r, live), "children": children},
+                          "journal": [_entry_json(e) for e in journal],
                           "signals": [{**dataclasses.asdict(s), "payload": _decode(s.payload)}
                                       for s in signals]}, indent=2, ensure_ascii=False))
         return 0
@@ -413,6 +424,12 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         head.append(("waiting for", _awaited(r.waiting_for)))
     if note := _unserved(live, r):
         head.append(("note", _safe(f"{note}: it waits until a worker that serves it starts")))
+    if r.parent is not None:
+        head.append(("parent", _safe(r.parent)))
+    if children:
+        shown = ", ".join(_safe(c) for c in children[:10])
+        more = f" and {len(children) - 10} more (replaygen runs --parent)" if len(children) > 10 else ""
+        head.append(("children", f"{len(children)}: {shown}{more}"))
     if r.resumes:
         head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
     if r.result is not None:
@@ -679,6 +696,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("runs", cmd_runs, "list runs, newest first")
     sp.add_argument("--state", action="append", help="only these states (repeat, or a,b)")
     sp.add_argument("--workflow", help="only runs of this workflow")
+    sp.add_argument("--parent", metavar="RUN_ID", help="only the children of this run")
     sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
     sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
     sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")

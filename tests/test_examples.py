@@ -20,7 +20,7 @@ from replaygen.testing import FakeClock
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `examples` is a package at the top of the repository
 
-from examples import approval, checkout, fanout, otel, saga, versioned  # noqa: E402
+from examples import approval, checkout, children, fanout, otel, saga, versioned  # noqa: E402
 
 DAY = 86400.0
 
@@ -57,7 +57,7 @@ def steps(store: SQLiteStore, run_id: str) -> list[str]:
 
 
 def test_every_example_exposes_its_workflows(make: Callable[..., Interpreter]) -> None:
-    for module in (approval, checkout, fanout, otel, saga, versioned):
+    for module in (approval, checkout, children, fanout, otel, saga, versioned):
         make(module.workflows)
 
 
@@ -126,6 +126,35 @@ def test_saga_compensates_in_reverse_when_the_charge_fails(db: SQLiteStore, make
     assert result["status"] == "rolled back" and "CardDeclined" in result["reason"]
     assert steps(db, run_id) == [
         "book flight", "book hotel", "charge", "cancel hotel", "cancel flight"]
+
+
+def _order(n: int, **changes: Any) -> dict[str, Any]:
+    return {"id": n, "card": "good", "pickup": 0.0, "deadline": 60.0, **changes}
+
+
+def test_children_ships_an_order_in_time(make: Any) -> None:
+    interp = make(children.workflows)
+    run_id = interp.start(children.fulfil, _order(1), run_id="order-1")
+    assert interp.result(run_id, timeout=10) == {"status": "shipped", "txn": "txn-1",
+                                                 "parcel": "parcel-1"}
+    assert interp.status(run_id).children == ("order-1/1", "order-1/2")
+
+
+def test_children_refunds_an_order_whose_shipping_passes_the_deadline(
+        db: SQLiteStore, make: Any) -> None:
+    interp = make(children.workflows)
+    run_id = interp.start(children.fulfil, _order(2, pickup=3600.0, deadline=0.3),
+                          run_id="order-2")
+    assert interp.result(run_id, timeout=10) == {"status": "too slow: refunded",
+                                                 "refund": "refund-txn-2"}
+    assert interp.status("order-2/2").state == "cancelled"  # it inherited the deadline
+    assert steps(db, run_id) == ["refund"]
+
+
+def test_children_reports_a_declined_payment(make: Any) -> None:
+    interp = make(children.workflows)
+    result = interp.run(children.fulfil, _order(3, card="declined"))
+    assert result["status"] == "not paid" and "CardDeclined" in result["reason"]
 
 
 def test_saga_books_everything_when_nothing_fails(make: Callable[..., Interpreter]) -> None:

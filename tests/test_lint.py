@@ -25,8 +25,8 @@ from replaygen.lint import Finding, LintError, find_workflows, lint_module, lint
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "tests" / "lint_cases"
 EXPECT = re.compile(r"#\s*expect:((?:\s*RG\d{3})+)\s*$")
-EXAMPLES = ["examples.checkout", "examples.approval", "examples.fanout", "examples.saga",
-            "examples.versioned", "examples.otel"]
+EXAMPLES = ["examples.checkout", "examples.approval", "examples.children", "examples.fanout",
+            "examples.saga", "examples.versioned", "examples.otel"]
 
 
 def expected(case: str) -> Counter[tuple[int, str]]:
@@ -246,7 +246,7 @@ def test_cli_lint_exits_0_on_the_examples_and_needs_no_store(
     monkeypatch.setenv("REPLAYGEN_STORE", "postgresql://nowhere.invalid/none")
     assert main(["lint", *EXAMPLES]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "replaygen lint: no findings in 6 workflows from 6 modules")
+        "replaygen lint: no findings in 9 workflows from 7 modules")
 
 
 def test_cli_lint_exits_2_with_one_line_when_a_module_cannot_be_imported(
