@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._identity import new_owner_id
-from .codec import Codec, JSONCodec
+from .codec import Codec, JSONCodec, Payloads
 from .commands import check_name, check_signal
 from .errors import (
     Cancelled, CorruptRecord, ResultTimeout, RunNotFound, UsageError, WorkflowFailed,
 )
 from .journal import Notice, describe_error, read_error
 from .registry import name_of
-from .replay import CANCEL, CHILD_SIGNAL, STOP, Settings, Signals
+from .effects import CANCEL, STOP, Signals
+from .replay import CHILD_SIGNAL
 from .store import FINISHED, RunRecord, Signal, Store, Write
 
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
@@ -60,7 +61,7 @@ class Client:
         if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
             raise UsageError(f"max_payload must be an int >= 1, got {max_payload!r}")
         self._store, self._codec = store, codec or JSONCodec()
-        self._settings = Settings(self._codec, time.time, max_payload, 0)
+        self._payloads = Payloads(self._codec, max_payload)
         self.client_id = new_owner_id()
 
     def start(self, workflow: Any, *args: Any, run_id: str | None = None, **kwargs: Any) -> str:
@@ -111,7 +112,7 @@ class Client:
         """Queue a signal for the run; durable before this returns."""
         check_name("signal name", signal)
         check_signal("signal name", signal)
-        text = self._settings.encode(payload, "the payload of signal {!r}", signal)
+        text = self._payloads.encode(payload, "the payload of signal {!r}", signal)
         sent = self._store.deliver(check_name("run_id", run_id), signal, text)
         if isinstance(sent, int):  # a store before ids were returned gives None
             self._tell(run_id, Signals((Signal(sent, signal, text, time.time()),)))
@@ -133,9 +134,9 @@ class Client:
         info = {"type": "Terminated", "message": message}
         record = self._record(run_id)
         notice = None if record.parent is None else Notice(
-            record.parent, CHILD_SIGNAL + run_id, self._settings.encode_error(
+            record.parent, CHILD_SIGNAL + run_id, self._payloads.encode_error(
                 {"state": "cancelled", "error": info}))
-        record = self._store.terminate(run_id, self._settings.encode_error(info), notice)
+        record = self._store.terminate(run_id, self._payloads.encode_error(info), notice)
         self._tell(run_id, STOP)
         return self._status(record)
 
@@ -156,7 +157,7 @@ class Client:
 
     def _args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         # The nonce makes idempotency keys unique to this run, not just to its id.
-        return self._settings.encode({"args": list(args), "kwargs": kwargs, "nonce": self._nonce()},
+        return self._payloads.encode({"args": list(args), "kwargs": kwargs, "nonce": self._nonce()},
                                   "the arguments of workflow {!r}", name)
 
     def _nonce(self) -> str:

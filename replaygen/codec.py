@@ -8,8 +8,12 @@ coerced. It never unpickles anything.
 from __future__ import annotations
 
 import json
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from .errors import UsageError
 
 
 class Codec(Protocol):
@@ -83,3 +87,51 @@ class JSONCodec:
 
     def decode(self, text: str) -> Any:
         return json.loads(text)
+
+
+@dataclass
+class Payloads:
+    """Values encoded by ``codec`` within ``max_payload`` bytes: the largest encoded step
+    result, argument list or signal payload. A value over it is refused, saying why; an error
+    record is cut until it fits, never refused."""
+
+    codec: Codec
+    max_payload: int
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("replaygen"))
+
+    def encode(self, value: Any, what: str, *names: str) -> str:
+        """Encode ``value`` within the payload limit, or a UsageError saying why not;
+        ``what`` (formatted with ``names``, only on error) names it."""
+        try:
+            text = self.codec.encode(value)
+            size = len(text) if text.isascii() else len(text.encode())
+            if size <= self.max_payload:
+                return text
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{what.format(*names)} cannot be stored: {exc}") from None
+        what = what.format(*names)
+        self.log.warning("%s is %d bytes encoded, over the limit of %d", what, size,
+                         self.max_payload)
+        raise UsageError(f"{what} is {size} bytes encoded, over the limit of {self.max_payload} "
+                         f"bytes; keep large data elsewhere and pass a reference (or raise "
+                         f"max_payload)")
+
+    def encode_error(self, info: dict[str, Any]) -> str:
+        """An error record as text, cut (its traceback, then its message) until it fits."""
+        for _ in range(64):
+            text = self.codec.encode(info)
+            if len(text.encode()) <= self.max_payload:
+                break
+            info = shrink_error(info)
+        return text
+
+
+def shrink_error(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with its traceback and message halved, saying so: an error that does not fit
+    the payload limit is cut until it does, never refused."""
+    trace, message = info.get("traceback") or "", info.get("message") or ""
+    cut = " [cut to fit max_payload]"
+    return {**info, "traceback": cut + trace[-(len(trace) // 2):] if trace else trace,
+            "message": message[:len(message) // 2] + cut if len(trace) < 64 else message}
+
+

@@ -26,7 +26,8 @@ from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Journal, read_error
 from .observe import Event, Observer, notify
 from .registry import Workflow, registered, table
-from .replay import CANCEL, UNREAD, Life, Settings
+from .effects import CANCEL, UNREAD
+from .replay import Life, Settings
 from .runtime import Clock, Runtime, SystemClock
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Spawn, Store, Write
 
@@ -67,8 +68,9 @@ class Interpreter(Client):
                              f"SQLiteStore('runs.db') or MemoryStore()")
         self._clock = clock or SystemClock()
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
-        self._settings = Settings(self._codec, self._clock.now, max_payload, max_resumes,
-                                  observed=observer is not None, always_replay=always_replay)
+        self._settings = Settings(self._codec, max_payload, now=self._clock.now,
+                                  max_resumes=max_resumes, observed=observer is not None,
+                                  always_replay=always_replay)
         self.worker_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
         self._start_lock = threading.Lock()  # orders start() against shutdown()

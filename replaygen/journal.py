@@ -59,15 +59,6 @@ def error_record(exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]}
 
 
-def shrink_error(info: dict[str, Any]) -> dict[str, Any]:
-    """``info`` with its traceback and message halved, saying so: an error that does not fit
-    the payload limit is cut until it does, never refused."""
-    trace, message = info.get("traceback") or "", info.get("message") or ""
-    cut = " [cut to fit max_payload]"
-    return {**info, "traceback": cut + trace[-(len(trace) // 2):] if trace else trace,
-            "message": message[:len(message) // 2] + cut if len(trace) < 64 else message}
-
-
 def read_error(text: str | None, codec: Codec) -> dict[str, Any]:
     """An error record back from its text; a damaged one still gives a readable message."""
     try:

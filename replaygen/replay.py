@@ -23,147 +23,27 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, NamedTuple
 
-from .codec import Codec
+from .codec import Payloads
 from .commands import MAX_NAME, RESERVED, All, Child, Command, Deadline, Do, Sleep, Version, Wait
 from .commands import Any as AnyOf
 from .errors import (
     Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError,
     RunBlocked, StepFailed, UsageError, WaitTimeout,
 )
-from .journal import Entry, Journal, Notice, Spawn, error_record, shrink_error
+from .effects import (
+    IDLE, INBOX, WITHDRAW, Acquire, Alarm, Call, Cancel, Done, Effect, Emit, Granted, Idle, Inbox,
+    Lookup, Outcome, Ring, Save, Signals, Stop,
+)
+from .journal import Entry, Journal, Notice, Spawn, error_record
 from .observe import Event, StepInfo
 
 log = logging.getLogger("replaygen")
 Workflow = Callable[..., Generator[Any, Any, Any]]  # as registry.Workflow (which imports threading)
 CHILD_SIGNAL = RESERVED + "child:"
 """A child's end reaches its parent as a signal of this name + the child's id."""
-FINISHED = ("completed", "failed", "cancelled")
-
-
-# ---- effects: what a life asks of its driver ----------------------------------------------
-
-class Save(NamedTuple):
-    """Make entries and the run row durable, fenced (the fields after ``run_id, owner, fence``
-    of a store ``Write``). Answer: the events that arrived meanwhile; a refused write ends
-    the life instead."""
-
-    state: str
-    entries: tuple[Entry, ...] = ()
-    wake_at: float | None = None
-    waiting_for: str | None = None
-    result: str | None = None
-    error: str | None = None
-    consume: tuple[int, ...] = ()
-    cancel_seen: bool = False
-    release: bool = False
-    keep: bool = False
-    spawn: tuple[Spawn, ...] = ()
-    cancel: tuple[str, ...] = ()
-    notify: Notice | None = None
-
-
-class Acquire(NamedTuple):
-    """Hold one of ``concurrency`` slots for the next ``Call`` at ``position``. Answer: True,
-    or False: queued, and a ``Granted`` follows once a slot is kept for it (ask again then)."""
-
-    position: int
-
-
-class Call(NamedTuple):
-    """Run ``fn(*args, **kwargs)`` in a slot (kept for it by ``Acquire``, or free). Answer: its
-    ``Outcome`` if it ran at once; None, and a ``Done`` follows; or False: queued for a slot,
-    and a ``Granted`` follows once one is kept for it (call again then). ``alone``: nothing
-    else of the run waits on it (it may run inline)."""
-
-    position: int
-    attempt: int
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: Any
-    info: StepInfo
-    alone: bool
-
-
-class Withdraw(NamedTuple):
-    """Give up every slot queued for or kept for this run. Answer: None."""
-
-
-class Alarm(NamedTuple):
-    """Send a ``Ring`` at this wall-clock time (None: never), replacing the last alarm."""
-
-    at: float | None
-
-
-class Inbox(NamedTuple):
-    """Answer: the run's unconsumed signals, oldest first (each with id, name, payload)."""
-
-
-class Lookup(NamedTuple):
-    """Answer: the store's record of run ``run_id`` (a child), or None."""
-
-    run_id: str
-
-
-class Idle(NamedTuple):
-    """Nothing to do until something happens. Answer: the events that happened."""
-
-
-class Emit(NamedTuple):
-    """Report an event to the observer (yielded only when there is one)."""
-
-    event: Event
-
-
-Effect = Save | Acquire | Call | Withdraw | Alarm | Inbox | Lookup | Idle | Emit
-IDLE, INBOX, WITHDRAW = Idle(), Inbox(), Withdraw()
-
-
-# ---- events: what happens to a life --------------------------------------------------------
-
-class Ring(NamedTuple):
-    """The alarm went off, and is gone: a deadline still ahead (the clock stepped back) asks
-    for another."""
-
-
-class Granted(NamedTuple):
-    """A concurrency slot is kept for a step that was queued: ask for it again."""
-
-
-class Outcome(NamedTuple):
-    """How one try of a step ended: a value, an error, or an interrupt (not a failure)."""
-
-    started: float
-    value: Any = None
-    error: Exception | None = None
-    interrupt: BaseException | None = None
-
-
-class Done(NamedTuple):
-    """A step that ran off the driver has ended."""
-
-    position: int
-    attempt: int
-    outcome: Outcome
-
-
-class Signals(NamedTuple):
-    """Signals were delivered: these (each with id, name, payload), or None: read the inbox."""
-
-    items: tuple[Any, ...] | None = None
-
-
-class Cancel(NamedTuple):
-    """A cancel was requested."""
-
-
-class Stop(NamedTuple):
-    """The run was terminated, or its worker let it go: the life ends, writing nothing."""
-
-
-RING, GRANTED, CANCEL, STOP, UNREAD = Ring(), Granted(), Cancel(), Stop(), Signals()
 
 
 class Interrupted(Exception):
@@ -179,42 +59,16 @@ class _Stopped(Exception):
 
 
 @dataclass
-class Settings:
-    """What every life of one interpreter shares: its codec, clock and limits."""
+class Settings(Payloads):
+    """What every life of one interpreter shares: its codec and payload limit (``Payloads``:
+    ``encode``, ``encode_error``), its clock and its other limits."""
 
-    codec: Codec
+    _: KW_ONLY
     now: Callable[[], float]
-    max_payload: int
     max_resumes: int
     observed: bool = False
     closing: bool = False  # shutting down: no new live work
-    log: logging.Logger = log  # the testing kit passes a quiet one
     always_replay: bool = False  # replay each run from the top after each step, and compare
-
-    def encode(self, value: Any, what: str, *names: str) -> str:
-        """Encode ``value`` within the payload limit, or a UsageError saying why not;
-        ``what`` (formatted with ``names``, only on error) names it."""
-        try:
-            text = self.codec.encode(value)
-            size = len(text) if text.isascii() else len(text.encode())
-            if size <= self.max_payload:
-                return text
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{what.format(*names)} cannot be stored: {exc}") from None
-        what = what.format(*names)
-        self.log.warning("%s is %d bytes encoded, over the limit of %d", what, size,
-                         self.max_payload)
-        raise UsageError(f"{what} is {size} bytes encoded, over the limit of {self.max_payload} "
-                         f"bytes; keep large data elsewhere and pass a reference (or raise "
-                         f"max_payload)")
-
-    def encode_error(self, info: dict[str, Any]) -> str:
-        for _ in range(64):
-            text = self.codec.encode(info)
-            if len(text.encode()) <= self.max_payload:
-                break
-            info = shrink_error(info)
-        return text
 
 
 def child_id(parent: str, position: int) -> str:
@@ -290,7 +144,6 @@ class Life:
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
         self.taken: set[int] = set()        # signals consumed by this incarnation
-        self.looked: set[str] = set()       # children whose record it read
         self.mail: list[Done] = []          # steps that ended, to journal
         self.fresh = False                  # events came since the current pass began
         self.staged: list[Entry] = []       # entries for the next Save, with what they imply:
@@ -749,26 +602,14 @@ class Life:
         cmd = m.cmd
         assert isinstance(cmd, Child)
         entries = self._match(m)
+        m.child = str(self.journal.decode(entries[0])) if entries and entries[0].kind == "spawn" \
+            else cmd.run_id or child_id(self.id, m.position)
         if entries and entries[-1].kind == "child":
-            m.child = str(self.journal.decode(entries[0])) if len(entries) > 1 else cmd.run_id
             return self._child_ended(m, entries[-1].status, self.journal.decode(entries[-1]))
         self.live = True
-        record = None
-        if not entries:
-            if self._halted():
-                return
-            made, record = yield from self._spawn(m, cmd)
-            if not made:
-                return
-        else:
-            m.child = str(self.journal.decode(entries[0]))
-        assert m.child is not None
+        if not entries and (self._halted() or not (yield from self._spawn(m, cmd))):
+            return
         notice = yield from self._peek(CHILD_SIGNAL + m.child)
-        if notice is None and entries and m.child not in self.looked:
-            self.looked.add(m.child)  # it ended while no worker ran this run (once a life)
-            record = yield Lookup(m.child)
-        if notice is None and record is not None and record.state in FINISHED:
-            notice = _Noticed(self._end_notice(record))
         if notice is None:
             m.label = CHILD_SIGNAL + m.child  # the signal it waits for
             return
@@ -776,8 +617,7 @@ class Life:
         if self._same_deadline(told):  # the child ended by our deadline: ours strikes first
             m.deadline = self.deadline_at
             return
-        if notice.id >= 0:
-            self._take(notice)
+        self._take(notice)
         status = {"completed": "ok", "failed": "error"}.get(told.get("state"), "cancelled")
         value = told.get("result") if status == "ok" else told.get("error")
         self.staged.append(self._entry(m.position, "child", cmd.workflow, status,
@@ -786,46 +626,30 @@ class Life:
 
     # ---- children ----------------------------------------------------------------------------
 
-    def _spawn(self, m: Member, cmd: Child) -> Generator[Effect, Any, tuple[bool, Any]]:
-        """Stage the child's creation with its entry (one commit), and the record of the run
-        it awaits instead when one exists; False: it cannot start, and the member is settled
-        with why."""
-        m.child = cmd.run_id or child_id(self.id, m.position)
-        given = {"args": list(cmd.args), "kwargs": dict(cmd.kwargs)}
+    def _spawn(self, m: Member, cmd: Child) -> Generator[Effect, Any, bool]:
+        """Stage the child's creation with its entry (one commit); False: it cannot start (its
+        arguments cannot be stored, or a run of the id it was given exists already, as
+        Temporal refuses it), and the member is settled with why."""
+        assert m.child is not None
         try:
-            text = self.settings.encode({**given, "nonce": _nonce(self.nonce, m.child), **(
+            text = self.settings.encode({"args": list(cmd.args), "kwargs": dict(cmd.kwargs),
+                                         "nonce": _nonce(self.nonce, m.child), **(
                 {} if self.deadline_at is None else {"deadline": self.deadline_at})},
                 "the arguments of child run {!r}", m.child)
-            record = None if cmd.run_id is None else (yield Lookup(m.child))
-            if record is not None:
-                self._check_attach(record, cmd, given)
+            if cmd.run_id is not None and (found := (yield Lookup(m.child))) is not None:
+                raise UsageError(f"child run {m.child!r} cannot start: a run with that id "
+                                 f"exists already ({found.workflow}, {found.state}); give the "
+                                 f"child another run_id")
         except UsageError as exc:
             info = error_record(exc)
             self.staged.append(self._entry(m.position, "child", cmd.workflow, "error",
                                            self.settings.encode_error(info)))
             self._child_ended(m, "error", info)
-            return False, None
+            return False
         self.staged.append(self._entry(m.position, "spawn", cmd.workflow, "ok",
                                        self.settings.codec.encode(m.child)))
-        if record is None:
-            self.spawned.append(Spawn(m.child, cmd.workflow, text))
-        return True, record
-
-    def _check_attach(self, record: Any, cmd: Child, given: dict[str, Any]) -> None:
-        """A child given by id that exists already is awaited if it is the same start of a
-        run that ended, or this run's own child; else it is an error."""
-        try:
-            stored = self.settings.codec.decode(record.args)
-            same = record.workflow == cmd.workflow and given == {
-                "args": stored["args"], "kwargs": stored["kwargs"]}
-        except Exception:
-            same = False
-        if same and (record.state in FINISHED or record.parent == self.id):
-            return
-        why = "is still running, and not as a child of this run" if same else \
-            f"exists as another start ({record.workflow}({record.args}))"
-        raise UsageError(f"child run {record.run_id!r} {why}; this Child asked for "
-                         f"{cmd.workflow}({given}). Give the child another run_id")
+        self.spawned.append(Spawn(m.child, cmd.workflow, text))
+        return True
 
     def _child_ended(self, m: Member, status: str, value: Any) -> None:
         assert m.child is not None
@@ -840,18 +664,6 @@ class Life:
         error = told.get("error")
         return self.deadline_at is not None and isinstance(error, dict) and error.get(
             "type") == "DeadlineExceeded" and told.get("deadline") == self.deadline_at
-
-    def _end_notice(self, record: Any) -> str:
-        """A child's end, as its notice to the parent says it, from its record."""
-        codec = self.settings.codec
-        if record.state == "completed":
-            return codec.encode({"state": "completed", "result": None if record.result is None
-                                 else codec.decode(record.result)})
-        try:
-            error = codec.decode(record.error or "{}")
-        except Exception:
-            error = {"type": "Error", "message": str(record.error)}
-        return codec.encode({"state": record.state, "error": error})
 
     def _notice(self, state: str, outcome: Any) -> Notice | None:
         """What this run's end tells its parent (if it has one)."""
@@ -1042,13 +854,6 @@ class Life:
     def _emit(self, kind: str, **fields: Any) -> _Gen:
         if self.settings.observed:
             yield Emit(self._event(kind, **fields))
-
-
-class _Noticed(NamedTuple):
-    """A child's end read from its record (no notice came): nothing to consume."""
-
-    payload: str
-    id: int = -1
 
 
 def _nonce(parent: str, child: str) -> str:

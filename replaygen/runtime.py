@@ -1,7 +1,7 @@
 """The runtime: performs what the replay rules ask, with threads, commits and timers.
 
-It drives every run's life (``replay.Life.life()``, a generator of effects) and never knows
-what a command means. Threads (this module owns them all):
+It drives every run's life (a generator of the effects of ``effects.py``) and never knows
+what a command means, nor imports the rules. Threads (this module owns them all):
 
 - one driver turns every ready life until it asks for a write, then commits all pending
   writes in one group commit and goes on (alone with one run, it commits and goes on in
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from .errors import StoreUnavailable
 from .observe import Observer, _current, notify
-from .replay import (
+from .effects import (
     GRANTED, RING, UNREAD, Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Lookup,
     Outcome, Save, Withdraw,
 )

@@ -28,10 +28,8 @@ from .errors import Cancelled, DeadlineExceeded, RunNotFound, UsageError, WaitTi
 from .interpreter import DEFAULT_MAX_PAYLOAD
 from .journal import Entry, Journal
 from .registry import registered, table
-from .replay import (
-    CANCEL, CHILD_SIGNAL, RING, RULES, Acquire, Alarm, Call, Idle, Inbox, Life, Outcome, Save,
-    Settings, Signals, dry_run,
-)
+from .effects import CANCEL, RING, Acquire, Alarm, Call, Idle, Inbox, Outcome, Save, Signals
+from .replay import CHILD_SIGNAL, RULES, Life, Settings, dry_run
 from .store import ACTIVE, MemoryStore, RunRecord, Store
 
 _NONE = object()
@@ -176,8 +174,8 @@ def replay(
     trace, answers = Trace(), _Answers(journal, signals, sleeps)
     markers = [Entry(i, 0, "version", name, "ok", codec.encode(v), 0.0, 0.0)
                for i, (name, v) in enumerate((versions or {}).items())]
-    settings = Settings(codec, lambda: clock[0], DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30,
-                        log=_QUIET)
+    settings = Settings(codec, DEFAULT_MAX_PAYLOAD, _QUIET, now=lambda: clock[0],
+                        max_resumes=1 << 30)
     life = Life(settings, "replay", getattr(workflow, "__qualname__", "workflow"), lambda: _record(
         workflow(*args, **kwargs), trace, answers), '{"args":[],"kwargs":{}}',
         Journal("replay", markers, codec))
@@ -346,7 +344,7 @@ def _check_one(store: Store, r: RunRecord, fn: Any, codec: Codec) -> Check:
         journal = Journal(r.run_id, store.journal(r.run_id), codec)
     except Exception as exc:
         return Check(r.run_id, r.workflow, r.state, False, f"unreadable: {exc}")
-    settings = Settings(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET)
+    settings = Settings(codec, DEFAULT_MAX_PAYLOAD, _QUIET, now=time.time, max_resumes=1 << 30)
     life = Life(settings, r.run_id, r.workflow, fn, r.args, journal,
                 written=(r.state, r.wake_at, r.waiting_for), parent=r.parent)
     state, markers = dry_run(life)
@@ -414,7 +412,7 @@ def replay_run(workflow: Callable[..., Any], source: Any, codec: Codec | None = 
     record = store.runs()[0]
     codec = codec or JSONCodec()
     trace = Trace()
-    life = Life(Settings(codec, time.time, DEFAULT_MAX_PAYLOAD, max_resumes=1 << 30, log=_QUIET),
+    life = Life(Settings(codec, DEFAULT_MAX_PAYLOAD, _QUIET, now=time.time, max_resumes=1 << 30),
                 record.run_id, record.workflow, lambda *a, **k: _record(
                     workflow(*a, **k), trace, _Answers((), None, ())), record.args,
                 Journal(record.run_id, store.journal(record.run_id), codec))

@@ -120,49 +120,23 @@ def test_a_given_child_id_is_used(interp: Make) -> None:
     assert i.status("payment-42").parent == "p" and i.status("p").children == ("payment-42",)
 
 
-def test_a_given_child_id_taken_by_another_start_is_an_error_raised_into_the_parent(
-        interp: Make) -> None:
-    def parent() -> Any:
+def test_a_given_child_id_that_exists_is_an_error_raised_into_the_parent(
+        interp: Make, reach: Any) -> None:
+    def parent(key: str) -> Any:
         try:
-            yield Child(double, 3, run_id="taken")
+            yield Child(double, 3, run_id=key)
         except ChildFailed as exc:
             return exc.error_message
 
     i = interp([*WORKFLOWS, parent])
-    i.result(i.start(double, 1, run_id="taken"), timeout=PATIENCE)  # other arguments
-    message = i.result(i.start(parent, run_id="p"), timeout=PATIENCE)
-    assert "'taken'" in message and "another run_id" in message
-    assert i.status("taken").parent is None  # never attached
-
-
-def test_a_given_child_id_of_the_same_finished_start_is_awaited_not_run_again(
-        interp: Make) -> None:
-    calls: list[int] = []
-
-    def counted(n: int) -> Any:
-        return (yield Do("count", lambda: calls.append(n) or n))
-
-    def parent() -> Any:
-        return (yield Child(counted, 7, run_id="once"))
-
-    i = interp([counted, parent])
-    assert i.result(i.start(counted, 7, run_id="once"), timeout=PATIENCE) == 7
-    assert i.result(i.start(parent, run_id="p"), timeout=PATIENCE) == 7
-    assert calls == [7]
-
-
-def test_a_given_child_id_of_a_run_still_running_elsewhere_is_refused(interp: Make,
-                                                                      reach: Any) -> None:
-    def parent() -> Any:
-        try:
-            yield Child(waits, run_id="busy")
-        except ChildFailed as exc:
-            return exc.error_message
-
-    i = interp([*WORKFLOWS, parent])
-    i.start(waits, run_id="busy")
-    reach(i, "busy", "waiting")
-    assert "still running" in i.result(i.start(parent, run_id="p"), timeout=PATIENCE)
+    i.result(i.start(double, 1, run_id="other-args"), timeout=PATIENCE)
+    i.result(i.start(double, 3, run_id="same-args"), timeout=PATIENCE)  # ended, same start
+    i.start(waits, run_id="running")
+    reach(i, "running", "waiting")
+    for key in ("other-args", "same-args", "running"):  # never attached, as Temporal refuses
+        message = i.result(i.start(parent, key, run_id=f"p-{key}"), timeout=PATIENCE)
+        assert f"child run {key!r} cannot start: a run with that id exists" in message
+        assert i.status(key).parent is None and i.status(f"p-{key}").children == ()
 
 
 def test_child_arguments_that_cannot_be_stored_fail_the_child_clearly(interp: Make) -> None:
