@@ -25,7 +25,7 @@ T_PROCESS = time.time()  # as early as this script can tell: before replaygen is
 
 from bench_common import emit, noop, now, os_threads, rss_mib  # noqa: E402
 
-from replaygen import Do, Interpreter, Sleep, Wait  # noqa: E402
+from replaygen import All, Child, Do, Interpreter, Sleep, Wait  # noqa: E402
 
 MARK: dict[str, float] = {}
 
@@ -129,7 +129,27 @@ def parked(run_id: str, sleep: bool) -> Any:
     return True
 
 
-WORKFLOWS = {"seq": seq, "long": long, "ten": ten, "parked": parked}
+def leaf(i: int) -> Any:
+    """children: a child run of one no-op step."""
+    return (yield Do("work", noop, i))
+
+
+def fan(n: int, children: bool) -> Any:
+    """children: n children (or, beside it, a flat All of n steps), all at once."""
+    if children:
+        return len((yield All(*[Child("leaf", i) for i in range(n)])))
+    return len((yield All(*[Do(f"s{i}", noop, i) for i in range(n)])))
+
+
+def tree(depth: int, width: int) -> Any:
+    """children: a tree of child runs, ``width`` children a level, ``depth`` levels below."""
+    if depth == 0:
+        return (yield Do("work", noop, 0)) and 1
+    return sum((yield All(*[Child("tree", depth - 1, width) for _ in range(width)])))
+
+
+WORKFLOWS = {"seq": seq, "long": long, "ten": ten, "parked": parked, "leaf": leaf, "fan": fan,
+             "tree": tree}
 
 
 def engine(store: Any, **kw: Any) -> Interpreter:
@@ -392,9 +412,25 @@ def _floor_postgres(cfg: dict[str, Any], n: int, value: str) -> dict[str, float]
     return out
 
 
+def mode_children(cfg: dict[str, Any]) -> None:
+    """A parent of ``n`` children beside a flat All of ``n`` steps, and a tree ``depth`` levels
+    deep: first start to the parent's result, each with a fresh interpreter on one store."""
+    store = make_store(cfg)
+    n, depth, width = cfg.get("n", 1000), cfg.get("depth", 4), cfg.get("width", 6)
+    out: dict[str, Any] = {"n": n, "tree_runs": sum(width ** d for d in range(depth + 1))}
+    for key, name, args in (("flat_s", "fan", (n, False)), ("children_s", "fan", (n, True)),
+                            ("tree_s", "tree", (depth, width))):
+        interp = engine(store)
+        t0, c0 = now(), time.process_time()
+        interp.run(name, *args)
+        out[key], out[key.replace("_s", "_cpu_s")] = now() - t0, time.process_time() - c0
+        interp.shutdown()
+    emit(**out)
+
+
 MODES = {"floor": mode_floor, "w1": mode_w1, "w2": mode_w2, "w3-crash": mode_w3_crash,
          "w3-resume": mode_w3_resume, "w4-crash": mode_w4_crash, "w4-recover": mode_w4_recover,
-         "w5": mode_w5}
+         "w5": mode_w5, "children": mode_children}
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)

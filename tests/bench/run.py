@@ -15,6 +15,8 @@ processes on a fresh store; see /work/shared/BENCH.md):
   W5     10,000 parked runs (half Wait, half a one-hour Sleep): worker RSS and threads,
          deliver() to next step latency (replaygen only)
   sweep  steps/s against the number of concurrent runs (1, 10, 50; 200 is W2) for the chart
+  children  a parent awaiting 1,000 child runs (one step each) beside a flat All of 1,000
+         steps, and a tree of child runs 4 levels deep (6 a level: 1,555 runs): seconds
 
 Every repetition also times, on the same disk (or server), a bare INSERT+COMMIT loop, the
 owner-fenced UPDATE+INSERT per commit, 100 rows per commit and a JSON decode loop; results are
@@ -46,7 +48,7 @@ ROOT = HERE.parent.parent
 RG = str(HERE / "bench_replaygen.py")
 DB = str(HERE / "bench_dbos.py")
 DBOS_VERSION = "3.4.0"
-WORKLOADS = ["W1", "W2", "W3", "W4", "W4big", "W5", "sweep"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W4big", "W5", "sweep", "children"]
 STORES = ["sqlite-full", "sqlite-normal", "postgres"]
 SWEEP = [1, 10, 50]  # and 200: W2
 
@@ -216,6 +218,12 @@ class Suite:
             runs = 2000 if q else 10_000
             self.attempt(f"W5 {store}", lambda: self.rg(store, rep, tmp, "w5", lambda cfg: self.record(
                 "W5", "replaygen", store, rep, child(py, RG, dict(cfg, mode="w5", runs=runs)))))
+        if self.wanted("children"):
+            kids = dict(n=200, depth=3, width=4) if q else {}
+            self.attempt(f"children {store}", lambda: self.rg(
+                store, rep, tmp, "children", lambda cfg: self.record(
+                    "children", "replaygen", store, rep,
+                    child(py, RG, dict(cfg, mode="children", **kids)))))
 
     # -- DBOS --
 
@@ -419,6 +427,18 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace, suite: str, commit
     out.append(table("W5 parked: half waiting for a signal, half in a one-hour Sleep (replaygen)",
                      ["store", "runs", "worker RSS MiB", "KiB per parked run", "OS threads",
                       "deliver() to next step ms (median of 50)", "max ms", "s to park all"], body))
+    # children
+    body = []
+    for s in stores:
+        body.append([s, med(vals("children", "replaygen", s, "flat_s")),
+                     med(vals("children", "replaygen", s, "children_s")),
+                     med(vals("children", "replaygen", s, "children_cpu_s")),
+                     med(vals("children", "replaygen", s, "tree_runs")),
+                     med(vals("children", "replaygen", s, "tree_s"))])
+    out.append(table("Children: a parent awaiting 1,000 child runs of one step, beside a flat "
+                     "All of 1,000 steps; a tree of child runs 4 levels deep, s (replaygen)",
+                     ["store", "flat All of 1,000 steps s", "1,000 children s (target < 2)",
+                      "its CPU s", "tree runs", "tree s"], body))
     # sweep
     body = []
     for system, s in [("replaygen", x) for x in stores] + [("dbos", "dbos-sqlite")]:
