@@ -8,9 +8,11 @@ app): it needs no workflow functions, starts no thread and holds no lease. A liv
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
 import time
-import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +21,9 @@ from ._identity import new_owner_id
 from .codec import Codec, JSONCodec, Payloads
 from .commands import check_name, check_signal
 from .errors import (
-    Cancelled, CorruptRecord, ResultTimeout, RunNotFound, UsageError, WorkflowFailed,
+    CorruptRecord, ResultTimeout, RunNotFound, UsageError,
 )
-from .journal import Notice, describe_error, read_error
+from .journal import Notice, describe_error, read_error, stored_error
 from .registry import name_of
 from .effects import CANCEL, STOP, Signals
 from .replay import CHILD_SIGNAL
@@ -63,21 +65,19 @@ class Client:
         self._store, self._codec = store, codec or JSONCodec()
         self._payloads = Payloads(self._codec, max_payload)
         self.client_id = new_owner_id()
+        self._id_key, self._ids = os.urandom(32), itertools.count()
 
     def start(self, workflow: Any, *args: Any, run_id: str | None = None, **kwargs: Any) -> str:
-        """Queue a run of ``workflow`` (a name, or a function used for its name) for any live
-        worker that knows it; durable before this returns. Idempotent as Interpreter.start."""
-        name = workflow if isinstance(workflow, str) else name_of(workflow) \
-            if callable(workflow) else None
-        if name is None:
-            raise UsageError(f"workflow must be a name or a workflow function, got {workflow!r}")
-        check_name("workflow name", name)
-        run_id = _new_run_id() if run_id is None else check_name("run_id", run_id)
+        """Start a run of ``workflow`` and return its id once it is durable. A ``Client`` queues
+        it for any live worker that knows the workflow (given by name, or a function used for
+        its name); an ``Interpreter`` runs it here. Starting an existing ``run_id`` with the
+        same workflow and arguments returns it and starts nothing; with others it raises."""
+        name = self._workflow_name(workflow)
+        run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
         args_text = self._args(name, args, kwargs)
-        # Released at once (no lease backs this owner), and the release wakes the workers.
-        write = Write(run_id, self.client_id, 1, "pending", create=(name, args_text), release=True)
-        done = self._store.commit([write])[0]
-        return run_id if done else self._existing(run_id, name, args_text).run_id
+        if not self._create(run_id, name, args_text):
+            self._existing(run_id, name, args_text)
+        return run_id
 
     def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled
@@ -95,10 +95,8 @@ class Client:
                                         f"{exc}") from None
             if record.state in ("failed", "cancelled"):
                 info = read_error(record.error, self._codec)
-                if record.state == "cancelled":
-                    raise Cancelled(info.get("message") or f"run {run_id!r} was cancelled")
-                raise WorkflowFailed(run_id, info.get("type", "Error"),
-                                     info.get("message", ""), info.get("traceback"))
+                info.setdefault("message", f"run {run_id!r} was cancelled")
+                raise stored_error(info, run=run_id if record.state == "failed" else None)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise ResultTimeout(f"run {run_id!r} is still {record.state} after {timeout}s")
@@ -149,6 +147,26 @@ class Client:
 
     # ---- shared with Interpreter ------------------------------------------------------------
 
+    def _workflow_name(self, workflow: Any) -> str:
+        """The name ``workflow`` is stored under: a name, or a function's."""
+        name = workflow if isinstance(workflow, str) else name_of(workflow) \
+            if callable(workflow) else None
+        if name is None:
+            raise UsageError(f"workflow must be a name or a workflow function, got {workflow!r}")
+        return check_name("workflow name", name)
+
+    def _new_run_id(self) -> str:
+        # Unguessable as a uuid4, but a keyed hash of (pid, counter): os.urandom per start
+        # would give up the GIL and then wait for a busy driver to hand it back.
+        return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
+                               digest_size=16).hexdigest()
+
+    def _create(self, run_id: str, name: str, args_text: str) -> bool:
+        """Store the new run; False if ``run_id`` is taken. A client's is released at once (no
+        lease backs it), and the release wakes the workers."""
+        write = Write(run_id, self.client_id, 1, "pending", create=(name, args_text), release=True)
+        return bool(self._store.commit([write])[0])
+
     def _tell(self, run_id: str, *events: Any) -> None:
         """Give a run held by this process events (a Client holds none)."""
 
@@ -161,7 +179,7 @@ class Client:
                                   "the arguments of workflow {!r}", name)
 
     def _nonce(self) -> str:
-        return uuid.uuid4().hex
+        return self._new_run_id()
 
     def _status(self, r: RunRecord) -> RunStatus:
         error = describe_error(read_error(r.error, self._codec)) if r.error else None
@@ -180,9 +198,19 @@ class Client:
         if old.workflow == name and self._same_args(old.args, args_text):
             return old
         raise UsageError(
-            f"run {run_id!r} already exists as {old.workflow}({old.args}); this start() asked for "
-            f"{name}({args_text}). Use another run_id, or the same workflow and arguments."
-        )
+            f"run {run_id!r} already exists as {self._call(old.workflow, old.args)}; this start() "
+            f"asked for {self._call(name, args_text)}. Use another run_id, or the same workflow "
+            f"and arguments.")
+
+    def _call(self, name: str, args_text: str) -> str:
+        """A start as a person reads it, ``name(args, key=value)``: no engine fields."""
+        try:
+            stored = self._codec.decode(args_text)
+            shown = [repr(a) for a in stored["args"]] + [f"{k}={v!r}" for k, v in
+                                                         stored["kwargs"].items()]
+            return f"{name}({', '.join(shown)})"
+        except Exception:
+            return f"{name}({args_text})"
 
     def _same_args(self, old: str, new: str) -> bool:
         # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
@@ -198,10 +226,6 @@ class Client:
         if record is None:
             raise RunNotFound(f"no run {run_id!r} in this store")
         return record
-
-
-def _new_run_id() -> str:
-    return uuid.uuid4().hex
 
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Client", "FINISHED", "RunStatus"]

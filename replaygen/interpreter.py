@@ -8,11 +8,8 @@ recovered run take the same path: a claim, a life, replay until the journal runs
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -21,7 +18,6 @@ from typing import Any
 from ._identity import is_dead, new_owner_id
 from .client import DEFAULT_MAX_PAYLOAD, Client, RunStatus
 from .codec import Codec
-from .commands import check_name
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Journal, read_error
 from .observe import Event, Observer, notify
@@ -72,7 +68,6 @@ class Interpreter(Client):
                                   max_resumes=max_resumes, observed=observer is not None,
                                   always_replay=always_replay)
         self.worker_id = new_owner_id()
-        self._id_key, self._ids = os.urandom(32), itertools.count()
         self._start_lock = threading.Lock()  # orders start() against shutdown()
         self._closed = self._adopting = False
         self._strangers: float | None = None  # when to say which runs recover() left
@@ -87,38 +82,6 @@ class Interpreter(Client):
         self._watcher.start()
 
     # ---- public API ---------------------------------------------------------
-
-    def start(self, workflow: Workflow | str, *args: Any, run_id: str | None = None,
-              **kwargs: Any) -> str:
-        """Start a run here and return its id once it is durable. Starting an existing
-        ``run_id`` with the same workflow and arguments returns it; with others it raises."""
-        name = self._workflow_name(workflow)
-        run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
-        args_text = self._args(name, args, kwargs)
-        with self._start_lock:
-            if self._closed:
-                raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
-            self._starting += 1  # shutdown() waits for starts in flight
-        try:  # the insert shares the group commit of other runs' steps
-            [done] = self._runtime.group.commit([Write(run_id, self.worker_id, 1, "pending",
-                                                       create=(name, args_text))])
-            if isinstance(done, BaseException):
-                raise done
-            if done:
-                now = time.time()
-                record = RunRecord(run_id, name, args_text, "pending", self.worker_id, 1, now, now)
-                self._adopt(Claim(record, []))
-                log.info("run %s started (workflow %s)", run_id, name)
-                return run_id
-        finally:
-            with self._start_lock:
-                self._starting -= 1
-        old = self._existing(run_id, name, args_text)
-        if old.owner == self.worker_id and old.state not in FINISHED \
-                and run_id not in self._runtime.actors:
-            # Our create() committed though it was reported as failed: run it now.
-            self._adopt(Claim(old, self._store.journal(run_id)))
-        return run_id
 
     def run(self, workflow: Workflow | str, *args: Any, **kwargs: Any) -> Any:
         """Start a run and wait for its result."""
@@ -217,14 +180,33 @@ class Interpreter(Client):
                          f"{sorted(known) or 'none'} (decorate it with @workflow or pass it "
                          f"in workflows=)")
 
-    def _new_run_id(self) -> str:
-        # Unguessable as a uuid4, but a keyed hash of (pid, counter): os.urandom per start
-        # would give up the GIL and then wait for the busy driver to hand it back.
-        return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
-                               digest_size=16).hexdigest()
+    def _create(self, run_id: str, name: str, args_text: str) -> bool:
+        with self._start_lock:
+            if self._closed:
+                raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
+            self._starting += 1  # shutdown() waits for starts in flight
+        try:  # the insert shares the group commit of other runs' steps
+            [done] = self._runtime.group.commit([Write(run_id, self.worker_id, 1, "pending",
+                                                       create=(name, args_text))])
+        finally:
+            with self._start_lock:
+                self._starting -= 1
+        if isinstance(done, BaseException):
+            raise done
+        if done:
+            now = time.time()
+            self._adopt(Claim(RunRecord(run_id, name, args_text, "pending", self.worker_id, 1,
+                                        now, now), []))
+            log.info("run %s started (workflow %s)", run_id, name)
+        return bool(done)
 
-    def _nonce(self) -> str:  # cheaper than os.urandom per start (see _new_run_id)
-        return self._new_run_id()
+    def _existing(self, run_id: str, name: str, args_text: str) -> RunRecord:
+        old = super()._existing(run_id, name, args_text)
+        if old.owner == self.worker_id and old.state not in FINISHED \
+                and run_id not in self._runtime.actors:
+            # Our create() committed though it was reported as failed: run it now.
+            self._adopt(Claim(old, self._store.journal(run_id)))
+        return old
 
     def _heartbeat(self) -> None:
         if self._advertise:

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .codec import Codec
-from .errors import CorruptRecord, NonDeterminismError
+from .errors import (
+    Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, StepFailed,
+    WorkflowFailed,
+)
 
 TRACEBACK_LIMIT = 50_000
 """Characters of a traceback kept in an error record (its end: where it was raised)."""
@@ -66,6 +69,24 @@ def read_error(text: str | None, codec: Codec) -> dict[str, Any]:
         return info if isinstance(info, dict) else {"message": str(info)}
     except Exception:
         return {"type": "Error", "message": str(text)}
+
+
+def stored_error(info: Any, *, step: str | None = None, child: str | None = None,
+                 run: str | None = None) -> Exception:
+    """The exception a stored error record stands for: a step's (``StepFailed``), a child's
+    (``ChildFailed``; ``Cancelled`` for a cancelled child), a failed run's (``WorkflowFailed``),
+    else a cancel (``DeadlineExceeded`` for a deadline). The one decoder of error records."""
+    info = info if isinstance(info, dict) else {"message": str(info)}
+    kind, message = str(info.get("type", "Error")), str(info.get("message", ""))
+    if step is not None:
+        return StepFailed(step, kind, message, info.get("traceback"))
+    if child is not None:
+        if kind in ("Cancelled", "DeadlineExceeded", "Terminated"):
+            return Cancelled(f"child run {child!r} was cancelled: {message}")
+        return ChildFailed(child, kind, message, info.get("traceback"))
+    if run is not None:
+        return WorkflowFailed(run, kind, message, info.get("traceback"))
+    return (DeadlineExceeded if kind == "DeadlineExceeded" else Cancelled)(message)
 
 
 def describe_error(info: dict[str, Any]) -> str:

@@ -30,14 +30,14 @@ from .codec import Payloads
 from .commands import MAX_NAME, RESERVED, All, Child, Command, Deadline, Do, Sleep, Version, Wait
 from .commands import Any as AnyOf
 from .errors import (
-    Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError,
-    RunBlocked, StepFailed, UsageError, WaitTimeout,
+    Cancelled, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError, RunBlocked,
+    UsageError, WaitTimeout,
 )
 from .effects import (
     IDLE, INBOX, WITHDRAW, Acquire, Alarm, Call, Cancel, Done, Effect, Emit, Granted, Idle, Inbox,
     Lookup, Outcome, Ring, Save, Signals, Stop,
 )
-from .journal import Entry, Journal, Notice, Spawn, error_record
+from .journal import Entry, Journal, Notice, Spawn, error_record, stored_error
 from .observe import Event, StepInfo
 
 log = logging.getLogger("replaygen")
@@ -78,20 +78,6 @@ def child_id(parent: str, position: int) -> str:
         return made
     digest = hashlib.sha256(parent.encode()).hexdigest()[:16]
     return f"{parent[:MAX_NAME - 40]}~{digest}/{position}"
-
-
-def stored_error(info: Any, *, step: str | None = None, child: str | None = None) -> Exception:
-    """The exception a stored error record stands for: a step's (``StepFailed``), a child's
-    (``ChildFailed``; ``Cancelled`` for a cancelled child), else a run's cancel."""
-    info = info if isinstance(info, dict) else {"message": str(info)}
-    kind, message = str(info.get("type", "Error")), str(info.get("message", ""))
-    if step is not None:
-        return StepFailed(step, kind, message, info.get("traceback"))
-    if child is not None:
-        if kind in ("Cancelled", "DeadlineExceeded", "Terminated"):
-            return Cancelled(f"child run {child!r} was cancelled: {message}")
-        return ChildFailed(child, kind, message, info.get("traceback"))
-    return (DeadlineExceeded if kind == "DeadlineExceeded" else Cancelled)(message)
 
 
 class Member:

@@ -191,7 +191,7 @@ class Actor:
     (mailbox, flags) and the steps' lock (slots)."""
 
     __slots__ = ("id", "fence", "gen", "state", "mailbox", "reply", "scheduled", "gone", "held",
-                 "queued", "running", "alarm", "ended")
+                 "queued", "running", "alarm", "left")
 
     def __init__(self, run_id: str, gen: Generator[Effect, Any, Any], fence: int,
                  state: str) -> None:
@@ -204,7 +204,7 @@ class Actor:
         self.queued: set[int] = set()   # positions waiting for a slot
         self.running: set[int] = set()  # positions whose step runs off the driver
         self.alarm: int | None = None  # the seq of the alarm the life asked for last
-        self.ended: threading.Event | None = None  # made by the first waiter (see waiter())
+        self.left: threading.Event | None = None  # set when it is let go; made by the first waiter
 
     def busy(self) -> bool:
         """It has work in hand: a step running, or a turn due (read in this order: a step's
@@ -467,8 +467,8 @@ class Runtime:
         except BaseException:  # it may be executing on another thread; it stops after its turn
             pass
         with self.lock:
-            if actor.ended is not None:
-                actor.ended.set()
+            if actor.left is not None:
+                actor.left.set()
 
     def waiter(self, run_id: str) -> threading.Event | None:
         """An event set when this worker lets the run go; None if it does not hold it."""
@@ -476,9 +476,9 @@ class Runtime:
             actor = self.actors.get(run_id)
             if actor is None:
                 return None
-            if actor.ended is None:  # most runs are never waited for: no Event each
-                actor.ended = threading.Event()
-            return actor.ended
+            if actor.left is None:  # most runs are never waited for: no Event each
+                actor.left = threading.Event()
+            return actor.left
 
     # ---- the driver ----------------------------------------------------------------------------
 

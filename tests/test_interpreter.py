@@ -202,6 +202,9 @@ def test_starting_an_existing_run_with_other_arguments_names_the_run_and_both_ca
         i.start(wf, "second-order", run_id="order-1")
     message = str(refused.value)
     assert "order-1" in message and "first-order" in message and "second-order" in message
+    # Users see the calls as they wrote them, not the engine's stored form (its nonce).
+    assert "wf('first-order')" in message and "wf('second-order')" in message
+    assert "nonce" not in message
 
 
 def test_starting_an_existing_run_as_another_workflow_names_both_workflows(interp: Make) -> None:
