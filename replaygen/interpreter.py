@@ -8,7 +8,6 @@ recovered run take the same path: a claim, a life, replay until the journal runs
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -72,8 +71,6 @@ class Interpreter(Client):
         self._closed = self._adopting = False
         self._strangers: float | None = None  # when to say which runs recover() left
         self._starting = 0
-        # A store written before heartbeats carried the workflow names still works (unlisted).
-        self._advertise = "workflows" in inspect.signature(store.heartbeat).parameters
         self._heartbeat()
         self._unclaimed: set[str] = set()  # spawned here, of known workflows: to claim
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer,
@@ -209,10 +206,7 @@ class Interpreter(Client):
         return old
 
     def _heartbeat(self) -> None:
-        if self._advertise:
-            self._store.heartbeat(self.worker_id, self._lease, workflows=sorted(self._known()))
-        else:
-            self._store.heartbeat(self.worker_id, self._lease)
+        self._store.heartbeat(self.worker_id, self._lease, workflows=sorted(self._known()))
 
     def _tell(self, run_id: str, *events: Any) -> None:
         self._runtime.tell(run_id, *events)
@@ -247,24 +241,11 @@ class Interpreter(Client):
 
     def _spawned(self, children: tuple[Spawn, ...]) -> None:
         """Children this worker's runs made: claimed by the watcher (the commit that made them
-        woke it), if their workflows are known here, even before ``recover()``."""
+        woke it) if their workflows are known here, even before ``recover()``; after it, the
+        watcher's claims take them anyway."""
         known = self._known()
         with self._start_lock:
             self._unclaimed.update(c.run_id for c in children if c.workflow in known)
-
-    def _claim_children(self) -> bool:
-        """Claim the children spawned here, as room allows; True if some wait for room."""
-        with self._start_lock:
-            wanted = list(self._unclaimed)
-        room = self._room()
-        if not wanted or not room:
-            return bool(wanted)
-        claims = self._claim(blocked=False, run_ids=wanted[:room], limit=room)
-        for claim in claims:
-            self._adopt(claim)
-        with self._start_lock:  # the rest of those asked for: taken elsewhere, or ended
-            self._unclaimed.difference_update(wanted[:room])
-        return len(wanted) > room
 
     def _adopt(self, claim: Claim) -> None:
         record, broken = claim.run, None
@@ -307,17 +288,23 @@ class Interpreter(Client):
                         self._runtime.tell(run_id, *((CANCEL, UNREAD) if cancel else (UNREAD,)))
                     if self._adopting:
                         adopt = 0.0
-                if self._unclaimed and not self._closed:
-                    backlog = self._claim_children() or backlog
                 if self._strangers is not None and now >= self._strangers:
                     self._strangers = None
                     _log_strangers(self._store, self._known())
-                if self._adopting and now >= adopt and not self._closed and (room := self._room()):
-                    claims = self._claim(blocked=False, limit=room)
+                # Before recover(), only the children this worker's runs made are claimed here.
+                with self._start_lock:
+                    wanted = None if self._adopting else list(self._unclaimed)
+                    self._unclaimed.clear()
+                if (wanted or self._adopting and now >= adopt) and not self._closed and (
+                        room := self._room()):
+                    claims = self._claim(blocked=False, run_ids=wanted, limit=room)
                     for claim in claims:
                         self._adopt(claim)
                     backlog = len(claims) == room  # every free slot taken: more may wait
                     adopt = now + (0.05 if backlog else min(1.0, self._lease / 4))
+                    if backlog and wanted:  # those not claimed yet are asked for again
+                        with self._start_lock:
+                            self._unclaimed.update(wanted)
                 failing = False
             except Exception as exc:
                 if not failing:  # one line per outage, not one per retry

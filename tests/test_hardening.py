@@ -168,20 +168,6 @@ def test_a_run_stopped_by_shutdown_before_its_sleep_is_not_recorded_as_sleeping(
     assert [e.kind for e in store.journal(run)] == ["do"]
 
 
-class StoreOfTheOldProtocol(MemoryStore):
-    """A third-party store written before heartbeats carried workflow names."""
-
-    def heartbeat(self, owner: str, lease: float) -> None:  # type: ignore[override]
-        super().heartbeat(owner, lease)
-
-
-def test_a_store_whose_heartbeat_takes_no_workflow_names_still_works(interp: Make) -> None:
-    def wf() -> Any:
-        return (yield Do("a", echo, 1))
-
-    assert interp([wf], store=StoreOfTheOldProtocol()).run(wf) == 1
-
-
 def test_a_sleep_ends_on_time_while_another_run_takes_step_after_step(
         interp: Make, reach: Any, clock: FakeClock) -> None:
     # The busy run alone keeps the driver committing and going on in place; the sleeper's
