@@ -339,9 +339,14 @@ class Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+_HTML_CHARS = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def json_reply(status: int, obj: Any) -> Reply:
-    # ensure_ascii: every character past ASCII (U+2028 included) travels as an escape.
-    return Reply(status, json.dumps(obj, ensure_ascii=True).encode(), "application/json")
+    # ASCII only (U+2028 and the rest travel as escapes), and no < > & even inside strings:
+    # a client that sniffs content despite nosniff finds no markup in a run id.
+    text = json.dumps(obj, ensure_ascii=True).translate(_HTML_CHARS)
+    return Reply(status, text.encode(), "application/json")
 
 
 def refusal(status: int, message: str, api: bool) -> Reply:

@@ -92,6 +92,7 @@ def populate(store: Store) -> dict[str, str]:
     ids = {"waiting": "order-1041", "completed": "order-1040", "failed": "refund-88",
            "sleeping": "nap-7", "timer": "expense-12", "blocked": "legacy-3",
            "hostile": HOSTILE_ID}
+    _tries.clear()  # each data set's reserve steps fail their first try
     with Interpreter(store, {**WORKFLOWS}) as worker:
         worker.start("legacy", 3, run_id=ids["blocked"])
         worker.start("checkout", {"id": 1040, "amount": 129.5}, run_id=ids["completed"])
