@@ -276,7 +276,7 @@
       el("td", {}, txt(r.workflow)),
       el("td", { className: "nowrap", title: fmtTime(r.created) }, fmtSpan(data.now - r.created)),
       el("td", {}, r.last ? el("span", { className: "mono" }, "#" + r.last.position + " " + r.last.kind + (r.last.name ? " " : ""), txt(r.last.name)) : el("span", { className: "faint" }, "—")),
-      el("td", { className: "detail" }, detailOf(r.detail, data.now))));
+      el("td", {}, el("div", { className: "detail clamp", title: r.detail.error || "" }, detailOf(r.detail, data.now)))));
     return el("table", {}, el("thead", {}, head), el("tbody", {}, rows));
   }
 
