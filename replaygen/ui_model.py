@@ -48,12 +48,18 @@ one item of the timeline (a step's failed tries and its outcome, a Wait's timer 
 _POSITION = re.compile(r"\bat position (\d+)\b")
 
 
+ONE_LINE = 72
+"""Values whose JSON fits in this many characters are shown on one line, others indented."""
+
+
 def text_of(value: Any) -> str:
-    """A decoded value as a person reads it: strings as they are, the rest as indented JSON."""
+    """A decoded value as a person reads it: strings as they are, the rest as JSON, indented
+    unless it fits on one line."""
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+        flat = json.dumps(value, ensure_ascii=False)
+        return flat if len(flat) <= ONE_LINE else json.dumps(value, indent=2, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(value)
 

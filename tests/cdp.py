@@ -214,7 +214,14 @@ class Browser:
             self._next()
 
     def screenshot(self, path: Path) -> None:
-        data = self.call("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
+        """A PNG of the page as tall as its content (no empty band below a short page)."""
+        width, height = self.evaluate(
+            "[document.documentElement.clientWidth, Math.ceil(Math.max(...[...document.body."
+            "children].map((e) => e.getBoundingClientRect().bottom + window.scrollY)))]")
+        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
+        data = self.call("Page.captureScreenshot", {"format": "png", "clip": clip,
+                                                    "captureBeyondViewport": True},
+                         session=True)["data"]
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:

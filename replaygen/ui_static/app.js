@@ -402,7 +402,7 @@
 
   function timelinePanel(data, id, state, fetchValue) {
     const head = el("div", { className: "panel-head" }, el("h2", {}, "Timeline"),
-      el("span", { className: "muted" }, fmtInt(data.items) + " items" + (data.pages > 1 ? " · page " + (data.page + 1) + " of " + fmtInt(data.pages) : "")),
+      el("span", { className: "muted" }, fmtInt(data.items) + (data.items === 1 ? " item" : " items") + (data.pages > 1 ? " · page " + (data.page + 1) + " of " + fmtInt(data.pages) : "")),
       el("span", { className: "spacer" }));
     if (data.first_error !== null && data.first_error !== data.page) head.append(el("button", { type: "button", className: "link", on: { click: () => gotoPage(state, data.first_error) } }, "first error"));
     if (data.pages > 1) {
