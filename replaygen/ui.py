@@ -303,7 +303,7 @@ def _api_run(app: App, q: Mapping[str, list[str]]) -> dict[str, Any]:
     run_id = _one(q, "id")
     if not run_id:
         raise UsageError("give the run as ?id=RUN_ID")
-    out = app.view.run_page(run_id, _one(q, "page"), _one(q, "size"))
+    out = app.view.run_page(run_id, _one(q, "page"), _one(q, "size"), _one(q, "at"))
     out["actions"] = app.allow_actions
     return out
 

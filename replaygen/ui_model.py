@@ -266,14 +266,21 @@ class View:
             raise RunNotFound(f"no run {run_id!r} in this store")
         return record
 
-    def run_page(self, run_id: str, page: Any = 0, size: Any = None) -> dict[str, Any]:
-        """A run: its record, queued signals, family, and one page of its timeline. ``page``
-        may be ``"last"``."""
+    def run_page(self, run_id: str, page: Any = 0, size: Any = None,
+                 at: Any = None) -> dict[str, Any]:
+        """A run: its record, queued signals, family, and one page of its timeline: ``page``
+        (a number or ``"last"``), or the page holding position ``at`` when given."""
         r = self.record(run_id)
         items = timeline(self.store.journal(run_id))
         _, s = _page_of(0, size, "timeline")
         pages = max(1, -(-len(items) // s))
         p = pages - 1 if page == "last" else _page_of(page, s, "timeline")[0]
+        if at not in (None, ""):
+            try:
+                position = int(at)
+            except (TypeError, ValueError):
+                raise UsageError(f"at must be a position (a whole number), got {at!r}") from None
+            p = next((i // s for i, it in enumerate(items) if it[0][1] >= position), pages - 1)
         error = error_of(r.error)
         blocked_at = None
         if r.state == "blocked" and error is not None:

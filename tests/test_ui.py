@@ -330,6 +330,9 @@ def test_a_long_run_opens_paged(tmp_path: Path, serve: Any) -> None:
     assert last["page"] == 2 and [i["name"] for i in last["timeline"]][0] == "s400"
     assert len(last["timeline"]) == 50 and last["timeline"][-1]["result"]["text"] == "449"
     assert web.api("/api/run", id="long", page=1, size=1000)["page"] == 1
+    found = web.api("/api/run", id="long", at=321)  # the page holding a position (a block's)
+    assert found["page"] == 1 and any(i["position"] == 321 for i in found["timeline"])
+    assert web.get("/api/run?id=long&at=x").status == 400
     assert web.get("/api/run?id=long&size=5000").status == 400
     store.close()
 

@@ -125,6 +125,9 @@ def test_the_runs_page_a_run_and_a_signal_in_a_browser(browser: Browser, site: A
     b.wait_for("document.querySelector('.callout.blocked') !== null", "the blocked run")
     callout = b.evaluate("document.querySelector('.callout.blocked').textContent")
     assert "the journal holds do 'load'" in callout
+    _click(b, "button", "show position 0 in the timeline")
+    b.wait_for("document.querySelector('table.tl tr.hit td.pos')?.textContent === '0'",
+               "the blocked position marked in the timeline")
     _shoot(b, tmp_path, "ui-blocked.png")
 
     b.open(url + "/workflows")

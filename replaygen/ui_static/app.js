@@ -310,9 +310,10 @@
     const params = new URLSearchParams(location.search);
     const id = params.get("id");
     if (id === null) { showError(new Error("no run given: open a run from the list")); return; }
-    const state = { page: params.get("page") || "0", hit: params.get("at") };
-    refresh = (force) => load(() => getJSON("/api/run", { id: id, page: state.page }), (data) => {
+    const state = { page: params.get("page") || "0", hit: params.get("at"), at: params.get("at") };
+    refresh = (force) => load(() => getJSON("/api/run", { id: id, page: state.page, at: state.at }), (data) => {
       state.page = String(data.page);
+      state.at = null;  // found once; paging and refreshing keep the page from now on
       drawRun(data, id, state);
     }, force);
     refresh(true);
@@ -352,21 +353,22 @@
       message, jump ? el("div", { className: "cutnote" }, jump) : null);
   }
 
+  // Show the page of the timeline that holds ``position`` (the server finds it), marked.
   function jumpTo(data, state, position) {
-    // The timeline is paged by item; the server says which page holds which position only
-    // for the current page, so ask for pages until it is found (rarely more than one).
     state.hit = String(position);
+    state.at = String(position);
     const url = new URL(location.href);
     url.searchParams.set("at", String(position));
+    url.searchParams.delete("page");
     history.replaceState(null, "", url);
-    const page = data.timeline.some((it) => it.position === position) ? data.page
-      : data.timeline.length && position < data.timeline[0].position ? Math.max(0, data.page - 1) : data.page + 1;
-    gotoPage(state, Math.min(page, data.pages - 1));
+    refresh(true);
   }
 
   function gotoPage(state, page) {
     state.page = String(page);
+    state.at = null;
     const url = new URL(location.href);
+    url.searchParams.delete("at");
     url.searchParams.set("page", String(page));
     history.replaceState(null, "", url);
     refresh(true);
