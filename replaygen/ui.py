@@ -370,6 +370,8 @@ class Handler(BaseHTTPRequestHandler):
     action its path names."""
 
     server: UIServer
+    body_read: bool
+    """Whether this request's body was read (a refused one's is not: the connection closes)."""
     protocol_version = "HTTP/1.1"
     server_version = "replaygen-ui"
     sys_version = ""
@@ -396,6 +398,7 @@ class Handler(BaseHTTPRequestHandler):
         self._serve("DELETE")
 
     def _serve(self, method: str) -> None:
+        self.body_read = False
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         api = url.path.startswith("/api/")
@@ -406,6 +409,11 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug or a store failure: say what, keep serving
             log.exception("replaygen ui: %s %s failed", method, url.path)
             reply = refusal(500, f"internal error: {type(exc).__name__}: {exc}", api)
+        if not self.body_read and (self.headers.get("Content-Length") or "0") != "0":
+            # A refused request's body was never read: it must not be taken for the next
+            # request on this connection.
+            self.close_connection = True
+            reply.headers.append(("Connection", "close"))
         self._send(reply, method)
 
     def _route(self, method: str, path: str, query: Mapping[str, list[str]], api: bool) -> Reply:
@@ -416,7 +424,8 @@ class Handler(BaseHTTPRequestHandler):
         if not app.guard.token_ok(self.headers, given):
             return refusal(401, "this server needs its token: open it as http://HOST:PORT/?token="
                                 "TOKEN (or send the X-Replaygen-Token header)", api)
-        if given is not None and method in ("GET", "HEAD") and path in PAGES:
+        if given is not None and app.guard.token is not None and method in ("GET", "HEAD") \
+                and path in PAGES:
             return self._drop_token(path, query)
         if path in ACTIONS:
             if method != "POST":
@@ -455,8 +464,10 @@ class Handler(BaseHTTPRequestHandler):
             return refusal(400, "bad Content-Length", True)
         if length > MAX_BODY:
             return refusal(413, f"the body is {length} bytes, over the limit of {MAX_BODY}", True)
+        raw = self.rfile.read(length)
+        self.body_read = True
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(raw or b"{}")
         except ValueError as exc:
             return refusal(400, f"the body is not JSON: {exc}", True)
         if not isinstance(body, dict):

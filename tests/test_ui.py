@@ -424,6 +424,23 @@ def test_actions_are_refused_while_they_are_off(filled: Any, serve: Any) -> None
     assert record is not None and record.state == "waiting" and not record.cancel_requested
 
 
+def test_a_refused_body_is_not_read_as_the_next_request(filled: Any, serve: Any) -> None:
+    store, ids = filled
+    web = serve(store)  # actions off: the body is refused unread
+    smuggled = b"POST /api/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    conn = http.client.HTTPConnection(web.netloc, timeout=30)
+    conn.request("POST", "/api/cancel", body=smuggled, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 403 and response.headers["Connection"] == "close"
+    response.read()
+    conn.close()
+
+
+def test_a_token_in_the_address_is_ignored_when_the_server_has_none(filled: Any, serve: Any) -> None:
+    answer = serve(filled[0]).get("/?token=anything")
+    assert answer.status == 200 and "Set-Cookie" not in answer.headers
+
+
 def test_an_action_is_post_only(filled: Any, serve: Any) -> None:
     web = serve(filled[0], allow_actions=True)
     for action in ("signal", "cancel", "terminate", "retry"):
