@@ -650,7 +650,35 @@ def cmd_lint(a: argparse.Namespace) -> int:
     return lint.main(a.modules, as_json=a.json)
 
 
+def cmd_ui(store: Store, a: argparse.Namespace) -> int:
+    """Serve the web view until Ctrl-C (replaygen.ui); refuses an open host without a token."""
+    from .ui import serve  # http.server: only this command needs it
+
+    try:
+        serve(store, host=a.host, port=a.port, token=a.token or None,
+              allow_actions=a.allow_actions)
+    except KeyboardInterrupt:
+        print("replaygen ui: stopped")
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------
+
+def _add_ui_command(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """ui: the web view (replaygen.ui)."""
+    sp = add("ui", cmd_ui, "serve a web view of the runs, read-only unless --allow-actions "
+                           "(never creates or changes a store by itself)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                    "127.0.0.1); any other than a loopback address needs --token")
+    sp.add_argument("--port", type=int, default=8642, help="port (default: 8642; 0: any free one)")
+    sp.add_argument("--token", default=os.environ.get("REPLAYGEN_UI_TOKEN"),
+                    help="a secret every request must carry (open the page once as "
+                         "/?token=TOKEN); default: $REPLAYGEN_UI_TOKEN")
+    sp.add_argument("--allow-actions", action="store_true",
+                    help="let the page signal, cancel, terminate and retry runs (each confirmed)")
+    sp.add_argument("--log-level", default="WARNING", help="INFO also logs each action, DEBUG "
+                                                          "each request (default: WARNING)")
+
 
 def _add_service_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """start and terminate (a client's), check, export and versions (before a deploy)."""
@@ -728,6 +756,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
     sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
     _add_service_commands(add)
+    _add_ui_command(add)
     text = "report calls in workflow bodies that differ between runs (needs no store)"
     sp = sub.add_parser("lint", help=text, description=text)  # not add(): no --store
     sp.set_defaults(func=cmd_lint)

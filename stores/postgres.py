@@ -738,6 +738,34 @@ class PostgresStore:
         if listener is not None and listener is not threading.current_thread():
             listener.join(timeout=2.0)
 
+    # ---- optional reads for the web view (replaygen.ui; not in the Store protocol) -------------
+
+    def run_counts(self) -> list[tuple[str, str, int]]:
+        """Runs per (workflow, state), in one grouped scan: the runs page of a store with
+        100,000 runs must not read them all through ``runs()``."""
+        query = sql.SQL("SELECT workflow, state, count(*) FROM {} GROUP BY workflow, state"
+                        ).format(sql.Identifier(self.schema, "runs"))
+        rows = self._call(lambda c: c.execute(query).fetchall(), idempotent=True)
+        return [(r[0], r[1], r[2]) for r in rows if isinstance(r[0], str) and isinstance(r[1], str)]
+
+    def last_entries(self, run_ids: Sequence[str]) -> dict[str, Entry]:
+        """The last journal entry of each of these runs (a run with none is left out), in one
+        query that reads one row per run instead of whole journals."""
+        query = sql.SQL(
+            "SELECT DISTINCT ON (run_id) run_id, {} FROM {} WHERE run_id = ANY(%s) "
+            "ORDER BY run_id, seq DESC").format(sql.SQL(_ENTRY_COLUMNS),
+                                                sql.Identifier(self.schema, "journal"))
+        rows = self._call(lambda c: c.execute(query, [list(run_ids)]).fetchall(), idempotent=True)
+        return {r[0]: _entry(r[1:]) for r in rows}
+
+    def leases(self) -> dict[str, float]:
+        """When the lease of each live worker runs out (its last heartbeat plus its lease),
+        as seconds since the epoch, by the database's clock."""
+        query = sql.SQL("SELECT owner, extract(epoch FROM lease_until)::float8 FROM {} "
+                        "WHERE lease_until >= now()").format(sql.Identifier(self.schema, "workers"))
+        rows = self._call(lambda c: c.execute(query).fetchall(), idempotent=True)
+        return {r[0]: r[1] for r in rows if isinstance(r[0], str)}
+
 
 def _parse(dsn: str) -> dict[str, Any]:
     if not isinstance(dsn, str):

@@ -795,3 +795,26 @@ class SQLiteStore:
             for conn in (self._w, self._r, getattr(self._local, "watch", None)):
                 if conn is not None:
                     conn.close()
+
+    # ---- optional reads for the web view (replaygen.ui; not in the Store protocol) -------------
+
+    def run_counts(self) -> list[tuple[str, str, int]]:
+        """Runs per (workflow, state), in one grouped scan: the runs page of a store with
+        100,000 runs must not read them all through ``runs()``."""
+        return [(r[0], r[1], r[2]) for r in self._read(
+            "SELECT workflow, state, count(*) FROM runs GROUP BY workflow, state")
+            if isinstance(r[0], str) and isinstance(r[1], str)]
+
+    def last_entries(self, run_ids: Sequence[str]) -> dict[str, Entry]:
+        """The last journal entry of each of these runs (a run with none is left out), in one
+        query that reads one row per run instead of whole journals."""
+        return {row[0]: Entry(*row[1:]) for row in self._read(
+            f"SELECT j.run_id, j.seq, j.slot, j.kind, j.name, j.status, j.value, j.started, "
+            f"j.ended FROM journal j WHERE j.run_id IN {_IN} AND j.seq = "
+            f"(SELECT max(seq) FROM journal WHERE run_id = j.run_id)", (json.dumps(list(run_ids)),))}
+
+    def leases(self) -> dict[str, float]:
+        """When the lease of each live worker runs out (its last heartbeat plus its lease)."""
+        return {r[0]: r[1] for r in self._read(
+            "SELECT owner, lease_until FROM workers WHERE lease_until >= ?", (time.time(),))
+            if isinstance(r[0], str)}
