@@ -314,10 +314,8 @@ _Live = dict[str, list[str] | None]
 
 
 def _live(store: Store) -> _Live | None:
-    """The store's live workers, or None from a store that cannot say (one written before
-    ``workers()`` was part of the protocol)."""
-    workers = getattr(store, "workers", None)
-    return None if workers is None else cast(_Live, workers())
+    """The store's live workers and the workflows each serves."""
+    return {owner: w.workflows for owner, w in store.workers().items()}
 
 
 def _known_by(live: _Live | None, r: RunRecord) -> bool | None:

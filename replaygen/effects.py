@@ -37,6 +37,7 @@ class Save(NamedTuple):
     spawn: tuple[Spawn, ...] = ()
     cancel: tuple[str, ...] = ()
     notify: Notice | None = None
+    progress: bool = False
 
 
 class Acquire(NamedTuple):

@@ -95,9 +95,9 @@ class Interpreter(Client):
         blocked = [r.run_id for r in self._store.runs(states=("blocked",), limit=100_000)
                    if r.workflow in known and read_error(r.error, self._codec).get("type")
                    != RunBlocked.__name__]
-        claims = self._claim(blocked=False)
-        if blocked:
-            claims += self._claim(blocked=True, run_ids=blocked)
+        claims = self._claim()
+        if blocked:  # retried with new code: a crash loop's count starts afresh
+            claims += self._claim(states=("blocked",), run_ids=blocked, reset=True)
         notify(self._observer, Event("recovered", count=len(claims)))  # claimed, not yet resumed
         for claim in claims:
             self._adopt(claim)
@@ -115,7 +115,8 @@ class Interpreter(Client):
             if record.workflow not in self._known():
                 raise ReplaygenError(f"run {run_id!r} is of workflow {record.workflow!r}, which "
                                      f"this worker does not know; resume it where it is known")
-            claims = self._claim(blocked=True, run_ids=[run_id])
+            claims = self._claim(states=(*ACTIVE, "blocked"), run_ids=[run_id],
+                                 reset=record.state == "blocked")
             if not claims:
                 raise ReplaygenError(f"run {run_id!r} is held by the live worker {record.owner}; "
                                      f"it goes on there")
@@ -220,15 +221,15 @@ class Interpreter(Client):
 
     # ---- claiming -------------------------------------------------------------
 
-    def _claim(self, *, blocked: bool, run_ids: list[str] | None = None,
-               limit: int | None = None) -> list[Claim]:
+    def _claim(self, *, states: tuple[str, ...] = ACTIVE, run_ids: list[str] | None = None,
+               reset: bool = False, limit: int | None = None) -> list[Claim]:
         """Claim runs of known workflows (never another's) that no live worker holds."""
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
         known, claims = list(self._known()), list[Claim]()
         while known and (limit is None or len(claims) < limit):
             size = 500 if limit is None else min(500, limit - len(claims))
-            batch = self._store.claim(self.worker_id, dead=dead, blocked=blocked, limit=size,
-                                      workflows=known, run_ids=run_ids)
+            batch = self._store.claim(self.worker_id, states=states, dead=dead, limit=size,
+                                      workflows=known, run_ids=run_ids, reset=reset)
             claims += batch
             if len(batch) < size:
                 break
@@ -297,7 +298,7 @@ class Interpreter(Client):
                     self._unclaimed.clear()
                 if (wanted or self._adopting and now >= adopt) and not self._closed and (
                         room := self._room()):
-                    claims = self._claim(blocked=False, run_ids=wanted, limit=room)
+                    claims = self._claim(run_ids=wanted, limit=room)
                     for claim in claims:
                         self._adopt(claim)
                     backlog = len(claims) == room  # every free slot taken: more may wait

@@ -773,11 +773,12 @@ class Life:
             consume, spawn, cancel = tuple(self.consumed), tuple(self.spawned), tuple(self.cancels)
             self.consumed, self.spawned, self.cancels = [], [], []
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
+        progress = bool(entries) and self.resumes > 0  # a crash loop's count starts afresh
         keep = bool(entries) and not (result or error or cancel_seen or release or notify or
-                                      consume or spawn or self.resumes) \
+                                      consume or spawn or progress) \
             and self.written == (state, wake_at, waiting_for)
         events = yield Save(state, entries, wake_at, waiting_for, result, error, consume,
-                            cancel_seen, release, keep, spawn, cancel, notify)
+                            cancel_seen, release, keep, spawn, cancel, notify, progress)
         for e in entries:
             self.journal.append(e)
         self.written = (state, wake_at, waiting_for)

@@ -21,12 +21,15 @@ from typing import NamedTuple, Protocol
 from .errors import ReplaygenError, RunFinished, RunNotFound
 from .journal import Entry, Notice, Spawn
 
-__all__ = ["ACTIVE", "FINISHED", "STATES", "Claim", "Entry", "MemoryStore", "Notice", "RunRecord",
-           "Signal", "Spawn", "Store", "Write"]
+__all__ = ["ACTIVE", "FINISHED", "STATES", "WORKING", "Claim", "Entry", "MemoryStore", "Notice",
+           "RunRecord", "Signal", "Spawn", "Store", "Worker", "Write"]
 
 ACTIVE = ("pending", "running", "sleeping", "waiting")
 FINISHED = ("completed", "failed", "cancelled")
 STATES = (*ACTIVE, *FINISHED, "blocked")
+WORKING = ("pending", "running")
+"""A run whose owner is lost while it is in one of these states was working: claiming it
+again is a resumption without progress (``RunRecord.resumes`` + 1, counted by ``claim``)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class Signal:
     name: str
     payload: str
     sent: float
+
+
+class Worker(NamedTuple):
+    """A live worker, as ``Store.workers()`` tells it."""
+
+    workflows: list[str] | None
+    """The workflow names it last advertised, sorted (None: it never said)."""
+    lease_until: float
+    """When its lease runs out, in the store's clock (epoch seconds)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     """Runs whose cancel is requested, after the spawns, as ``Store.cancel`` does."""
     notify: Notice | None = None
     """A signal delivered to another run, unless that run is finished or missing."""
+    progress: bool = False
+    """The run made progress: its resumption count (``RunRecord.resumes``) goes back to 0."""
     create: tuple[str, str] | None = None
     """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence`` (by
     nobody with ``release``: a client's start, which wakes the watchers), unless a run with
@@ -108,11 +122,9 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
 
 
 class Store(Protocol):
-    """What the interpreter needs from a durable backend. Every method is atomic."""
-
-    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
-        """Insert a pending run owned by ``owner``; return None, or the existing run unchanged."""
-        ...
+    """What the engine needs from a durable backend: exactly what it must do, never what it
+    must decide. Every method is atomic. Stores hold encoded text only; ``now`` is the store's
+    clock wherever leases are judged."""
 
     def get(self, run_id: str) -> RunRecord | None: ...
 
@@ -125,33 +137,35 @@ class Store(Protocol):
         ...
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
-        """Apply writes in one transaction; a write whose fence is stale is skipped (False)."""
+        """Apply writes in one transaction, each as its fields say (see ``Write``). A write
+        whose owner and fence are not the run's, or whose create finds the id taken, is
+        skipped and leaves no trace (False); a signal to consume that is not queued, a journal
+        ``seq`` that does not continue the run's journal, or a child id that is taken, fails
+        the whole call."""
         ...
 
     def claim(
-        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
-        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+        self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
+        workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
+        reset: bool = False, limit: int = 1000,
     ) -> list[Claim]:
-        """Take over unfinished runs that no live worker owns (unowned, owner in ``dead``, or
-        owner's lease lapsed), bumping their fence. ``blocked`` includes blocked runs. A run
-        whose previous owner died while it was pending or running has ``resumes`` incremented;
-        a blocked run (retried with new code) has it reset to 0."""
+        """Take over up to ``limit`` runs in ``states`` (of these ``workflows`` and ``run_ids``,
+        if given), oldest first, that no live worker owns: unowned, owner in ``dead``, or the
+        owner's lease lapsed. Each gets ``owner`` and fence + 1, and ``resumes`` + 1 if its lost
+        owner held it in a ``WORKING`` state (0 with ``reset``)."""
         ...
 
     def owners(self) -> list[str]:
-        """Distinct owners of unfinished runs (for dead-owner detection)."""
+        """The distinct owners of unfinished runs (the engine tells which are dead)."""
         ...
 
-    def heartbeat(self, owner: str, lease: float, *,
-                  workflows: Collection[str] | None = None) -> None:
-        """Extend ``owner``'s lease to the store's now + ``lease`` seconds. ``workflows``
-        names the workflows ``owner`` serves, for ``workers()``; None keeps what it last gave."""
+    def heartbeat(self, owner: str, lease: float, *, workflows: Collection[str]) -> None:
+        """Extend ``owner``'s lease to now + ``lease`` seconds and record the ``workflows`` it
+        serves."""
         ...
 
-    def workers(self) -> dict[str, list[str] | None]:
-        """Each worker whose lease is live (judged by the store's clock, as claims are): the
-        workflow names it last advertised, sorted, or None if it never said (an older
-        replaygen). Not used by the engine: it tells operators which runs no worker serves."""
+    def workers(self) -> dict[str, Worker]:
+        """Each worker whose lease is live: what it serves and when its lease runs out."""
         ...
 
     def release(self, owner: str) -> None:
@@ -189,7 +203,16 @@ class Store(Protocol):
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
         parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
-        """Runs, newest first (the children of ``parent`` only, if given)."""
+        """Runs, newest first, in these ``states``, of this ``workflow``, children of
+        ``parent`` (each filter only if given)."""
+        ...
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many runs there are per (workflow, state)."""
+        ...
+
+    def last_entries(self, run_ids: Collection[str]) -> dict[str, Entry]:
+        """The last journal entry of each of these runs (a run with none is left out)."""
         ...
 
     def close(self) -> None: ...
@@ -215,12 +238,6 @@ class MemoryStore:
     def _bump(self) -> None:
         self._epoch += 1
         self._lock.notify_all()
-
-    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
-        with self._lock:
-            if self._apply(Write(run_id, owner, 1, "pending", create=(workflow, args))):
-                return None
-            return self._runs[run_id]
 
     def put(self, record: RunRecord, journal: list[Entry]) -> None:
         """Hold a copy of a run (from an export or another store), replacing any by its id."""
@@ -284,7 +301,7 @@ class MemoryStore:
         now = time.time()
         self._runs[w.run_id] = replace(
             run, state=w.state, updated=now, wake_at=w.wake_at, waiting_for=w.waiting_for,
-            result=w.result, error=w.error, resumes=0 if w.entries else run.resumes,
+            result=w.result, error=w.error, resumes=0 if w.progress else run.resumes,
             owner=None if w.release else run.owner,
         )
         born_cancelled = run.cancel_requested and w.run_id not in self._cancel_seen
@@ -326,10 +343,10 @@ class MemoryStore:
         return owner is not None and self._leases.get(owner, 0.0) >= now
 
     def claim(
-        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
-        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+        self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
+        workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
+        reset: bool = False, limit: int = 1000,
     ) -> list[Claim]:
-        states = ACTIVE + ("blocked",) if blocked else ACTIVE
         with self._lock:
             now, out = time.time(), list[Claim]()
             for run in list(self._runs.values()):
@@ -342,8 +359,8 @@ class MemoryStore:
                     or (run.owner not in dead and self._live(run.owner, now))
                 ):
                     continue
-                died_working = run.owner is not None and run.state in ("pending", "running")
-                resumes = 0 if run.state == "blocked" else run.resumes + died_working
+                lost_working = run.owner is not None and run.state in WORKING
+                resumes = 0 if reset else run.resumes + lost_working
                 run = replace(run, owner=owner, fence=run.fence + 1, resumes=resumes)
                 self._runs[run.run_id] = run
                 out.append(Claim(run, list(self._journals[run.run_id])))
@@ -351,20 +368,19 @@ class MemoryStore:
 
     def owners(self) -> list[str]:
         with self._lock:
-            return sorted({r.owner for r in self._runs.values() if r.owner is not None})
+            return sorted({r.owner for r in self._runs.values()
+                           if r.owner is not None and r.state not in FINISHED})
 
-    def heartbeat(self, owner: str, lease: float, *,
-                  workflows: Collection[str] | None = None) -> None:
+    def heartbeat(self, owner: str, lease: float, *, workflows: Collection[str]) -> None:
         with self._lock:
             self._leases[owner] = time.time() + lease
-            if workflows is not None:
-                self._serves[owner] = sorted(set(workflows))
+            self._serves[owner] = sorted(set(workflows))
 
-    def workers(self) -> dict[str, list[str] | None]:
+    def workers(self) -> dict[str, Worker]:
         with self._lock:
             now = time.time()
-            return {owner: list(names) if (names := self._serves.get(owner)) is not None
-                    else None for owner in self._leases if self._live(owner, now)}
+            return {owner: Worker(list(self._serves[owner]) if owner in self._serves else None,
+                                  until) for owner, until in self._leases.items() if until >= now}
 
     def release(self, owner: str) -> None:
         with self._lock:
@@ -441,6 +457,17 @@ class MemoryStore:
                 and (parent is None or r.parent == parent)
             ]
             return found[offset:offset + limit]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            found: dict[tuple[str, str], int] = {}
+            for r in self._runs.values():
+                found[(r.workflow, r.state)] = found.get((r.workflow, r.state), 0) + 1
+            return found
+
+    def last_entries(self, run_ids: Collection[str]) -> dict[str, Entry]:
+        with self._lock:
+            return {r: self._journals[r][-1] for r in run_ids if self._journals.get(r)}
 
     def close(self) -> None:
         pass

@@ -177,7 +177,7 @@ def retry_blocked(store: Store, run_id: str) -> str:
         raise UsageError(f"run {run_id!r} is {record.state}, not blocked: only a blocked run can "
                          f"be retried (the workers go on with the others by themselves)")
     me = new_owner_id()
-    claims = store.claim(me, blocked=True, run_ids=[run_id], limit=1)
+    claims = store.claim(me, states=("blocked",), reset=True, run_ids=[run_id], limit=1)
     if not claims:
         raise UsageError(f"run {run_id!r} is held by a live worker; it goes on there")
     run = claims[0].run

@@ -6,11 +6,9 @@ census of ``replaygen.testing``), so it works on a read-only SQLite file, and it
 changes a run. Values are handed over exactly as stored (decoded, pretty-printed, cut at a
 limit); escaping them for display is the page's job, which sets them as text only.
 
-A few store methods make big stores fast and are optional: a store without them is read
-through the protocol instead (slower, same answers). ``run_counts()`` gives
-``(workflow, state, count)`` rows, ``last_entries(run_ids)`` the last journal entry of each
-run, and ``leases()`` each live worker's lease expiry. The engine's coming ``parent`` and
-``forked_from`` fields, and ``runs(parent=...)``, are shown or used when present.
+Big stores stay fast through the protocol's grouped reads: ``counts()`` (runs per workflow
+and state) and ``last_entries(run_ids)`` (each run's last journal entry); ``workers()`` tells
+each live worker's workflows and lease. ``forked_from`` is shown when a run has it.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from . import replay as _replay
 from .errors import RunNotFound, UsageError
@@ -223,40 +221,19 @@ class View:
             return {"note": "cancel requested"}
         return {}
 
-    # ---- optional store queries, with their fallbacks --------------------------------------
+    # ---- the store's grouped reads ------------------------------------------------------------
 
     def run_counts(self) -> dict[tuple[str, str], int]:
-        """Runs per (workflow, state): one grouped query when the store has ``run_counts``,
-        else the whole list read through ``runs()`` a page at a time."""
-        fast = getattr(self.store, "run_counts", None)
-        counts: dict[tuple[str, str], int] = {}
-        if fast is not None:
-            for workflow, state, n in fast():
-                counts[workflow, state] = counts.get((workflow, state), 0) + int(n)
-            return counts
-        seen = 0
-        while page := self.store.runs(limit=1000, offset=seen):
-            seen += len(page)
-            for r in page:
-                counts[r.workflow, r.state] = counts.get((r.workflow, r.state), 0) + 1
-        return counts
+        """Runs per (workflow, state), in one grouped read."""
+        return self.store.counts()
 
     def last_entries(self, run_ids: Sequence[str]) -> dict[str, Entry]:
         """Each run's last journal entry (runs with an empty journal are left out)."""
-        fast = getattr(self.store, "last_entries", None)
-        if fast is not None:
-            return cast(dict[str, Entry], fast(list(run_ids)))
-        out = {}
-        for run_id in run_ids:
-            journal = self.store.journal(run_id)
-            if journal:
-                out[run_id] = journal[-1]
-        return out
+        return self.store.last_entries(list(run_ids))
 
-    def live(self) -> dict[str, list[str] | None] | None:
-        """``Store.workers()``, or None from a store that cannot say."""
-        workers = getattr(self.store, "workers", None)
-        return None if workers is None else cast(dict[str, Any], workers())
+    def live(self) -> dict[str, list[str] | None]:
+        """Each live worker and the workflows it serves."""
+        return {owner: w.workflows for owner, w in self.store.workers().items()}
 
     # ---- one run --------------------------------------------------------------------------
 
@@ -359,16 +336,16 @@ class View:
         workflows: dict[str, dict[str, int]] = {}
         for (wf, st), n in counts.items():
             workflows.setdefault(wf, {})[st] = n
-        live = self.live() or {}
-        leases = getattr(self.store, "leases", None)
-        until = cast(dict[str, float], leases()) if leases is not None else {}
+        workers = self.store.workers()
+        live = {owner: w.workflows for owner, w in workers.items()}
+        until = {owner: w.lease_until for owner, w in workers.items()}
         served = {wf for names in live.values() for wf in names or ()}
         return {
             "workflows": [{"workflow": wf, "counts": workflows[wf], "served": wf in served}
                           for wf in sorted(workflows)],
             "workers": [{"owner": owner, **owner_parts(owner), "workflows": names,
                          "lease_until": until.get(owner)} for owner, names in sorted(live.items())],
-            "workers_known": self.live() is not None, "states": list(STATES), "now": time.time(),
+            "workers_known": True, "states": list(STATES), "now": time.time(),
         }
 
     def versions(self, census: Callable[[Store], dict[str, dict[int | None, int]]]) -> dict[str, Any]:

@@ -52,7 +52,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
-from replaygen.store import ACTIVE, FINISHED, Claim, Entry, Notice, RunRecord, Signal, Write
+from replaygen.store import (
+    ACTIVE, FINISHED, WORKING, Claim, Entry, Notice, RunRecord, Signal, Worker, Write,
+)
 
 from ._rows import blocked_error, damage, workflow_names
 
@@ -388,20 +390,6 @@ class PostgresStore:
 
     # ---- the protocol ------------------------------------------------------------
 
-    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
-        token = uuid.uuid4().hex
-
-        def tx(conn: psycopg.Connection[Any]) -> RunRecord | None:
-            with conn.transaction():
-                made = conn.execute(self._q["create"], [run_id, workflow, args, owner, token])
-                if made.fetchone() is not None:
-                    self._notify(conn, "create", run_id)
-                    return None
-                row = conn.execute(self._q["get"], [run_id]).fetchone()
-                assert row is not None, "runs are never deleted"
-                return _record(row)
-        return self._call(tx, unsure=(owner, token))
-
     def get(self, run_id: str) -> RunRecord | None:
         row = self._call(lambda c: c.execute(self._q["get"], [run_id]).fetchone(), idempotent=True)
         return None if row is None else _record(row)
@@ -441,8 +429,8 @@ class PostgresStore:
             w, e = ws[0], entries[0][1]
             try:
                 rows = conn.execute(self._q["commit_step"], [
-                    w.state, w.wake_at, w.waiting_for, w.result, w.error, w.release, w.cancel_seen,
-                    w.run_id, w.owner, w.fence, e.seq, *e]).fetchall()
+                    w.state, w.wake_at, w.waiting_for, w.result, w.error, w.progress, w.release,
+                    w.cancel_seen, w.run_id, w.owner, w.fence, e.seq, *e]).fetchall()
             except psycopg.errors.UniqueViolation:
                 raise ValueError(_SEQ_TAKEN) from None
             return {run_id for (run_id,) in rows}
@@ -466,7 +454,7 @@ class PostgresStore:
             [w.state for w in ws], [w.wake_at for w in ws], [w.waiting_for for w in ws],
             [w.result for w in ws], [w.error for w in ws], [w.release for w in ws],
             [w.cancel_seen for w in ws], [w.entries[0].seq if w.entries else 0 for w in ws],
-            [len(w.entries) for w in ws],
+            [len(w.entries) for w in ws], [w.progress for w in ws],
         ]
 
     def _commit_tx(self, writes: Sequence[Write]) -> list[bool]:
@@ -476,8 +464,8 @@ class PostgresStore:
                 for i, w in enumerate(writes):
                     if w.create:
                         done[i] = conn.execute(self._q["create"], [  # released: no owner
-                            w.run_id, *w.create, None if w.release else w.owner,
-                            uuid.uuid4().hex]).fetchone() is not None
+                            w.run_id, *w.create, w.state, None if w.release else w.owner,
+                            w.fence, uuid.uuid4().hex]).fetchone() is not None
                         if done[i]:
                             self._notify(conn, "create", w.run_id)
                 for batch in _rounds(writes):
@@ -575,10 +563,10 @@ class PostgresStore:
                          f"(the journal holds {next_seq} entries)")
 
     def claim(
-        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
-        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+        self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
+        workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
+        reset: bool = False, limit: int = 1000,
     ) -> list[Claim]:
-        states = list(ACTIVE + ("blocked",) if blocked else ACTIVE)
         token = uuid.uuid4().hex
         with self._unsure_lock:
             unsure = list(self._unsure.get(owner, ()))
@@ -586,7 +574,8 @@ class PostgresStore:
         def tx(conn: psycopg.Connection[Any]) -> list[Claim]:
             with conn.transaction():
                 rows = conn.execute(self._q["claim"], {
-                    "owner": owner, "token": token, "states": states, "dead": list(dead),
+                    "owner": owner, "token": token, "states": list(states), "dead": list(dead),
+                    "reset": reset, "working": list(WORKING),
                     "ids": None if run_ids is None else list(run_ids),
                     "wfs": None if workflows is None else list(workflows),
                     "unsure": unsure, "limit": limit,
@@ -614,18 +603,27 @@ class PostgresStore:
         return claims
 
     def owners(self) -> list[str]:
-        rows = self._call(lambda c: c.execute(self._q["owners"]).fetchall(), idempotent=True)
+        rows = self._call(lambda c: c.execute(self._q["owners"], [list(FINISHED)]).fetchall(),
+                          idempotent=True)
         return sorted(r[0] for r in rows if isinstance(r[0], str))  # a damaged owner: nobody's
 
-    def heartbeat(self, owner: str, lease: float, *,
-                  workflows: Collection[str] | None = None) -> None:
-        served = None if workflows is None else sorted(set(workflows))
+    def heartbeat(self, owner: str, lease: float, *, workflows: Collection[str]) -> None:
+        served = sorted(set(workflows))
         self._call(lambda c: c.execute(self._q["heartbeat"], [owner, float(lease), served]),
                    idempotent=True)
 
-    def workers(self) -> dict[str, list[str] | None]:
+    def workers(self) -> dict[str, Worker]:
         rows = self._call(lambda c: c.execute(self._q["workers"]).fetchall(), idempotent=True)
-        return {r[0]: workflow_names(r[1]) for r in rows if isinstance(r[0], str)}
+        return {r[0]: Worker(workflow_names(r[1]), r[2]) for r in rows if isinstance(r[0], str)}
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        rows = self._call(lambda c: c.execute(self._q["counts"]).fetchall(), idempotent=True)
+        return {(r[0], r[1]): r[2] for r in rows if isinstance(r[0], str) and isinstance(r[1], str)}
+
+    def last_entries(self, run_ids: Collection[str]) -> dict[str, Entry]:
+        rows = self._call(lambda c: c.execute(self._q["last_entries"], [list(run_ids)]).fetchall(),
+                          idempotent=True)
+        return {r[0]: _entry(r[1:]) for r in rows}
 
     def release(self, owner: str) -> None:
         def tx(conn: psycopg.Connection[Any]) -> None:
@@ -738,34 +736,6 @@ class PostgresStore:
         if listener is not None and listener is not threading.current_thread():
             listener.join(timeout=2.0)
 
-    # ---- optional reads for the web view (replaygen.ui; not in the Store protocol) -------------
-
-    def run_counts(self) -> list[tuple[str, str, int]]:
-        """Runs per (workflow, state), in one grouped scan: the runs page of a store with
-        100,000 runs must not read them all through ``runs()``."""
-        query = sql.SQL("SELECT workflow, state, count(*) FROM {} GROUP BY workflow, state"
-                        ).format(sql.Identifier(self.schema, "runs"))
-        rows = self._call(lambda c: c.execute(query).fetchall(), idempotent=True)
-        return [(r[0], r[1], r[2]) for r in rows if isinstance(r[0], str) and isinstance(r[1], str)]
-
-    def last_entries(self, run_ids: Sequence[str]) -> dict[str, Entry]:
-        """The last journal entry of each of these runs (a run with none is left out), in one
-        query that reads one row per run instead of whole journals."""
-        query = sql.SQL(
-            "SELECT DISTINCT ON (run_id) run_id, {} FROM {} WHERE run_id = ANY(%s) "
-            "ORDER BY run_id, seq DESC").format(sql.SQL(_ENTRY_COLUMNS),
-                                                sql.Identifier(self.schema, "journal"))
-        rows = self._call(lambda c: c.execute(query, [list(run_ids)]).fetchall(), idempotent=True)
-        return {r[0]: _entry(r[1:]) for r in rows}
-
-    def leases(self) -> dict[str, float]:
-        """When the lease of each live worker runs out (its last heartbeat plus its lease),
-        as seconds since the epoch, by the database's clock."""
-        query = sql.SQL("SELECT owner, extract(epoch FROM lease_until)::float8 FROM {} "
-                        "WHERE lease_until >= now()").format(sql.Identifier(self.schema, "workers"))
-        rows = self._call(lambda c: c.execute(query).fetchall(), idempotent=True)
-        return {r[0]: r[1] for r in rows if isinstance(r[0], str)}
-
 
 def _parse(dsn: str) -> dict[str, Any]:
     if not isinstance(dsn, str):
@@ -821,7 +791,7 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "create": f"""
             INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
                                   token)
-            VALUES (%s, %s, %s, 'pending', %s, 1, {_NOW}, {_NOW}, %s)
+            VALUES (%s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}, %s)
             ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
         "get": f"SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE run_id = %s",
         "share": "SELECT state FROM {runs} WHERE run_id = %s FOR SHARE",
@@ -837,15 +807,15 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "commit": f"""
             UPDATE {{runs}} r SET state = w.state, updated = {_NOW}, wake_at = w.wake_at,
                 waiting_for = w.waiting_for, result = w.result, error = w.error,
-                resumes = CASE WHEN w.n > 0 THEN 0 ELSE r.resumes END,
+                resumes = CASE WHEN w.progress THEN 0 ELSE r.resumes END,
                 owner = CASE WHEN w.release THEN NULL ELSE r.owner END,
                 cancel_seen = r.cancel_seen OR w.cancel_seen,
                 next_seq = r.next_seq + w.n
             FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::float8[],
                         %s::text[], %s::text[], %s::text[], %s::bool[], %s::bool[],
-                        %s::int[], %s::int[])
+                        %s::int[], %s::int[], %s::bool[])
                 AS w(run_id, owner, fence, state, wake_at, waiting_for, result, error, release,
-                     cancel_seen, first, n)
+                     cancel_seen, first, n, progress)
             WHERE r.run_id = w.run_id AND r.owner = w.owner AND r.fence = w.fence
                 AND (w.n = 0 OR r.next_seq = w.first)
             RETURNING r.run_id""",
@@ -870,12 +840,16 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                 ORDER BY r.id LIMIT %(limit)s
                 FOR UPDATE OF r SKIP LOCKED)
             UPDATE {{runs}} r SET owner = %(owner)s, fence = r.fence + 1, token = %(token)s,
-                resumes = CASE WHEN r.state = 'blocked' THEN 0
+                resumes = CASE WHEN %(reset)s THEN 0
                     ELSE r.resumes + CASE WHEN r.owner IS NOT NULL AND r.owner <> %(owner)s
-                    AND r.state IN ('pending', 'running') THEN 1 ELSE 0 END END
+                    AND r.state = ANY(%(working)s::text[]) THEN 1 ELSE 0 END END
             FROM c WHERE r.run_id = c.run_id
             RETURNING r.id, {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}""",
-        "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL",
+        "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL "
+                  "AND state <> ALL(%s::text[])",
+        "counts": "SELECT workflow, state, count(*) FROM {runs} GROUP BY workflow, state",
+        "last_entries": f"SELECT DISTINCT ON (run_id) run_id, {_ENTRY_COLUMNS} FROM {{journal}} "
+                        f"WHERE run_id = ANY(%s) ORDER BY run_id, seq DESC",
         "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
                  f"updated = {_NOW} WHERE id = %s",
         "has_workflows": """
@@ -887,7 +861,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             VALUES (%s, clock_timestamp() + %s * interval '1 second', %s::text[])
             ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until,
                 workflows = COALESCE(EXCLUDED.workflows, w.workflows)""",
-        "workers": "SELECT owner, workflows FROM {workers} WHERE lease_until >= now()",
+        "workers": "SELECT owner, workflows, extract(epoch FROM lease_until)::float8 FROM "
+                   "{workers} WHERE lease_until >= now()",
         "drop_worker": "DELETE FROM {workers} WHERE owner = %s",
         "release": "UPDATE {runs} SET owner = NULL WHERE owner = %s",
         "deliver": f"INSERT INTO {{signals}} (run_id, name, payload, sent) "
@@ -934,7 +909,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
     text["commit_step"] = f"""
         WITH w AS (
             UPDATE {{runs}} r SET state = %s, updated = {_NOW}, wake_at = %s::float8,
-                waiting_for = %s::text, result = %s::text, error = %s::text, resumes = 0,
+                waiting_for = %s::text, result = %s::text, error = %s::text,
+                resumes = CASE WHEN %s::bool THEN 0 ELSE r.resumes END,
                 owner = CASE WHEN %s::bool THEN NULL ELSE r.owner END,
                 cancel_seen = r.cancel_seen OR %s::bool, next_seq = r.next_seq + 1
             WHERE r.run_id = %s AND r.owner = %s AND r.fence = %s AND r.next_seq = %s

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
-from replaygen.store import ACTIVE, FINISHED, Claim, Entry, Notice, RunRecord, Signal, Write
+from replaygen.store import (
+    ACTIVE, FINISHED, WORKING, Claim, Entry, Notice, RunRecord, Signal, Worker, Write,
+)
 
 from ._rows import blocked_error, damage, workflow_names
 
@@ -145,7 +147,7 @@ def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
     if not w.keep:  # the entries (fenced by the owner) go before a release clears it
         rows.append(("release" if w.release else "update", *run, w.state, *(None,) * 7, now,
                      w.wake_at, w.waiting_for, w.result, w.error,
-                     bool(w.entries) | w.cancel_seen << 1, None))
+                     w.progress | w.cancel_seen << 1, None))
         if w.consume:
             rows += [("consume", *run, *(None,) * 14, signal) for signal in w.consume]
     if w.spawn:  # after the row update (a cancel seen in it is not passed on); parent = owner
@@ -522,11 +524,6 @@ class SQLiteStore:
 
     # ---- the Store protocol -----------------------------------------------------------
 
-    def create(self, run_id: str, workflow: str, args: str, owner: str) -> RunRecord | None:
-        if self.commit([Write(run_id, owner, 1, "pending", create=(workflow, args))])[0]:
-            return None
-        return self.get(run_id)  # runs are never deleted, so it is there
-
     def get(self, run_id: str) -> RunRecord | None:
         rows = self._read(f"SELECT {self._columns} FROM runs WHERE run_id = ?", (run_id,))
         return _record(rows[0]) if rows else None
@@ -595,14 +592,14 @@ class SQLiteStore:
         return done
 
     def claim(
-        self, owner: str, *, dead: Collection[str] = (), workflows: Collection[str] | None = None,
-        blocked: bool = False, run_ids: Collection[str] | None = None, limit: int = 1000,
+        self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
+        workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
+        reset: bool = False, limit: int = 1000,
     ) -> list[Claim]:
-        states = [*ACTIVE, "blocked"] if blocked else list(ACTIVE)
         sql = (f"SELECT rowid FROM runs WHERE state IN {_IN} AND (owner IS NULL OR (owner != ? "
                f"AND (owner IN {_IN} OR owner NOT IN (SELECT owner FROM workers "
                f"WHERE lease_until >= ?))))")
-        params: list[Any] = [json.dumps(states), owner, json.dumps(list(dead)), time.time()]
+        params: list[Any] = [json.dumps(list(states)), owner, json.dumps(list(dead)), time.time()]
         for column, values in (("workflow", workflows), ("run_id", run_ids)):
             if values is not None:
                 sql += f" AND {column} IN {_IN}"
@@ -613,10 +610,9 @@ class SQLiteStore:
             # Runs are picked by rowid, not run_id: a damaged run_id must not stop the claim.
             ids = json.dumps([r[0] for r in c.execute(sql + " ORDER BY created LIMIT ?", params)])
             c.execute(
-                f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = CASE WHEN state = 'blocked' "
-                f"THEN 0 ELSE resumes + (owner IS NOT NULL AND state IN ('pending', 'running')) END "
-                f"WHERE rowid IN {_IN}",
-                (owner, ids))
+                f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = CASE WHEN ? THEN 0 "
+                f"ELSE resumes + (owner IS NOT NULL AND state IN {_IN}) END WHERE rowid IN {_IN}",
+                (owner, reset, json.dumps(WORKING), ids))
             runs: list[RunRecord] = []
             for rowid, *row in _fetch(c, f"SELECT rowid, {_RUN_COLUMNS} FROM runs "
                                          f"WHERE rowid IN {_IN} ORDER BY created", (ids,)):
@@ -644,41 +640,39 @@ class SQLiteStore:
             f"SELECT DISTINCT owner FROM runs WHERE owner IS NOT NULL AND state NOT IN {_IN}",
             (json.dumps(FINISHED),)) if isinstance(r[0], str)]
 
-    def heartbeat(self, owner: str, lease: float, *,
-                  workflows: Collection[str] | None = None) -> None:
-        names = None if workflows is None else json.dumps(sorted(set(workflows)))
+    def heartbeat(self, owner: str, lease: float, *, workflows: Collection[str]) -> None:
+        names = json.dumps(sorted(set(workflows)))
         if not self._ready(create=False):
             with self._open_lock:  # no file yet: the lease is written when the file is made
                 if self._r is None:
-                    kept = self._leases.get(owner, (0.0, None))[1]
-                    self._leases[owner] = (time.time() + lease, kept if names is None else names)
+                    self._leases[owner] = (time.time() + lease, names)
                     return
 
         def tx(c: sqlite3.Connection) -> None:
             now = time.time()
             c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
                       "SET lease_until = excluded.lease_until", (owner, now + lease))
-            if names is not None:
-                c.execute(_ADVERTISE, (owner, names))
+            c.execute(_ADVERTISE, (owner, names))
             c.execute("DELETE FROM worker_workflows WHERE owner IN "
                       "(SELECT owner FROM workers WHERE lease_until < ?)", (now - 86400,))
             c.execute("DELETE FROM workers WHERE lease_until < ?", (now - 86400,))
         self._tx(tx)
 
-    def workers(self) -> dict[str, list[str] | None]:
+    def workers(self) -> dict[str, Worker]:
         now = time.time()
         if not self._ready(create=False):
             with self._open_lock:  # no file yet: only this handle's own heartbeats exist
                 if self._r is None:
-                    return {owner: _names(names) for owner, (until, names) in self._leases.items()
-                            if until >= now}
+                    return {owner: Worker(_names(names), until) for owner, (until, names)
+                            in self._leases.items() if until >= now}
         # A file opened read-only is not migrated: one from before worker_workflows lacks it.
         if self._readonly is not None and not self._read(
                 "SELECT 1 FROM sqlite_master WHERE name = 'worker_workflows'"):
-            return {r[0]: None for r in self._read(
-                "SELECT owner FROM workers WHERE lease_until >= ?", (now,)) if isinstance(r[0], str)}
-        return {r[0]: _names(r[1]) for r in self._read(
-            "SELECT w.owner, a.workflows FROM workers w LEFT JOIN worker_workflows a "
+            return {r[0]: Worker(None, r[1]) for r in self._read(
+                "SELECT owner, lease_until FROM workers WHERE lease_until >= ?", (now,))
+                if isinstance(r[0], str)}
+        return {r[0]: Worker(_names(r[1]), r[2]) for r in self._read(
+            "SELECT w.owner, a.workflows, w.lease_until FROM workers w LEFT JOIN worker_workflows a "
             "ON a.owner = w.owner WHERE w.lease_until >= ?", (now,)) if isinstance(r[0], str)}
 
     def release(self, owner: str) -> None:
@@ -788,6 +782,17 @@ class SQLiteStore:
         return [_record(r) for r in self._read(
             sql + " ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset])]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        return {(r[0], r[1]): r[2] for r in self._read(
+            "SELECT workflow, state, count(*) FROM runs GROUP BY workflow, state")
+            if isinstance(r[0], str) and isinstance(r[1], str)}
+
+    def last_entries(self, run_ids: Collection[str]) -> dict[str, Entry]:
+        return {row[0]: Entry(*row[1:]) for row in self._read(
+            f"SELECT j.run_id, j.seq, j.slot, j.kind, j.name, j.status, j.value, j.started, "
+            f"j.ended FROM journal j WHERE j.run_id IN {_IN} AND j.seq = (SELECT max(seq) FROM "
+            f"journal WHERE run_id = j.run_id)", (json.dumps(list(run_ids)),))}
+
     def close(self) -> None:
         # Closing a connection while another thread runs a statement on it crashes the process
         # (CPython's sqlite3): wait for each one's lock. Later calls raise StoreUnavailable.
@@ -795,26 +800,3 @@ class SQLiteStore:
             for conn in (self._w, self._r, getattr(self._local, "watch", None)):
                 if conn is not None:
                     conn.close()
-
-    # ---- optional reads for the web view (replaygen.ui; not in the Store protocol) -------------
-
-    def run_counts(self) -> list[tuple[str, str, int]]:
-        """Runs per (workflow, state), in one grouped scan: the runs page of a store with
-        100,000 runs must not read them all through ``runs()``."""
-        return [(r[0], r[1], r[2]) for r in self._read(
-            "SELECT workflow, state, count(*) FROM runs GROUP BY workflow, state")
-            if isinstance(r[0], str) and isinstance(r[1], str)]
-
-    def last_entries(self, run_ids: Sequence[str]) -> dict[str, Entry]:
-        """The last journal entry of each of these runs (a run with none is left out), in one
-        query that reads one row per run instead of whole journals."""
-        return {row[0]: Entry(*row[1:]) for row in self._read(
-            f"SELECT j.run_id, j.seq, j.slot, j.kind, j.name, j.status, j.value, j.started, "
-            f"j.ended FROM journal j WHERE j.run_id IN {_IN} AND j.seq = "
-            f"(SELECT max(seq) FROM journal WHERE run_id = j.run_id)", (json.dumps(list(run_ids)),))}
-
-    def leases(self) -> dict[str, float]:
-        """When the lease of each live worker runs out (its last heartbeat plus its lease)."""
-        return {r[0]: r[1] for r in self._read(
-            "SELECT owner, lease_until FROM workers WHERE lease_until >= ?", (time.time(),))
-            if isinstance(r[0], str)}

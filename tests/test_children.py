@@ -15,6 +15,7 @@ from replaygen import (
 )
 from replaygen.replay import child_id
 from replaygen.store import Write
+from replaygen.stores.conformance import create  # noqa: E402
 
 Make = Callable[..., Interpreter]
 
@@ -267,7 +268,7 @@ def test_terminate_of_a_parent_ends_every_descendant(interp: Make, reach: Any) -
 
 def test_a_child_made_while_its_parents_cancel_is_pending_is_born_cancelled(
         store: MemoryStore) -> None:
-    store.create("p", "wf", '{"args":[],"kwargs":{}}', "A")
+    create(store, "p", "wf", '{"args":[],"kwargs":{}}', "A")
     store.cancel("p")  # requested, not yet seen by the parent's code
     from replaygen.store import Spawn
 

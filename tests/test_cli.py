@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from replaygen import Interpreter
+from replaygen.stores.conformance import create
 from replaygen.stores.sqlite import SQLiteStore
 
 APP = '''
@@ -200,7 +201,7 @@ def test_worker_parks_runs_on_sigterm_and_the_next_worker_finishes_them(
 ) -> None:
     ids = [f"job-{i}" for i in range(3)]
     for i, run_id in enumerate(ids):  # started elsewhere: pending, unowned
-        db.create(run_id, "flow", json.dumps({"args": [i, 1.5], "kwargs": {}}), "starter")
+        create(db, run_id, "flow", json.dumps({"args": [i, 1.5], "kwargs": {}}), "starter")
     db.release("starter")
     worker = subprocess.Popen([sys.executable, "-m", "replaygen", "--store", "runs.db", "worker",
                                "app"], cwd=home, stderr=subprocess.PIPE, text=True)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from replaygen import Interpreter
+from replaygen.stores.conformance import create
 from replaygen.stores.sqlite import SQLiteStore
 
 from .pg import postgres_dsn
@@ -287,7 +288,7 @@ def pg_schema() -> Iterator[tuple[str, str]]:
     schema = f"rgcli_{uuid.uuid4().hex[:8]}"
     store = PostgresStore(dsn, schema=schema)
     try:
-        store.create("pg-1", "flow", json.dumps({"args": [1], "kwargs": {}}), "starter")
+        create(store, "pg-1", "flow", json.dumps({"args": [1], "kwargs": {}}), "starter")
         store.release("starter")
         yield dsn, schema
     finally:

@@ -129,30 +129,3 @@ def unserved() -> MemoryStore:
     store = MemoryStore()
     Client(store).start("shipping", run_id="ship-1")
     return store
-
-
-def test_a_store_without_workers_lists_runs_without_the_note(
-        unserved: MemoryStore, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    assert "(no worker is live)" in _cli(unserved, monkeypatch, capsys, "runs")  # it can say
-
-    older = OlderStore(unserved)
-    table = _cli(older, monkeypatch, capsys, "runs")
-    assert "pending" in _row(table, "ship-1") and "live" not in table
-    assert "live" not in _cli(older, monkeypatch, capsys, "show", "ship-1")
-    [listed] = json.loads(_cli(older, monkeypatch, capsys, "runs", "--json"))
-    assert listed["known_by_live_worker"] is None
-
-
-def test_a_live_worker_that_never_said_what_it_serves_silences_the_note(
-        unserved: MemoryStore, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    unserved.heartbeat("old-worker", 60.0)  # an older replaygen: no workflows= given
-    unserved.heartbeat("billing-worker", 60.0, workflows=["billing"])
-    table = _cli(unserved, monkeypatch, capsys, "runs")
-    assert "pending" in _row(table, "ship-1") and "live" not in table
-    [listed] = json.loads(_cli(unserved, monkeypatch, capsys, "runs", "--json"))
-    assert listed["known_by_live_worker"] is None
-    unserved.heartbeat("shipping-worker", 60.0, workflows=["shipping"])  # known for sure now
-    [listed] = json.loads(_cli(unserved, monkeypatch, capsys, "runs", "--json"))
-    assert listed["known_by_live_worker"] is True

@@ -18,6 +18,7 @@ import pytest
 from replaygen import Do, Interpreter, ReplaygenError, StoreUnavailable, Wait
 from replaygen.store import Store
 from replaygen.stores.sqlite import SQLiteStore
+from replaygen.stores.conformance import create  # noqa: E402
 
 from .pg import postgres_dsn
 
@@ -206,7 +207,7 @@ def test_a_damaged_signal_name_matches_no_wait_and_stops_nothing(db: Path) -> No
 
 @pytest.mark.parametrize("value", ["'two'", BAD_TEXT, "0"])
 def test_a_damaged_schema_version_is_refused_clearly(db: Path, value: str) -> None:
-    SQLiteStore(db).create("r", "wf", "{}", "A")
+    create(SQLiteStore(db), "r", "wf", "{}", "A")
     damage(db, f"UPDATE meta SET value = {value} WHERE key = 'schema'")
     with pytest.raises(ReplaygenError, match="schema version .* damaged"):
         SQLiteStore(db)
@@ -265,7 +266,7 @@ def pg_damage(dsn: str, store: Store, sql: str) -> None:
 def test_a_sql_ascii_database_returns_text_not_bytes(ascii_store: Callable[[], Store]) -> None:
     store = ascii_store()
     name = "ünïcödé ✓ 漢字 🚀"
-    assert store.create(name, name, '{"é":1}', "A") is None
+    assert create(store, name, name, '{"é":1}', "A") is None
     record = store.get(name)
     assert record is not None and (record.run_id, record.workflow, record.args) == (name, name, '{"é":1}')
     assert [r.run_id for r in store.runs(workflow=name)] == [name]
@@ -313,7 +314,7 @@ def test_a_client_encoding_in_the_dsn_changes_nothing_stored() -> None:
     store = PostgresStore(dsn, schema=schema)
     try:
         name = "ünïcödé ✓ 漢字 🚀"  # most of it has no LATIN1 form
-        assert store.create(name, "wf", '{"k":"漢字"}', "A") is None
+        assert create(store, name, "wf", '{"k":"漢字"}', "A") is None
         record = store.get(name)
         assert record is not None and (record.run_id, record.args) == (name, '{"k":"漢字"}')
     finally:

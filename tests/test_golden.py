@@ -26,7 +26,7 @@ def test_a_version_1_database_is_read_and_every_run_resumes(tmp_path: Path) -> N
     store = SQLiteStore(tmp_path / "v1.db")
     interp = Interpreter(store, WORKFLOWS, clock=clock)
     assert sorted(interp.recover()) == ["retrying", "sleeping-order", "waiting-approval"]
-    assert store.workers() == {interp.worker_id: sorted(WORKFLOWS)}  # the file gained the table
+    assert store.workers()[interp.worker_id].workflows == sorted(WORKFLOWS)  # the table came
     assert interp.result("done-fanout") == [{"total": 0, "items": []}, {"total": 10, "items": ["1"]},
                                             {"total": 20, "items": ["2", "2"]}]
     interp.deliver("waiting-approval", "decision", {"approved": True})

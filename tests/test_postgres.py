@@ -30,6 +30,7 @@ from replaygen import Do, Interpreter, Wait  # noqa: E402
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable  # noqa: E402
 from replaygen.store import Entry, MemoryStore, Write  # noqa: E402
 from replaygen.stores.postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+from replaygen.stores.conformance import create  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 DSN = os.environ.get("REPLAYGEN_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -110,12 +111,12 @@ def _script(store: object) -> list[object]:
         except ValueError as exc:  # a broken invariant of the engine: the kind is enough
             return (type(exc).__name__, "journal" in str(exc) or "signal" in str(exc))
 
-    s.heartbeat("A", 60)
-    s.heartbeat("B", 60)
+    s.heartbeat("A", 60, workflows=["wf"])
+    s.heartbeat("B", 60, workflows=["wf"])
     hostile = "r'; DROP TABLE runs; --\u00e9\u4e2d\U0001f600\"\\"
-    out.append(s.create(hostile, "wf\u00e9", '{"args":["\\u0000"],"kwargs":{}}', "A"))
-    out.append(rec(s.create(hostile, "other", "{}", "B")))
-    out.append(s.create("r2", "wf", "{}", "A"))
+    out.append(create(s, hostile, "wf\u00e9", '{"args":["\\u0000"],"kwargs":{}}', "A"))
+    out.append(rec(create(s, hostile, "other", "{}", "B")))
+    out.append(create(s, "r2", "wf", "{}", "A"))
     out.append(rec(s.get(hostile)))
     out.append(s.get("missing"))
     # fenced commits: a stale fence or another owner is refused and appends nothing
@@ -162,8 +163,8 @@ def _script(store: object) -> list[object]:
                 for c in s.claim("B", dead=["A"], limit=1)])
     out.append(s.commit([Write(hostile, "A", 1, "running")]))  # A lost it
     out.append(s.owners())
-    s.create("r3", "wf", "{}", "C")  # C never heartbeat: no lease
-    s.create("r4", "wf2", "{}", "C")
+    create(s, "r3", "wf", "{}", "C")  # C never heartbeat: no lease
+    create(s, "r4", "wf2", "{}", "C")
     out.append([c.run.run_id for c in s.claim("B", workflows=["wf2"])])
     out.append([c.run.run_id for c in s.claim("B", run_ids=["r3", "nope"])])
     out.append(s.commit([Write("r3", "B", 2, "waiting", waiting_for="go", wake_at=12.5)]))
@@ -174,7 +175,8 @@ def _script(store: object) -> list[object]:
     out.append(rec(s.cancel("r4")))
     out.append(s.commit([Write(hostile, "B", 2, "blocked", error='{"m":1}', release=True)]))
     out.append([c.run.run_id for c in s.claim("A")])
-    out.append([c.run.run_id for c in s.claim("A", blocked=True)])
+    everything = ("pending", "running", "sleeping", "waiting", "blocked")
+    out.append([c.run.run_id for c in s.claim("A", states=everything, reset=True)])
     s.release("A")
     out.append(rec(s.get(hostile)))
     out.append(s.owners())
@@ -192,7 +194,7 @@ def test_protocol_answers_like_memory_store(store: PostgresStore) -> None:
 
 
 def test_release_and_deliver_move_the_watch_token(store: PostgresStore) -> None:
-    store.create("r", "wf", "{}", "A")
+    create(store, "r", "wf", "{}", "A")
     token = _settled(store)
     for act in (lambda: store.deliver("r", "go", "1"), lambda: store.cancel("r"),
                 lambda: store.release("A")):
@@ -205,7 +207,7 @@ def test_release_and_deliver_move_the_watch_token(store: PostgresStore) -> None:
 def test_values_are_stored_byte_exact(store: PostgresStore) -> None:
     weird = ['"\\u0000"', '"\\ud800"', " spaces  ", "\u00e9\u0301", "'; DROP TABLE x; --",
              '{"a":1.0000000000000002}', "x" * 300_000]
-    store.create("r", "wf", weird[0], "A")
+    create(store, "r", "wf", weird[0], "A")
     entries = tuple(_entry(i, i, v, name=f"n'{i}\u4e2d") for i, v in enumerate(weird))
     assert store.commit([Write("r", "A", 1, "running", entries)]) == [True]
     assert store.journal("r") == list(entries)
@@ -217,7 +219,7 @@ def test_values_are_stored_byte_exact(store: PostgresStore) -> None:
 def test_a_write_replayed_after_an_unknown_outcome_counts_once(store: PostgresStore) -> None:
     # A connection that dies around COMMIT leaves the caller unsure; the engine retries the
     # same write. It must be recognised, not appended twice nor refused.
-    store.create("r", "wf", "{}", "A")
+    create(store, "r", "wf", "{}", "A")
     store.deliver("r", "go", "1")
     sig = store.signals("r")[0].id
     w = Write("r", "A", 1, "running", (_entry(0, 0), _entry(1, 1)), consume=(sig,))
@@ -231,17 +233,17 @@ def test_a_write_replayed_after_an_unknown_outcome_counts_once(store: PostgresSt
 # ---- fencing and claiming ---------------------------------------------------------------
 
 def test_a_worker_whose_lease_lapsed_cannot_append_after_a_takeover(store: PostgresStore) -> None:
-    store.heartbeat("A", 0.3)
-    store.create("r", "wf", "{}", "A")
+    store.heartbeat("A", 0.3, workflows=["wf"])
+    create(store, "r", "wf", "{}", "A")
     assert store.commit([Write("r", "A", 1, "running", (_entry(0, 0),))]) == [True]
-    store.heartbeat("B", 30)
+    store.heartbeat("B", 30, workflows=["wf"])
     assert store.claim("B") == []  # A's lease still holds
     time.sleep(0.5)
     (claim,) = store.claim("B")
     assert claim.run.fence == 2 and claim.journal == [_entry(0, 0)]
     assert claim.run.resumes == 1  # A died (for all B knows) while running
     # A comes back: it still believes it owns the run at fence 1
-    store.heartbeat("A", 30)
+    store.heartbeat("A", 30, workflows=["wf"])
     assert store.commit([Write("r", "A", 1, "running", (_entry(1, 1, '"A"'),))]) == [False]
     assert store.commit([Write("r", "B", 2, "running", (_entry(1, 1, '"B"'),))]) == [True]
     assert [e.value for e in store.journal("r")] == ['"v"', '"B"']
@@ -251,12 +253,12 @@ def test_a_worker_whose_lease_lapsed_cannot_append_after_a_takeover(store: Postg
 def test_two_threads_claiming_never_take_the_same_run(schema: str) -> None:
     seed = PostgresStore(DSN, schema=schema)
     for i in range(300):
-        seed.create(f"r{i}", "wf", "{}", "nobody")  # no lease: free for anyone
+        create(seed, f"r{i}", "wf", "{}", "nobody")  # no lease: free for anyone
     got: dict[str, list[str]] = {"A": [], "B": []}
 
     def claimer(owner: str) -> None:
         s = PostgresStore(DSN, schema=schema)
-        s.heartbeat(owner, 60)
+        s.heartbeat(owner, 60, workflows=["wf"])
         while claims := s.claim(owner, limit=7):
             got[owner].extend(c.run.run_id for c in claims)
         s.close()
@@ -307,8 +309,8 @@ def test_a_dropped_connection_is_unavailable_then_recovers(
         admin: psycopg.Connection, schema: str) -> None:
     app = f"rg-drop-{uuid.uuid4().hex[:6]}"
     s = PostgresStore(DSN, schema=schema, application_name=app)
-    s.create("r", "wf", "{}", "A")
-    s.heartbeat("A", 60)
+    create(s, "r", "wf", "{}", "A")
+    s.heartbeat("A", 60, workflows=["wf"])
     assert s.get("r") is not None
     _terminate(admin, app)
     with pytest.raises(StoreUnavailable, match="unavailable"):
@@ -336,7 +338,7 @@ def test_schema_creation_is_safe_when_many_workers_start_at_once(schema: str) ->
     for t in threads:
         t.join()
     assert errors == [] and len(stores) == 8
-    stores[0].create("r", "wf", "{}", "A")
+    create(stores[0], "r", "wf", "{}", "A")
     assert all(s.get("r") is not None for s in stores)
     for s in stores:
         s.close()
@@ -369,14 +371,15 @@ def test_a_schema_from_before_advertised_workflows_gains_the_column(
     store = PostgresStore(DSN, schema=schema)
     store.heartbeat("new", 60, workflows=["billing"])
     admin.execute(old_heartbeat, ["old", 60])  # an older worker sharing the schema goes on
-    assert store.workers() == {"new": ["billing"], "old": None}
+    assert {o: w.workflows for o, w in store.workers().items()} == {"new": ["billing"],
+                                                                      "old": None}
     store.close()
 
 
 def test_schemas_keep_applications_apart(admin: psycopg.Connection, schema: str) -> None:
     a = PostgresStore(DSN, schema=schema + "_a")
     b = PostgresStore(DSN, schema=schema + "_b 'quoted\"")
-    a.create("r", "wf", "{}", "A")
+    create(a, "r", "wf", "{}", "A")
     assert b.get("r") is None and b.runs() == [] and b.claim("B") == []
     token = _settled(b)
     a.deliver("r", "go", "1")
@@ -387,7 +390,7 @@ def test_schemas_keep_applications_apart(admin: psycopg.Connection, schema: str)
 
 def test_a_notification_from_another_store_wakes_a_watcher(schema: str) -> None:
     a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
-    a.create("r", "wf", "{}", "A")
+    create(a, "r", "wf", "{}", "A")
     token = _settled(b)
     started = time.monotonic()
     threading.Timer(0.2, lambda: a.deliver("r", "go", "1")).start()
@@ -493,7 +496,7 @@ def _seed(store: PostgresStore, count: int, steps: int, prefix: str = "run") -> 
     ids = [f"{prefix}-{i}" for i in range(count)]
     for rid in ids:
         args = json.dumps({"args": [rid, steps], "kwargs": {}})
-        store.create(rid, "work", args, "seed")  # "seed" holds no lease: any worker may claim
+        create(store, rid, "work", args, "seed")  # "seed" holds no lease: any worker may claim
     return ids
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from replaygen import Do, Interpreter, ReplaygenError
 from replaygen.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+from replaygen.stores.conformance import create  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("sqlite_worker.py"))
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_two_workers_recovering_at_once_never_run_a_step_twice(tmp_path: Path) -
     store = SQLiteStore(db)
     for r in range(30):  # runs of an owner that is gone: no lease, so claimable
         args = json.dumps({"args": [f"r{r}", 8], "kwargs": {}})
-        store.create(f"r{r}", "chain", args, "gone-worker")
+        create(store, f"r{r}", "chain", args, "gone-worker")
     a, b = worker(db, "recover"), worker(db, "recover")
     claimed = [json.loads(finish(p).splitlines()[0])["recovered"] for p in (a, b)]
     assert sorted(claimed[0] + claimed[1]) == sorted(f"r{r}" for r in range(30))
@@ -111,13 +112,13 @@ def test_many_processes_writing_at_once_never_see_database_locked(tmp_path: Path
 
 
 def test_the_database_file_is_owner_only(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "runs.db").create("r", "wf", "{}", "A")  # the first write makes it
+    create(SQLiteStore(tmp_path / "runs.db"), "r", "wf", "{}", "A")  # the first write makes it
     assert stat.S_IMODE(os.stat(tmp_path / "runs.db").st_mode) == 0o600
 
 
 def test_a_database_from_a_newer_version_is_refused_clearly(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "runs.db")
-    store.create("r", "wf", "{}", "A")
+    create(store, "r", "wf", "{}", "A")
     store.close()
     with sqlite3.connect(tmp_path / "runs.db") as c:
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION + 1,))
@@ -131,11 +132,12 @@ def test_an_older_replaygen_sharing_a_migrated_file_still_renews_its_lease(tmp_p
     the file during a rolling upgrade."""
     store = SQLiteStore(tmp_path / "runs.db")
     store.heartbeat("new", 30.0, workflows=["billing"])
-    store.create("r", "billing", "{}", "new")
+    create(store, "r", "billing", "{}", "new")
     with sqlite3.connect(tmp_path / "runs.db") as c:  # replaygen 0.1's heartbeat, verbatim
         c.execute("INSERT INTO workers VALUES (?, ?) ON CONFLICT (owner) DO UPDATE "
                   "SET lease_until = excluded.lease_until", ("old", time.time() + 30))
-    assert store.workers() == {"new": ["billing"], "old": None}
+    assert {o: w.workflows for o, w in store.workers().items()} == {"new": ["billing"],
+                                                                      "old": None}
     store.close()
 
 

@@ -30,6 +30,7 @@ import pytest
 from replaygen import Do, Interpreter, RunNotFound, StoreUnavailable, UsageError
 from replaygen.store import Entry, Write
 import replaygen.stores.sqlite as sqlite_store
+from replaygen.stores.conformance import create
 from replaygen.stores.sqlite import SQLiteStore
 
 NOBODY = 65534
@@ -95,7 +96,7 @@ def shared() -> Iterator[Path]:
 def filled(db: Path) -> None:
     """A store with one run, one journal entry and one signal, closed cleanly."""
     store = SQLiteStore(db)
-    store.create("r", "wf", '{"args":[],"kwargs":{}}', "A")
+    create(store, "r", "wf", '{"args":[],"kwargs":{}}', "A")
     assert store.commit([Write("r", "A", 1, "running", (Entry(0, 0, "do", "s", "ok", "1", 1.0, 2.0),))])
     store.deliver("r", "go", '"p"')
     store.release("A")
@@ -109,9 +110,9 @@ def reads_then_writes(db: Path) -> Callable[[], Any]:
         read = [run.state if run else None, [e.value for e in store.journal("r")],
                 [r.run_id for r in store.runs()], [s.payload for s in store.signals("r")]]
         refused = []
-        for write in (lambda: store.create("r2", "wf", "{}", "B"),
+        for write in (lambda: create(store, "r2", "wf", "{}", "B"),
                       lambda: store.deliver("r", "go", "1"),
-                      lambda: store.heartbeat("B", 10.0),
+                      lambda: store.heartbeat("B", 10.0, workflows=["wf"]),
                       lambda: store.claim("B")):
             try:
                 write()
@@ -218,7 +219,7 @@ def test_a_read_only_file_from_before_advertised_workflows_lists_its_workers(
     c.close()
     db.chmod(0o444)
     shared.chmod(0o555)
-    out = unprivileged(lambda: SQLiteStore(db).workers())
+    out = unprivileged(lambda: {o: w.workflows for o, w in SQLiteStore(db).workers().items()})
     assert out == {"value": {"old": None}}  # live, but it never said what it serves
 
 
@@ -246,7 +247,7 @@ def test_a_read_only_reader_sees_what_a_live_writer_commits(shared: Path) -> Non
     writer = SQLiteStore(db)  # keeps a -shm file: the reader needs no immutable mode
     parent.sendall(b"w")
     assert parent.recv(1) == b"r"
-    writer.create("r2", "wf", "{}", "A")
+    create(writer, "r2", "wf", "{}", "A")
     parent.sendall(b"c")
     reader.join(PATIENCE)
     writer.close()
@@ -275,7 +276,7 @@ def test_a_new_store_in_a_read_only_directory_fails_at_its_first_write(shared: P
     def act() -> Any:
         store = SQLiteStore(db)  # nothing to check yet, nothing made
         assert store.get("r") is None and store.runs() == []
-        store.create("r", "wf", "{}", "A")
+        create(store, "r", "wf", "{}", "A")
 
     out = unprivileged(act)
     assert out["error"] == "StoreUnavailable"
@@ -314,7 +315,7 @@ def test_reads_of_a_store_never_written_make_no_file(tmp_path: Path) -> None:
     assert (store.get("r"), store.journal("r"), store.signals("r"), store.runs()) == (None, [], [], [])
     assert (store.owners(), store.wakeups("A")) == ([], [])
     assert store.watch(None, 0.01) is None
-    store.heartbeat("A", 10.0)
+    store.heartbeat("A", 10.0, workflows=["wf"])
     store.release("A")
     with pytest.raises(RunNotFound):
         store.deliver("r", "go", "1")
@@ -327,8 +328,8 @@ def test_reads_of_a_store_never_written_make_no_file(tmp_path: Path) -> None:
 def test_a_lease_given_before_the_file_existed_still_protects_the_runs(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     first = SQLiteStore(db)
-    first.heartbeat("A", 60.0)  # before any file
-    first.create("r", "wf", "{}", "A")  # makes the file, with A's lease
+    first.heartbeat("A", 60.0, workflows=["wf"])  # before any file
+    create(first, "r", "wf", "{}", "A")  # makes the file, with A's lease
     assert SQLiteStore(db).claim("B") == []  # A is live: its run is not taken
 
 
@@ -338,7 +339,7 @@ def test_a_watcher_wakes_when_another_handle_makes_the_file(tmp_path: Path) -> N
     seen: list[object] = []
     thread = threading.Thread(target=lambda: seen.append(watcher.watch(None, PATIENCE)))
     thread.start()
-    maker.create("r", "wf", "{}", "A")
+    create(maker, "r", "wf", "{}", "A")
     thread.join(PATIENCE)
     assert seen and seen[0] is not None
 
@@ -348,10 +349,11 @@ def test_a_watcher_wakes_when_another_handle_makes_the_file(tmp_path: Path) -> N
 CLOSER = r"""
 import os, sys, threading, time
 from replaygen import StoreUnavailable
+from replaygen.stores.conformance import create
 from replaygen.stores.sqlite import SQLiteStore
 for i in range(30):
     store = SQLiteStore(os.path.join(sys.argv[1], f"{i}.db"))
-    store.create("r", "wf", "{}", "A")
+    create(store, "r", "wf", "{}", "A")
     stop, done, errors = threading.Event(), [0], []
     def use(claim):
         while not stop.is_set():
@@ -389,6 +391,7 @@ def test_closing_a_store_other_threads_still_use_does_not_crash(tmp_path: Path) 
 
 OPENER = r"""
 import os, sys
+from replaygen.stores.conformance import create
 from replaygen.stores.sqlite import SQLiteStore
 folder, me, go = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for round in range(int(sys.argv[4])):
@@ -396,8 +399,8 @@ for round in range(int(sys.argv[4])):
     os.read(go, 1)  # the barrier: every opener is released at once
     try:
         store = SQLiteStore(os.path.join(folder, f"round-{round}.db"))
-        store.heartbeat(me, 30.0)
-        store.create(f"run-{me}", "wf", "{}", me)
+        store.heartbeat(me, 30.0, workflows=["wf"])
+        create(store, f"run-{me}", "wf", "{}", me)
         store.close()
         print("ok", flush=True)
     except Exception as exc:

@@ -30,6 +30,7 @@ from replaygen import Interpreter, UsageError
 from replaygen.store import Entry, Store, Write
 from replaygen.stores.sqlite import SQLiteStore
 from replaygen.ui import UIServer, make_server
+from replaygen.stores.conformance import create  # noqa: E402
 
 from ._ui_flows import HOSTILE_ARGS, HOSTILE_ID, WORKFLOWS, populate, until
 from .pg import postgres_dsn
@@ -320,7 +321,7 @@ def test_a_blocked_run_shows_the_replay_difference_that_blocked_it(filled: Any, 
 
 def test_a_long_run_opens_paged(tmp_path: Path, serve: Any) -> None:
     store = SQLiteStore(tmp_path / "long.db")
-    assert store.create("long", "seq", "[]", "w") is None
+    assert create(store, "long", "seq", "[]", "w") is None
     store.commit([Write("long", "w", 1, "running", entries=tuple(
         Entry(i, i, "do", f"s{i}", "ok", str(i), 100.0 + i, 100.5 + i) for i in range(450)))])
     web = serve(store)
@@ -340,7 +341,7 @@ def test_a_long_run_opens_paged(tmp_path: Path, serve: Any) -> None:
 def test_large_values_are_cut_and_can_be_read_whole(tmp_path: Path, serve: Any) -> None:
     store = SQLiteStore(tmp_path / "big.db")
     big = "x" * 5000 + "<end>"
-    assert store.create("big", "wf", json.dumps({"args": [big], "kwargs": {}}), "w") is None
+    assert create(store, "big", "wf", json.dumps({"args": [big], "kwargs": {}}), "w") is None
     web = serve(store)
     args = web.api("/api/run", id="big")["run"]["args"]
     assert args["cut"] and len(args["text"]) == 2000 and args["length"] > 5000
@@ -609,7 +610,7 @@ def _refused(*args: str, cwd: Path) -> str:
 def test_the_command_refuses_a_missing_file_and_an_open_host_without_a_token(tmp_path: Path) -> None:
     err = _refused("--store", "missing.db", "ui", cwd=tmp_path)
     assert "no database at" in err and not (tmp_path / "missing.db").exists()
-    SQLiteStore(tmp_path / "runs.db").create("r", "wf", "[]", "o")
+    create(SQLiteStore(tmp_path / "runs.db"), "r", "wf", "[]", "o")
     err = _refused("--store", "runs.db", "ui", "--host", "0.0.0.0", cwd=tmp_path)
     assert "give --token" in err
 
