@@ -13,24 +13,27 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from ._identity import new_owner_id
 from .codec import Codec, JSONCodec, Payloads
 from .commands import check_name, check_signal
 from .errors import (
-    CorruptRecord, ResultTimeout, RunNotFound, UsageError,
+    CorruptRecord, ReplaygenError, ResultTimeout, RunNotFound, UsageError,
 )
-from .journal import Notice, describe_error, read_error, stored_error
+from .journal import Entry, Notice, describe_error, read_error, stored_error
 from .registry import name_of
 from .effects import CANCEL, STOP, Signals
 from .replay import CHILD_SIGNAL
-from .store import FINISHED, RunRecord, Signal, Store, Write
+from .store import FINISHED, PURGED, RunRecord, Signal, Store, Write
 
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
 """The largest encoded step result, argument list or signal payload, in bytes."""
+PURGE_BATCH = 500
+"""Runs purged per transaction: each batch is short, so no worker waits long for its locks."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class RunStatus:
     """The run that started this one (``Child``), or None."""
     children: tuple[str, ...] = ()
     """The runs this one started as children, in creation order."""
+    forked_from: str | None = None
+    """The run this one was forked from (``fork``), or None."""
 
 
 class Client:
@@ -93,6 +98,10 @@ class Client:
                 except Exception as exc:
                     raise CorruptRecord(f"run {run_id!r}: the stored result cannot be decoded: "
                                         f"{exc}") from None
+            if record.state == PURGED:
+                info = read_error(record.error, self._codec)
+                raise ReplaygenError(f"run {run_id!r} was purged (it had {info.get('state', 'ended')}"
+                                     f"); its result is no longer kept")
             if record.state in ("failed", "cancelled"):
                 info = read_error(record.error, self._codec)
                 info.setdefault("message", f"run {run_id!r} was cancelled")
@@ -145,6 +154,62 @@ class Client:
         return [self._status(r) for r in self._store.runs(
             states=states, workflow=workflow, parent=parent, limit=limit, offset=offset)]
 
+    def purge(self, older_than: float | timedelta, states: Collection[str] = FINISHED,
+              limit: int | None = None) -> int:
+        """Delete the runs in ``states`` (finished ones) that finished more than ``older_than``
+        (seconds or a timedelta) ago, oldest first, in short transactions of ``PURGE_BATCH``
+        runs; at most ``limit`` runs (None: all). Returns how many. Each leaves a tombstone in
+        state ``purged``: a later ``start()`` of its id with the same workflow and arguments
+        returns the id and starts nothing; ``result()`` says it was purged. Never touches an
+        unfinished or blocked run."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise UsageError(f"older_than must be seconds >= 0 or a timedelta, got {older_than!r}")
+        chosen = (states,) if isinstance(states, str) else tuple(states)
+        if not chosen or any(s not in FINISHED for s in chosen):
+            raise UsageError(f"states must be finished states ({', '.join(FINISHED)}), got "
+                             f"{states!r}: an unfinished or blocked run is never purged")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise UsageError(f"limit must be an int >= 0 or None, got {limit!r}")
+        before, total = time.time() - seconds, 0
+        while limit is None or total < limit:
+            size = PURGE_BATCH if limit is None else min(PURGE_BATCH, limit - total)
+            done = len(self._store.purge(before, states=chosen, limit=size,
+                                         tombstone=self._tombstone))
+            total += done
+            if done < size:  # all there are (or the rest are held by other transactions)
+                break
+        return total
+
+    def fork(self, source: str, from_step: str | int, *, run_id: str | None = None) -> str:
+        """Start a run of ``source``'s workflow and arguments whose journal is ``source``'s
+        before ``from_step`` (a step name: its first try; or a position), and return its id:
+        it replays that prefix (step results, version markers, consumed signals, deadlines)
+        and goes on live from there with the current code, so the steps before are not run
+        again. The new run records ``forked_from``; it has no parent. ``source`` must be
+        finished or blocked; a point inside an ``All`` or ``Any`` is refused."""
+        old = self._record(source)
+        if old.state not in (*FINISHED, "blocked"):
+            raise ReplaygenError(
+                f"cannot fork run {source!r}: it is {old.state}"
+                + (" (its journal is gone)" if old.state == PURGED else
+                   "; fork a finished or blocked run (cancel or terminate it first)"))
+        prefix = _fork_prefix(source, self._store.journal(source), from_step, self._codec)
+        try:  # a fresh nonce: the steps it runs again get idempotency keys of their own
+            stored = self._codec.decode(old.args)
+            args = self._payloads.encode({**stored, "nonce": self._nonce()},
+                                         "the arguments of workflow {!r}", old.workflow)
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise CorruptRecord(f"cannot fork run {source!r}: its stored arguments cannot be "
+                                f"decoded: {exc}") from None
+        run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
+        if not self._create(run_id, old.workflow, args, prefix, source):
+            raise UsageError(f"cannot fork run {source!r} as {run_id!r}: a run with that id "
+                             f"exists; choose another run_id")
+        return run_id
+
     # ---- shared with Interpreter ------------------------------------------------------------
 
     def _workflow_name(self, workflow: Any) -> str:
@@ -161,10 +226,13 @@ class Client:
         return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
                                digest_size=16).hexdigest()
 
-    def _create(self, run_id: str, name: str, args_text: str) -> bool:
-        """Store the new run; False if ``run_id`` is taken. A client's is released at once (no
-        lease backs it), and the release wakes the workers."""
-        write = Write(run_id, self.client_id, 1, "pending", create=(name, args_text), release=True)
+    def _create(self, run_id: str, name: str, args_text: str, entries: Sequence[Entry] = (),
+                source: str | None = None) -> bool:
+        """Store the new run (with a fork's ``entries`` and ``source``); False if ``run_id``
+        is taken. A client's is released at once (no lease backs it), and the release wakes
+        the workers."""
+        write = Write(run_id, self.client_id, 1, "pending", tuple(entries), release=True,
+                      create=(name, args_text) if source is None else (name, args_text, source))
         return bool(self._store.commit([write])[0])
 
     def _tell(self, run_id: str, *events: Any) -> None:
@@ -184,7 +252,8 @@ class Client:
     def _status(self, r: RunRecord) -> RunStatus:
         error = describe_error(read_error(r.error, self._codec)) if r.error else None
         return RunStatus(r.run_id, r.state, error, r.workflow, r.created, r.updated,
-                         r.wake_at, r.waiting_for, r.parent, self._children_of(r.run_id))
+                         r.wake_at, r.waiting_for, r.parent, self._children_of(r.run_id),
+                         r.forked_from)
 
     def _children_of(self, run_id: str) -> tuple[str, ...]:
         found: list[str] = []
@@ -195,12 +264,16 @@ class Client:
     def _existing(self, run_id: str, name: str, args_text: str) -> RunRecord:
         """The run already stored under ``run_id``, if it is this start's; else a UsageError."""
         old = self._record(run_id)
-        if old.workflow == name and self._same_args(old.args, args_text):
+        purged = old.state == PURGED  # its arguments are kept as a hash
+        if old.workflow == name and (old.args == _digest(self._canonical(args_text)) if purged
+                                     else self._same_args(old.args, args_text)):
             return old
+        was = f"a purged run of {old.workflow!r} with other arguments" if purged \
+            else self._call(old.workflow, old.args)
         raise UsageError(
-            f"run {run_id!r} already exists as {self._call(old.workflow, old.args)}; this start() "
-            f"asked for {self._call(name, args_text)}. Use another run_id, or the same workflow "
-            f"and arguments.")
+            f"run {run_id!r} already exists as {was}; this start() asked for "
+            f"{self._call(name, args_text)}. Use another run_id, or the same workflow and "
+            f"arguments.")
 
     def _call(self, name: str, args_text: str) -> str:
         """A start as a person reads it, ``name(args, key=value)``: no engine fields."""
@@ -213,13 +286,25 @@ class Client:
             return f"{name}({args_text})"
 
     def _same_args(self, old: str, new: str) -> bool:
-        # Canonical forms, so key order does not matter but True, 1 and 1.0 differ.
+        return self._canonical(old) == self._canonical(new)
+
+    def _canonical(self, args_text: str) -> str:
+        """Stored arguments without the engine's fields, in one form: key order does not
+        matter, but True, 1 and 1.0 differ. Arguments that cannot be decoded stay as stored."""
         try:
-            a, b = (json.dumps({k: v for k, v in self._codec.decode(t).items() if k != "nonce"},
-                               sort_keys=True, default=repr) for t in (old, new))
-            return a == b
+            return json.dumps({k: v for k, v in self._codec.decode(args_text).items()
+                               if k != "nonce"}, sort_keys=True, default=repr)
         except Exception:
-            return old == new
+            return str(args_text)
+
+    def _tombstone(self, run: RunRecord) -> tuple[str, str]:
+        """What a purged run keeps: a hash of its arguments, and an error record saying what
+        became of it."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        info = {"type": "Purged", "state": run.state, "message": (
+            f"run {run.run_id!r} was purged at {when} (it had {run.state}); its journal and "
+            f"result are no longer kept")}
+        return _digest(self._canonical(run.args)), self._payloads.encode_error(info)
 
     def _record(self, run_id: str) -> RunRecord:
         record = self._store.get(check_name("run_id", run_id))
@@ -228,4 +313,41 @@ class Client:
         return record
 
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "Client", "FINISHED", "RunStatus"]
+def _digest(canonical: str) -> str:
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _fork_prefix(source: str, journal: list[Entry], from_step: str | int,
+                 codec: Any) -> list[Entry]:
+    """The entries of ``journal`` a fork from ``from_step`` keeps, renumbered: those before the
+    fork's position, except a child's start whose end is not journaled (it starts anew)."""
+    if isinstance(from_step, bool) or not isinstance(from_step, (str, int)):
+        raise UsageError(f"from_step must be a step name or a position, got {from_step!r}")
+    end = max((e.position + 1 for e in journal if e.kind not in ("version", "group")), default=0)
+    if isinstance(from_step, str):
+        at = next((e.position for e in journal if e.kind in ("do", "retry")
+                   and e.name == from_step), None)
+        if at is None:
+            names = list(dict.fromkeys(e.name for e in journal if e.kind in ("do", "retry")))
+            raise ReplaygenError(f"cannot fork run {source!r} from step {from_step!r}: it has no "
+                                 f"step of that name (its steps: {', '.join(names) or 'none'})")
+    elif not 0 <= from_step <= end:
+        raise ReplaygenError(f"cannot fork run {source!r} from position {from_step}: its "
+                             f"positions are 0 to {end}")
+    else:
+        at = from_step
+    for e in journal:
+        if e.kind == "group":
+            size = int(codec.decode(e.value))
+            if e.position < at < e.position + size:
+                raise ReplaygenError(
+                    f"cannot fork run {source!r} from position {at}: it is inside the "
+                    f"{'Any' if e.name == 'any' else 'All'} at positions {e.position} to "
+                    f"{e.position + size - 1}; fork from position {e.position} to run it again")
+    ended = {e.position for e in journal if e.kind == "child"}
+    kept = [e for e in journal if e.position < at
+            and not (e.kind == "spawn" and e.position not in ended)]
+    return [e._replace(seq=i) for i, e in enumerate(kept)]
+
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "Client", "FINISHED", "PURGE_BATCH", "RunStatus"]

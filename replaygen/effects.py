@@ -21,8 +21,9 @@ from .observe import Event, StepInfo
 
 class Save(NamedTuple):
     """Make entries and the run row durable, fenced (the fields after ``run_id, owner, fence``
-    of a store ``Write``). Answer: the events that arrived meanwhile; a refused write ends
-    the life instead."""
+    of a store ``Write``). Answer: the events that arrived meanwhile; a refused write, or an
+    admitting one that found no free slot (the run waits in the store), ends the life
+    instead."""
 
     state: str
     entries: tuple[Entry, ...] = ()
@@ -38,6 +39,7 @@ class Save(NamedTuple):
     cancel: tuple[str, ...] = ()
     notify: Notice | None = None
     progress: bool = False
+    admit: int = 0
 
 
 class Acquire(NamedTuple):

@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from ._identity import is_dead, new_owner_id
-from .client import DEFAULT_MAX_PAYLOAD, Client, RunStatus
+from .client import DEFAULT_MAX_PAYLOAD, PURGE_BATCH, Client, RunStatus
 from .codec import Codec
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
-from .journal import Journal, read_error
+from .journal import Entry, Journal, read_error
 from .observe import Event, Observer, notify
-from .registry import Workflow, registered, table
+from .registry import Workflow, check_limits, limits_of, registered, table
 from .effects import CANCEL, UNREAD
 from .replay import Life, Settings
 from .runtime import Clock, Runtime, SystemClock
-from .store import ACTIVE, FINISHED, Claim, RunRecord, Spawn, Store, Write
+from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
 
@@ -45,6 +46,10 @@ class Interpreter(Client):
     ``always_replay`` (for tests) replays each run from the top after every step and blocks
     it at once where its code disagrees with its journal: non-determinism found on the first
     run, not after a crash. It costs a replay per step (quadratic in a run's length).
+    ``limits`` ({workflow name: n}, over ``@workflow(limit=n)``): at most n runs of that
+    workflow execute steps at once across the workers sharing the store; the others wait,
+    ``pending``, in the store. ``retention`` (seconds or a timedelta): finished runs older
+    than that are purged in the background, a short batch at a time (see ``purge``).
     """
 
     def __init__(
@@ -52,8 +57,18 @@ class Interpreter(Client):
         *, clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
         observer: Observer | None = None, always_replay: bool = False,
+        limits: Mapping[str, int] | None = None, retention: float | timedelta | None = None,
     ) -> None:
         self._fixed = None if workflows is None else table(workflows)
+        self._limits = check_limits(limits)
+        if self._fixed is not None and (unknown := sorted(set(self._limits) - set(self._fixed))):
+            raise UsageError(f"limits name {unknown[0]!r}, which this Interpreter does not serve "
+                             f"(it serves {sorted(self._fixed)})")
+        keep = retention.total_seconds() if isinstance(retention, timedelta) else retention
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                                 or keep <= 0):
+            raise UsageError(f"retention must be seconds > 0, a timedelta or None, got {retention!r}")
+        self._retention = keep
         if concurrency < 1 or lease <= 0 or max_resumes < 0 or max_payload < 1:
             raise UsageError(f"need concurrency >= 1, lease > 0, max_resumes >= 0, max_payload >= 1; "
                              f"got {concurrency}, {lease}, {max_resumes}, {max_payload}")
@@ -65,16 +80,17 @@ class Interpreter(Client):
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
         self._settings = Settings(self._codec, max_payload, now=self._clock.now,
                                   max_resumes=max_resumes, observed=observer is not None,
-                                  always_replay=always_replay)
+                                  always_replay=always_replay,
+                                  limits=limits_of(self._known(), self._limits))
         self.worker_id = new_owner_id()
         self._start_lock = threading.Lock()  # orders start() against shutdown()
         self._closed = self._adopting = False
         self._strangers: float | None = None  # when to say which runs recover() left
         self._starting = 0
         self._heartbeat()
-        self._unclaimed: set[str] = set()  # spawned here, of known workflows: to claim
+        self._unclaimed: dict[str, str] = {}  # run id -> workflow: made here, to claim
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer,
-                                self._spawned)
+                                self._waits)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
 
@@ -119,7 +135,9 @@ class Interpreter(Client):
                                  reset=record.state == "blocked")
             if not claims:
                 raise ReplaygenError(f"run {run_id!r} is held by the live worker {record.owner}; "
-                                     f"it goes on there")
+                                     f"it goes on there" if record.owner else f"run {run_id!r} "
+                                     f"waits for a free slot of workflow {record.workflow!r} "
+                                     f"(limits); it starts when one is free")
             self._adopt(claims[0])
         end = time.monotonic() + timeout
         while time.monotonic() < end and self._busy(run_id):
@@ -178,23 +196,31 @@ class Interpreter(Client):
                          f"{sorted(known) or 'none'} (decorate it with @workflow or pass it "
                          f"in workflows=)")
 
-    def _create(self, run_id: str, name: str, args_text: str) -> bool:
+    def _create(self, run_id: str, name: str, args_text: str, entries: Sequence[Entry] = (),
+                source: str | None = None) -> bool:
         with self._start_lock:
             if self._closed:
                 raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
             self._starting += 1  # shutdown() waits for starts in flight
+            limited = name in self._settings.limits  # it waits in the store for a free slot
+            if limited:  # to be claimed here when one is free
+                self._unclaimed[run_id] = name
+        done: Any = None
         try:  # the insert shares the group commit of other runs' steps
-            [done] = self._runtime.group.commit([Write(run_id, self.worker_id, 1, "pending",
-                                                       create=(name, args_text))])
+            [done] = self._runtime.group.commit([Write(
+                run_id, self.worker_id, 1, "pending", tuple(entries), release=limited,
+                create=(name, args_text) if source is None else (name, args_text, source))])
         finally:
             with self._start_lock:
                 self._starting -= 1
+                if limited and done is not True:
+                    self._unclaimed.pop(run_id, None)
         if isinstance(done, BaseException):
             raise done
-        if done:
+        if done and not limited:
             now = time.time()
             self._adopt(Claim(RunRecord(run_id, name, args_text, "pending", self.worker_id, 1,
-                                        now, now), []))
+                                        now, now, forked_from=source), list(entries)))
             log.info("run %s started (workflow %s)", run_id, name)
         return bool(done)
 
@@ -225,11 +251,13 @@ class Interpreter(Client):
                reset: bool = False, limit: int | None = None) -> list[Claim]:
         """Claim runs of known workflows (never another's) that no live worker holds."""
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
-        known, claims = list(self._known()), list[Claim]()
+        known, claims = self._known(), list[Claim]()
+        limits = self._settings.limits = limits_of(known, self._limits)
         while known and (limit is None or len(claims) < limit):
             size = 500 if limit is None else min(500, limit - len(claims))
             batch = self._store.claim(self.worker_id, states=states, dead=dead, limit=size,
-                                      workflows=known, run_ids=run_ids, reset=reset)
+                                      workflows=list(known), run_ids=run_ids, reset=reset,
+                                      limits=limits)
             claims += batch
             if len(batch) < size:
                 break
@@ -240,13 +268,14 @@ class Interpreter(Client):
         busy = sum(a.state in ("pending", "running") for a in list(self._runtime.actors.values()))
         return max(0, self._concurrency - busy)
 
-    def _spawned(self, children: tuple[Spawn, ...]) -> None:
-        """Children this worker's runs made: claimed by the watcher (the commit that made them
-        woke it) if their workflows are known here, even before ``recover()``; after it, the
-        watcher's claims take them anyway."""
+    def _waits(self, runs: list[tuple[str, str]]) -> None:
+        """Runs this worker made or held that wait in the store, (id, workflow): children, and
+        runs that found no free slot (workflow ""). The watcher claims them (the commit that
+        left them woke it) if their workflows are known here, even before ``recover()``;
+        after it, the watcher's claims take them anyway."""
         known = self._known()
         with self._start_lock:
-            self._unclaimed.update(c.run_id for c in children if c.workflow in known)
+            self._unclaimed.update((r, w) for r, w in runs if not w or w in known)
 
     def _adopt(self, claim: Claim) -> None:
         record, broken = claim.run, None
@@ -270,7 +299,7 @@ class Interpreter(Client):
         """Renew the lease, learn of signals and cancels sent by other processes, and adopt
         runs whose owner died or that clients started."""
         token: object = None
-        beat = adopt = sweep = 0.0
+        beat = adopt = sweep = tidy = 0.0
         failing = backlog = False
         while not self._runtime.stopped:
             try:
@@ -292,26 +321,45 @@ class Interpreter(Client):
                 if self._strangers is not None and now >= self._strangers:
                     self._strangers = None
                     _log_strangers(self._store, self._known())
-                # Before recover(), only the children this worker's runs made are claimed here.
+                # Before recover(), only the runs made here are claimed here.
                 with self._start_lock:
-                    wanted = None if self._adopting else list(self._unclaimed)
-                    self._unclaimed.clear()
+                    wanted = None if self._adopting else dict(self._unclaimed)
+                    if self._adopting:
+                        self._unclaimed.clear()
                 if (wanted or self._adopting and now >= adopt) and not self._closed and (
                         room := self._room()):
-                    claims = self._claim(run_ids=wanted, limit=room)
-                    for claim in claims:
-                        self._adopt(claim)
-                    backlog = len(claims) == room  # every free slot taken: more may wait
+                    backlog = self._take(wanted, room)
                     adopt = now + (0.05 if backlog else min(1.0, self._lease / 4))
-                    if backlog and wanted:  # those not claimed yet are asked for again
-                        with self._start_lock:
-                            self._unclaimed.update(wanted)
+                if self._retention is not None and now >= tidy and not self._closed:
+                    done = self.purge(self._retention, limit=PURGE_BATCH)
+                    tidy = now + (2.0 if done == PURGE_BATCH else  # a bounded rate
+                                  min(60.0, self._retention / 4))
                 failing = False
             except Exception as exc:
                 if not failing:  # one line per outage, not one per retry
                     log.warning("cannot watch the store (%s); retrying until it is back", exc)
                 failing = True
                 time.sleep(0.5)
+
+
+    def _take(self, wanted: dict[str, str] | None, room: int) -> bool:
+        """Claim and adopt up to ``room`` runs (of the ``wanted`` ones, if given); True if
+        more may wait now (every free slot was taken, or another transaction held one)."""
+        claims = self._claim(run_ids=None if wanted is None else list(wanted), limit=room)
+        for claim in claims:
+            self._adopt(claim)
+        if not wanted:
+            return len(claims) == room
+        limited = self._settings.limits
+        missed = set(wanted) - {c.run.run_id for c in claims}
+        # A run waiting for a slot is asked for again, and so is one another transaction held
+        # (SKIP LOCKED): it is still unowned. One another worker took, or that ended, is not.
+        held = {r for r in missed if wanted[r] not in limited and (len(claims) == room or (
+            (rec := self._store.get(r)) is not None and rec.state in ACTIVE and rec.owner is None))}
+        with self._start_lock:
+            for run_id in set(wanted) - held - {r for r in missed if wanted[r] in limited}:
+                self._unclaimed.pop(run_id, None)
+        return len(claims) == room or bool(held)
 
 
 def _log_strangers(store: Store, known: Mapping[str, Workflow]) -> None:

@@ -104,6 +104,7 @@ class Journal:
         self.end = 0  # the first position past every positional entry
         self.cancelled = False  # a cancel request has been journaled (and so consumed)
         self.interrupts: dict[int, Entry] = {}  # cancel (or deadline) entries, by position
+        self.groups: set[int] = set()  # where an All or Any of 2+ members began (for fork)
         for e in entries:
             if e.seq != self.next_seq:
                 raise CorruptRecord(
@@ -121,6 +122,8 @@ class Journal:
         self.next_seq = e.seq + 1
         if e.kind == "version":
             self.versions[e.name] = e
+        elif e.kind == "group":
+            self.groups.add(e.position)
         else:
             self.at.setdefault(e.position, []).append(e)
             self.end = max(self.end, e.position + 1)

@@ -19,6 +19,8 @@ Workflow = Callable[..., Generator[Any, Any, Any]]
 F = TypeVar("F", bound=Callable[..., Any])
 ATTR = "__replaygen_workflow__"
 """Set on a decorated function: the name the store keeps for it."""
+LIMIT = "__replaygen_limit__"
+"""Set on a function decorated with ``limit=``: how many of its runs may work at once."""
 
 _lock = threading.Lock()
 _registry: dict[str, Workflow] = {}
@@ -52,16 +54,22 @@ def check(name: str, fn: Any, known: dict[str, Workflow]) -> None:
 @overload
 def workflow(fn: F, /) -> F: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
-def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
+def workflow(*, name: str | None = None, limit: int | None = None) -> Callable[[F], F]: ...
+def workflow(fn: Any = None, /, *, name: str | None = None, limit: int | None = None) -> Any:
     """Mark a generator function as a workflow, kept under ``name`` (default: its qualname),
-    and record it in the default registry. Returns the function unchanged."""
+    and record it in the default registry. ``limit``: at most this many of its runs execute
+    steps at once, across every worker sharing the store. Returns the function unchanged."""
+    if limit is not None:
+        check_limits({name or "this workflow": limit})
+
     def mark(fn: F) -> F:
         chosen = name if name is not None else fn.__qualname__
         with _lock:
             check(chosen, fn, _registry)
             _registry[chosen] = fn
         setattr(fn, ATTR, chosen)
+        if limit is not None:
+            setattr(fn, LIMIT, limit)
         return fn
 
     return mark if fn is None else mark(fn)
@@ -79,6 +87,25 @@ def table(workflows: Iterable[Workflow] | Mapping[str, Workflow]) -> dict[str, W
         check(name, fn, known)
         known[name] = fn
     return known
+
+
+def check_limits(limits: Mapping[str, int] | None) -> dict[str, int]:
+    """``limits`` ({workflow name: slots}) checked: each an int >= 1."""
+    if limits is None:
+        return {}
+    if not isinstance(limits, Mapping):
+        raise UsageError(f"limits must be a dict {{workflow name: int}}, got {limits!r}")
+    for name, n in limits.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UsageError(f"the limit of workflow {name!r} must be an int >= 1 (runs working "
+                             f"at once), got {n!r}")
+    return dict(limits)
+
+
+def limits_of(known: Mapping[str, Workflow], given: Mapping[str, int]) -> dict[str, int]:
+    """Slots per workflow: each ``@workflow(limit=)`` of ``known``, overridden by ``given``."""
+    found = {n: getattr(fn, LIMIT) for n, fn in known.items() if hasattr(fn, LIMIT)}
+    return {**found, **given}
 
 
 def registered() -> dict[str, Workflow]:

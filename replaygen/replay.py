@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, NamedTuple
 
 from .codec import Payloads
@@ -69,6 +69,7 @@ class Settings(Payloads):
     observed: bool = False
     closing: bool = False  # shutting down: no new live work
     always_replay: bool = False  # replay each run from the top after each step, and compare
+    limits: Mapping[str, int] = field(default_factory=dict)  # slots per workflow, store-wide
 
 
 def child_id(parent: str, position: int) -> str:
@@ -128,6 +129,7 @@ class Life:
         self.busy = False                   # steps of it still run
         self.alarm: float | None = None
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
+        self.inherited: dict[str, float] = {}  # the deadline each child was given
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
         self.taken: set[int] = set()        # signals consumed by this incarnation
         self.mail: list[Done] = []          # steps that ended, to journal
@@ -267,6 +269,11 @@ class Life:
         self.members = [Member(cmds[0], 0, self.position)] if kind == LONE else [
             Member(c, i, self.position + i) for i, c in enumerate(cmds)]
         self.kind, self.live = kind, False
+        if len(cmds) > 1 and self.position >= self.journal.end and \
+                self.position not in self.journal.groups:  # a new group's extent, for fork()
+            self.journal.groups.add(self.position)
+            self.staged.append(self._entry(self.position, "group", "any" if kind == ANY else "all",
+                                           "ok", self.settings.codec.encode(len(cmds))))
         if began is not _NOT_BEGUN:
             self.live, m = True, self.members[0]
             if type(began) is Outcome:
@@ -376,9 +383,11 @@ class Life:
     def _raise(self, deadline: bool) -> _Gen:
         """Journal a cancel (or a passed deadline) at this yield, to be raised here."""
         entry = self._entry(self.position, "cancel", "", "deadline" if deadline else "", None)
-        if deadline:  # its children are cancelled with it
-            self.cancels += self.journal.open_children() + [
+        if deadline:  # its children are cancelled with it, but for those it gave this very
+            # deadline: they strike on their own, and a cancel would interrupt their handlers
+            self.cancels += [c for c in self.journal.open_children() + [
                 m.child for m in self.members if m.child and not m.done]
+                if self.inherited.get(c) != self.deadline_at]
         yield from self._save("running", (entry,), cancel_seen=not deadline)
         return self._interrupt(entry)
 
@@ -418,7 +427,8 @@ class Life:
             rule = RULES[type(m.cmd)]
             found = self.journal.match(m.position, rule.kinds, rule.name(m.cmd), m.cmd)
         if self.staged:
-            found += [e for e in self.staged if e.position == m.position and e.kind != "version"]
+            found += [e for e in self.staged if e.position == m.position
+                      and e.kind not in ("version", "group")]
         return found
 
     # ---- events ------------------------------------------------------------------------------
@@ -521,6 +531,9 @@ class Life:
                     return
             if self._halted():
                 return
+            if self.written[0] not in ("pending", "running") and (  # not working (store.WORKING)
+                    limit := self.settings.limits.get(self.workflow)):
+                yield from self._save("running", admit=limit)  # a slot, or wait for a claim
             final = yield from self._start(m, len(entries) + 1)
             if final is None:
                 return None if m.running or m.queued else (yield from self.resolve_do(m))
@@ -590,6 +603,8 @@ class Life:
         entries = self._match(m)
         m.child = str(self.journal.decode(entries[0])) if entries and entries[0].kind == "spawn" \
             else cmd.run_id or child_id(self.id, m.position)
+        if self.deadline_at is not None:  # the child's own deadline
+            self.inherited[m.child] = self.deadline_at
         if entries and entries[-1].kind == "child":
             return self._child_ended(m, entries[-1].status, self.journal.decode(entries[-1]))
         self.live = True
@@ -762,7 +777,7 @@ class Life:
     def _save(self, state: str, entries: tuple[Entry, ...] = (), *, wake_at: float | None = None,
               waiting_for: str | None = None, result: str | None = None,
               error: str | None = None, cancel_seen: bool = False, release: bool = False,
-              notify: Notice | None = None) -> _Gen:
+              notify: Notice | None = None, admit: int = 0) -> _Gen:
         """Write what is staged and ``entries``, with the run row; take in the events its
         answer brings."""
         if self.staged:
@@ -778,7 +793,7 @@ class Life:
                                       consume or spawn or progress) \
             and self.written == (state, wake_at, waiting_for)
         events = yield Save(state, entries, wake_at, waiting_for, result, error, consume,
-                            cancel_seen, release, keep, spawn, cancel, notify, progress)
+                            cancel_seen, release, keep, spawn, cancel, notify, progress, admit)
         for e in entries:
             self.journal.append(e)
         self.written = (state, wake_at, waiting_for)

@@ -37,7 +37,7 @@ from .effects import (
     GRANTED, RING, UNREAD, Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Lookup,
     Outcome, Save, Withdraw,
 )
-from .store import Spawn, Store, Write
+from .store import Store, Write
 
 log = logging.getLogger("replaygen")
 _INLINE = 0.001
@@ -122,7 +122,8 @@ class GroupCommit:
         self._outage_since: float | None = None
 
     def commit(self, writes: list[Write]) -> list[Any]:
-        """Each write's outcome: True, False (fence lost), or the error it met."""
+        """Each write's outcome: True, False (fence lost), None (applied unadmitted), or the
+        error it met."""
         results = self._grouped(writes)
         delay = 0.05
         while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
@@ -379,9 +380,10 @@ class Runtime:
     """Runs lives: turns them on the driver, performs their effects, commits their writes."""
 
     def __init__(self, store: Store, owner: str, clock: Clock, concurrency: int,
-                 observer: Observer | None, spawned: Callable[[tuple[Spawn, ...]], None]) -> None:
+                 observer: Observer | None,
+                 unclaimed: Callable[[list[tuple[str, str]]], None]) -> None:
         self.store, self.owner, self.clock, self.observer = store, owner, clock, observer
-        self._spawned = spawned  # told of the children a committed write made
+        self._unclaimed = unclaimed  # told of runs left for a claim: (id, workflow or "")
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
@@ -570,6 +572,9 @@ class Runtime:
             return True
         if result is False:  # refused: the fence moved
             log.warning("run %s: %s; this worker stopped it here", actor.id, self._lost(actor.id))
+        elif result is None:  # not admitted: it waits in the store for a claim with a free slot
+            log.debug("run %s waits for a slot of its workflow", actor.id)
+            self._unclaimed([(actor.id, "")])
         elif not isinstance(result, _Abandon):
             actor.reply = result  # an error the rules handle (they block the run)
             return True
@@ -584,7 +589,7 @@ class Runtime:
             if write.notify is not None:
                 self.tell(write.notify.run_id, UNREAD)
             if write.spawn:
-                self._spawned(write.spawn)
+                self._unclaimed([(c.run_id, c.workflow) for c in write.spawn])
 
     def _lost(self, run_id: str) -> str:
         """Why a write of the run was refused, as the store tells it now."""

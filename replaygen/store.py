@@ -14,22 +14,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from .errors import ReplaygenError, RunFinished, RunNotFound
 from .journal import Entry, Notice, Spawn
 
-__all__ = ["ACTIVE", "FINISHED", "STATES", "WORKING", "Claim", "Entry", "MemoryStore", "Notice",
-           "RunRecord", "Signal", "Spawn", "Store", "Worker", "Write"]
+__all__ = ["ACTIVE", "CLOSED", "FINISHED", "PURGED", "STATES", "WORKING", "Claim", "Entry",
+           "MemoryStore", "Notice", "RunRecord", "Signal", "Spawn", "Store", "Worker", "Write",
+           "unadmitted"]
 
 ACTIVE = ("pending", "running", "sleeping", "waiting")
 FINISHED = ("completed", "failed", "cancelled")
 STATES = (*ACTIVE, *FINISHED, "blocked")
 WORKING = ("pending", "running")
-"""A run whose owner is lost while it is in one of these states was working: claiming it
-again is a resumption without progress (``RunRecord.resumes`` + 1, counted by ``claim``)."""
+"""A run in one of these states, held by a live worker, executes (or is about to): it holds
+one of its workflow's slots (``limits``). One whose owner is lost while it is working is
+resumed without progress when claimed again (``RunRecord.resumes`` + 1, counted by ``claim``)."""
+PURGED = "purged"
+"""The state of a purged run's tombstone (outside ``STATES``: ``runs()`` lists none)."""
+CLOSED = (*FINISHED, PURGED)
+"""States a run never leaves: no signal, cancel or terminate changes such a run."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class RunRecord:
     resumes: int = 0
     parent: str | None = None
     """The run that started this one as its child (``Child``), or None."""
+    forked_from: str | None = None
+    """The run this one was forked from (``fork``), or None."""
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,22 @@ class Write(NamedTuple):  # a tuple: one is built per journaled step
     """A signal delivered to another run, unless that run is finished or missing."""
     progress: bool = False
     """The run made progress: its resumption count (``RunRecord.resumes``) goes back to 0."""
-    create: tuple[str, str] | None = None
-    """(workflow, args): insert this run as ``state``, owned by ``owner`` with ``fence`` (by
-    nobody with ``release``: a client's start, which wakes the watchers), unless a run with
-    this id exists (then the write is refused). Lets ``start()`` share the group commit of
-    other runs' steps."""
+    admit: int = 0
+    """With n > 0: the run goes to work (``state`` is working) only if fewer than n other runs
+    of its workflow work under live owners (``WORKING``, lease live); else the write applies
+    as ``unadmitted(write)`` does, and ``commit`` answers None for it."""
+    create: tuple[str, str] | tuple[str, str, str] | None = None
+    """(workflow, args[, forked_from]): insert this run as ``state`` with ``entries``, owned by
+    ``owner`` with ``fence`` (by nobody with ``release``: a client's start, which wakes the
+    watchers), unless a run with this id exists (then the write is refused). Lets ``start()``
+    share the group commit of other runs' steps."""
+
+
+def unadmitted(w: Write) -> Write:
+    """What an admitting write that finds no free slot applies instead: its entries, with the
+    run released as ``pending``, to be claimed (and so admitted) when a slot is free."""
+    return w._replace(state="pending", wake_at=None, waiting_for=None, release=True, keep=False,
+                      admit=0)
 
 
 class Store(Protocol):
@@ -136,23 +155,26 @@ class Store(Protocol):
         """The run's unconsumed signals, oldest first."""
         ...
 
-    def commit(self, writes: Sequence[Write]) -> list[bool]:
+    def commit(self, writes: Sequence[Write]) -> list[bool | None]:
         """Apply writes in one transaction, each as its fields say (see ``Write``). A write
         whose owner and fence are not the run's, or whose create finds the id taken, is
-        skipped and leaves no trace (False); a signal to consume that is not queued, a journal
-        ``seq`` that does not continue the run's journal, or a child id that is taken, fails
-        the whole call."""
+        skipped and leaves no trace (False); an admitting write without a free slot applies
+        unadmitted (None). A signal to consume that is not queued, a journal ``seq`` that does
+        not continue the run's journal, or a child id that is taken, fails the whole call."""
         ...
 
     def claim(
         self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
         workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
-        reset: bool = False, limit: int = 1000,
+        reset: bool = False, limit: int = 1000, limits: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Take over up to ``limit`` runs in ``states`` (of these ``workflows`` and ``run_ids``,
         if given), oldest first, that no live worker owns: unowned, owner in ``dead``, or the
         owner's lease lapsed. Each gets ``owner`` and fence + 1, and ``resumes`` + 1 if its lost
-        owner held it in a ``WORKING`` state (0 with ``reset``)."""
+        owner held it in a ``WORKING`` state (0 with ``reset``). A working run of a workflow
+        in ``limits`` (name: n) is taken only while fewer than n runs of it work under live
+        owners, counting those taken here (atomically with other workers' claims and
+        admitting writes)."""
         ...
 
     def owners(self) -> list[str]:
@@ -203,8 +225,8 @@ class Store(Protocol):
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
         parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
-        """Runs, newest first, in these ``states``, of this ``workflow``, children of
-        ``parent`` (each filter only if given)."""
+        """Runs, newest first, in these ``states`` (None: all but tombstones), of this
+        ``workflow``, children of ``parent`` (each filter only if given)."""
         ...
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -213,6 +235,15 @@ class Store(Protocol):
 
     def last_entries(self, run_ids: Collection[str]) -> dict[str, Entry]:
         """The last journal entry of each of these runs (a run with none is left out)."""
+        ...
+
+    def purge(self, before: float, *, states: Collection[str], limit: int,
+              tombstone: Callable[[RunRecord], tuple[str, str]]) -> list[str]:
+        """In one short transaction, turn up to ``limit`` runs in ``states`` (finished ones)
+        last updated before ``before`` (epoch seconds) into tombstones, oldest first: state
+        ``purged``, ``args`` and ``error`` as ``tombstone(run)`` gives them, no result; their
+        journal entries and signals deleted. Runs another transaction holds are skipped.
+        Returns their ids."""
         ...
 
     def close(self) -> None: ...
@@ -257,7 +288,7 @@ class MemoryStore:
         with self._lock:
             return list(self._signals.get(run_id, ()))
 
-    def commit(self, writes: Sequence[Write]) -> list[bool]:
+    def commit(self, writes: Sequence[Write]) -> list[bool | None]:
         with self._lock:
             for w in writes:  # all or nothing, as a real transaction
                 self._check(w)
@@ -279,20 +310,25 @@ class MemoryStore:
                 raise ReplaygenError(f"cannot create child run {child.run_id!r} of run "
                                      f"{w.run_id!r}: a run with that id exists")
 
-    def _apply(self, w: Write) -> bool:
+    def _apply(self, w: Write) -> bool | None:
         if w.create:
             if w.run_id in self._runs:
                 return False
             now = time.time()
             owner = None if w.release else w.owner  # released at once: a client's start
-            self._runs[w.run_id] = RunRecord(w.run_id, *w.create, w.state, owner, w.fence, now, now)
-            self._journals[w.run_id], self._signals[w.run_id] = [], []
+            workflow, args, *source = w.create
+            self._runs[w.run_id] = RunRecord(w.run_id, workflow, args, w.state, owner, w.fence,
+                                             now, now, forked_from=source[0] if source else None)
+            self._journals[w.run_id], self._signals[w.run_id] = list(w.entries), []
             if w.release:  # a client's start: wake the workers
                 self._bump()
             return True
         run = self._runs.get(w.run_id)
         if run is None or run.owner != w.owner or run.fence != w.fence:
             return False
+        admitted: bool | None = True
+        if w.admit and self._working(run.workflow, time.time(), w.run_id) >= w.admit:
+            w, admitted = unadmitted(w), None
         self._journals[w.run_id].extend(w.entries)
         if w.consume:
             self._signals[w.run_id] = [s for s in self._signals[w.run_id] if s.id not in w.consume]
@@ -316,7 +352,12 @@ class MemoryStore:
             self._notify(w.notify)
         if w.release or w.spawn or w.cancel or w.notify:
             self._bump()
-        return True
+        return admitted
+
+    def _working(self, workflow: str, now: float, but: str | None = None) -> int:
+        """How many runs of ``workflow`` (``but`` one) work under live owners."""
+        return sum(r.workflow == workflow and r.state in WORKING and r.run_id != but
+                   and self._live(r.owner, now) for r in self._runs.values())
 
     def _tree(self, run_id: str) -> list[str]:
         """The run and every run descending from it."""
@@ -329,12 +370,12 @@ class MemoryStore:
     def _cancel_tree(self, run_id: str) -> None:
         for rid in self._tree(run_id):
             run = self._runs.get(rid)
-            if run is not None and run.state not in FINISHED and not run.cancel_requested:
+            if run is not None and run.state not in CLOSED and not run.cancel_requested:
                 self._runs[rid] = replace(run, cancel_requested=True)
 
     def _notify(self, notice: Notice) -> None:
         target = self._runs.get(notice.run_id)
-        if target is not None and target.state not in FINISHED:
+        if target is not None and target.state not in CLOSED:
             self._ids += 1
             self._signals[notice.run_id].append(
                 Signal(self._ids, notice.name, notice.payload, time.time()))
@@ -345,10 +386,11 @@ class MemoryStore:
     def claim(
         self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
         workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
-        reset: bool = False, limit: int = 1000,
+        reset: bool = False, limit: int = 1000, limits: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         with self._lock:
             now, out = time.time(), list[Claim]()
+            free = {w: n - self._working(w, now) for w, n in (limits or {}).items()}
             for run in list(self._runs.values()):
                 if len(out) >= limit:
                     break
@@ -359,6 +401,10 @@ class MemoryStore:
                     or (run.owner not in dead and self._live(run.owner, now))
                 ):
                     continue
+                if run.state in WORKING and run.workflow in free:
+                    if free[run.workflow] <= 0:
+                        continue
+                    free[run.workflow] -= 1
                 lost_working = run.owner is not None and run.state in WORKING
                 resumes = 0 if reset else run.resumes + lost_working
                 run = replace(run, owner=owner, fence=run.fence + 1, resumes=resumes)
@@ -396,7 +442,7 @@ class MemoryStore:
             run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFound(f"cannot deliver {name!r}: no run {run_id!r} in this store")
-            if run.state in FINISHED:
+            if run.state in CLOSED:
                 raise RunFinished(
                     f"cannot deliver {name!r}: run {run_id!r} is already {run.state}"
                 )
@@ -418,11 +464,11 @@ class MemoryStore:
             run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFound(f"cannot terminate: no run {run_id!r} in this store")
-            if run.state in FINISHED:
+            if run.state in CLOSED:
                 return run
             for rid in self._tree(run_id):
                 r = self._runs[rid]
-                if r.state not in FINISHED:
+                if r.state not in CLOSED:
                     self._runs[rid] = replace(
                         r, state="cancelled", error=error, owner=None, fence=r.fence + 1,
                         wake_at=None, waiting_for=None, updated=time.time())
@@ -452,7 +498,7 @@ class MemoryStore:
         with self._lock:
             found = [
                 r for r in reversed(self._runs.values())
-                if (states is None or r.state in states)
+                if (r.state in states if states is not None else r.state != PURGED)
                 and (workflow is None or r.workflow == workflow)
                 and (parent is None or r.parent == parent)
             ]
@@ -468,6 +514,21 @@ class MemoryStore:
     def last_entries(self, run_ids: Collection[str]) -> dict[str, Entry]:
         with self._lock:
             return {r: self._journals[r][-1] for r in run_ids if self._journals.get(r)}
+
+    def purge(self, before: float, *, states: Collection[str], limit: int,
+              tombstone: Callable[[RunRecord], tuple[str, str]]) -> list[str]:
+        with self._lock:
+            found = sorted((r for r in self._runs.values() if r.state in states
+                            and r.state in FINISHED and r.updated < before),
+                           key=lambda r: r.created)[:limit]
+            for r in found:
+                args, error = tombstone(r)
+                self._runs[r.run_id] = replace(
+                    r, state=PURGED, args=args, error=error, result=None, owner=None,
+                    wake_at=None, waiting_for=None, cancel_requested=False)
+                self._journals[r.run_id], self._signals[r.run_id] = [], []
+                self._cancel_seen.discard(r.run_id)
+            return [r.run_id for r in found]
 
     def close(self) -> None:
         pass

@@ -24,6 +24,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "fence": (int,), "created": (float, int), "updated": (float, int), "result": (str, _NONE),
     "error": (str, _NONE), "wake_at": (float, int, _NONE), "waiting_for": (str, _NONE),
     "cancel_requested": (bool,), "resumes": (int,), "parent": (str, _NONE),
+    "forked_from": (str, _NONE),
 }
 assert set(_TYPES) == {f.name for f in fields(RunRecord)}, "a RunRecord field is not checked"
 

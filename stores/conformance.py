@@ -15,6 +15,7 @@ Interpreter on the store, including restarts. Needs pytest.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -491,6 +492,161 @@ def test_large_values_round_trip(store: Store) -> None:
     store.commit([Write("r", "A", 1, "running", (_entry(0, value=big),))])
     assert store.get("r").args == big  # type: ignore[union-attr]
     assert store.journal("r")[0].value == big
+
+
+# ---- operations: purge, fork, limits (the store's part) ----------------------------------
+
+
+def _tomb(run: RunRecord) -> tuple[str, str]:
+    return f"hash-of:{run.args}", json.dumps({"type": "Purged", "state": run.state})
+
+
+def _finish(store: Store, run_id: str, state: str, owner: str = "A", **row: Any) -> None:
+    create(store, run_id, "wf", '{"args":[1]}', owner)
+    store.commit([Write(run_id, owner, 1, "running", (_entry(0),))])
+    if state in ("completed", "failed", "cancelled", "blocked"):
+        store.commit([Write(run_id, owner, 1, state, (_entry(1),), release=True, **row)])
+    elif state != "running":
+        store.commit([Write(run_id, owner, 1, state, wake_at=row.get("wake_at"))])
+
+
+def test_purge_leaves_a_tombstone_of_each_old_finished_run_and_nothing_else(
+        store: Store) -> None:
+    _finish(store, "done", "completed", result='"ok"')
+    _finish(store, "broke", "failed", error='{"type":"X"}')
+    for rid, state in (("blocked", "blocked"), ("asleep", "sleeping"), ("busy", "running"),
+                       ("fresh", "pending")):
+        _finish(store, rid, state, error='{"type":"Y"}' if state == "blocked" else None)
+    store.deliver("asleep", "s", "1")
+    everything = ("completed", "failed", "cancelled", "blocked", "sleeping", "running", "pending")
+    gone = store.purge(time.time() + 60, states=everything, limit=100, tombstone=_tomb)
+    assert sorted(gone) == ["broke", "done"]  # never an unfinished or blocked run
+    for rid, state in (("done", "completed"), ("broke", "failed")):
+        r = store.get(rid)
+        assert r is not None and (r.state, r.args, r.result, r.owner) == (
+            "purged", 'hash-of:{"args":[1]}', None, None)
+        assert json.loads(r.error or "") == {"type": "Purged", "state": state}
+        assert store.journal(rid) == [] and store.signals(rid) == []
+    for rid in ("blocked", "asleep", "busy", "fresh"):
+        assert len(store.journal(rid)) >= 1 and store.get(rid).state != "purged"  # type: ignore[union-attr]
+    assert len(store.signals("asleep")) == 1
+
+
+def test_purge_takes_only_runs_finished_before_the_cutoff_oldest_first_within_limit(
+        store: Store) -> None:
+    for i in range(5):
+        _finish(store, f"r{i}", "completed", result="1")
+    cutoff = time.time() + 60
+    assert store.purge(time.time() - 3600, states=("completed",), limit=10, tombstone=_tomb) == []
+    assert store.purge(cutoff, states=("failed",), limit=10, tombstone=_tomb) == []
+    assert store.purge(cutoff, states=("completed",), limit=2, tombstone=_tomb) == ["r0", "r1"]
+    assert store.purge(cutoff, states=("completed",), limit=10, tombstone=_tomb) == [
+        "r2", "r3", "r4"]
+    assert store.purge(cutoff, states=("completed",), limit=10, tombstone=_tomb) == []
+
+
+def test_a_tombstone_is_listed_only_when_asked_for_and_takes_no_signal_or_cancel(
+        store: Store) -> None:
+    _finish(store, "old", "completed", result="1")
+    _finish(store, "kept", "completed", result="1")
+    store.purge(time.time() + 60, states=("completed",), limit=1, tombstone=_tomb)
+    assert [r.run_id for r in store.runs()] == ["kept"]
+    assert [r.run_id for r in store.runs(states=("purged",))] == ["old"]
+    assert store.counts().get(("wf", "purged")) == 1
+    with pytest.raises(RunFinished):
+        store.deliver("old", "s", "1")
+    assert store.cancel("old").state == "purged"
+    assert store.terminate("old", '{"type":"Terminated"}').state == "purged"
+    create(store, "p", "wf", "{}", "A")
+    store.commit([Write("p", "A", 1, "running", notify=Notice("old", "n", "1"))])
+    assert store.signals("old") == []
+    assert store.get("old").state == "purged"  # type: ignore[union-attr]
+
+
+def test_a_created_run_may_start_with_a_copied_journal_and_its_source(store: Store) -> None:
+    store.heartbeat("A", 30.0, workflows=["wf"])
+    prefix = (_entry(0), _entry(1, kind="sleep", value="5.0"))
+    fork = Write("f", "A", 1, "pending", prefix, create=("wf", "{}", "src"))
+    assert store.commit([fork]) == [True]
+    r = store.get("f")
+    assert r is not None and (r.owner, r.forked_from, r.parent) == ("A", "src", None)
+    assert store.journal("f") == list(prefix)
+    assert store.commit([Write("f", "A", 1, "running", (_entry(2),))]) == [True]
+    released = Write("g", "client", 1, "pending", prefix, release=True,
+                     create=("wf", "{}", "src"))
+    assert store.commit([released, fork._replace(entries=())]) == [True, False]
+    g = store.get("g")
+    assert g is not None and (g.owner, g.forked_from, g.state) == (None, "src", "pending")
+    assert store.journal("g") == list(prefix) and store.journal("f")[-1] == _entry(2)
+    assert [c.run.run_id for c in store.claim("B")] == ["g"]
+
+
+def _working(store: Store, run_id: str, owner: str, state: str = "running") -> None:
+    create(store, run_id, "lim", "{}", owner)
+    store.commit([Write(run_id, owner, 1, state)])
+
+
+def test_an_admitting_write_goes_to_work_only_with_a_free_slot(store: Store) -> None:
+    store.heartbeat("A", 30.0, workflows=["lim"])
+    store.heartbeat("gone", -1.0, workflows=["lim"])  # its lease has lapsed
+    _working(store, "a", "A")
+    _working(store, "lost", "gone")  # holds no slot: its owner's lease lapsed
+    _working(store, "w", "A", "sleeping")
+    _working(store, "x", "A", "sleeping")
+    assert store.commit([Write("w", "A", 1, "running", (_entry(0),), admit=2)]) == [True]
+    w = store.get("w")
+    assert w is not None and (w.state, w.owner) == ("running", "A")
+    assert store.commit([Write("x", "A", 1, "running", (_entry(0, kind="woke"),), admit=2)]) == [None]
+    x = store.get("x")
+    assert x is not None and (x.state, x.owner, x.wake_at) == ("pending", None, None)
+    assert store.journal("x") == [_entry(0, kind="woke")]  # its entries are kept either way
+    assert store.commit([Write("x", "A", 1, "running", admit=2)]) == [False]  # released: fenced
+
+
+def test_a_claim_with_limits_takes_working_runs_only_into_free_slots(store: Store) -> None:
+    for owner in "ABCD":  # claimers are live workers: what they take is working
+        store.heartbeat(owner, 30.0, workflows=["lim", "free"])
+    _working(store, "a", "A")
+    for i in range(4):
+        create(store, f"p{i}", "lim", "{}", "A")
+    _working(store, "nap", "A", "sleeping")
+    create(store, "other", "free", "{}", "A")
+    store.release("A")
+    store.heartbeat("A", 30.0, workflows=["lim", "free"])
+    store.commit([Write("a", "A", 1, "running")])  # "a" was released too: not working now
+    [a] = store.claim("A", run_ids=["a"])  # ...until claimed again: it takes a slot
+    took = {c.run.run_id for c in store.claim("B", limits={"lim": 2})}
+    assert took == {"p0", "nap", "other"}  # one slot was free; a sleeping run takes none
+    assert store.claim("C", limits={"lim": 2}) == []
+    store.commit([Write("a", "A", a.run.fence, "completed", result="1", release=True)])
+    assert {c.run.run_id for c in store.claim("C", limits={"lim": 2})} == {"p1"}
+    assert {c.run.run_id for c in store.claim("D", limits={"lim": 3})} == {"p2"}
+
+
+def test_claims_with_limits_on_two_handles_at_once_never_overfill(
+        store_factory: StoreFactory) -> None:
+    stores = [store_factory() for _ in range(4)]
+    try:
+        for i in range(40):
+            create(stores[0], f"r{i}", "lim", "{}", "seed")
+        stores[0].release("seed")
+        taken: list[str] = []
+        barrier = threading.Barrier(len(stores))
+
+        def claim(k: int) -> None:
+            stores[k].heartbeat(f"w{k}", 30.0, workflows=["lim"])
+            barrier.wait()
+            for _ in range(5):
+                taken.extend(c.run.run_id for c in stores[k].claim(f"w{k}", limits={"lim": 3}))
+        threads = [threading.Thread(target=claim, args=(k,)) for k in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(taken) == 3 and len(set(taken)) == 3
+    finally:
+        for s in stores:
+            s.close()
 
 
 # ---- workflows through an Interpreter on this store ---------------------------------

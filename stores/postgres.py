@@ -37,7 +37,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 try:
@@ -53,7 +53,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import (
-    ACTIVE, FINISHED, WORKING, Claim, Entry, Notice, RunRecord, Signal, Worker, Write,
+    ACTIVE, CLOSED, FINISHED, WORKING, Claim, Entry, Notice, RunRecord, Signal, Worker, Write,
+    unadmitted,
 )
 
 from ._rows import blocked_error, damage, workflow_names
@@ -68,12 +69,13 @@ SCHEMA_VERSION = 2
 an older replaygen still works with (a nullable column it never names, as
 ``workers.workflows``) adds to a version without a bump, so old and new workers may share a
 schema during an upgrade and a rollback stays possible. Version 2 adds ``runs.parent`` (child
-runs): a worker of version 1 would run a child without telling its parent that it ended, so
-it must refuse the schema; a version 1 schema is migrated by the first worker of version 2."""
+runs), ``runs.forked_from`` (forks) and the state ``purged`` (tombstones): a worker of version
+1 would run a child without telling its parent that it ended, so it must refuse the schema; a
+version 1 schema is migrated by the first worker of version 2."""
 
 _NOW = "extract(epoch FROM statement_timestamp())::float8"  # the database's clock
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
-                "wake_at, waiting_for, cancel_requested, resumes, parent")
+                "wake_at, waiting_for, cancel_requested, resumes, parent, forked_from")
 _ENTRY_COLUMNS = "seq, slot, kind, name, status, value, started, ended"
 
 _TABLES = """
@@ -96,7 +98,8 @@ CREATE TABLE IF NOT EXISTS {runs} (
     resumes integer NOT NULL DEFAULT 0,
     next_seq integer NOT NULL DEFAULT 0, -- the journal's length: appends must start here
     token text,                          -- which create/claim took the run (for unsure outcomes)
-    parent text                          -- the run that started this one as its child
+    parent text,                         -- the run that started this one as its child
+    forked_from text                     -- the run this one was forked from
 );
 CREATE INDEX IF NOT EXISTS {runs_owner} ON {runs} (owner);
 CREATE INDEX IF NOT EXISTS {runs_state} ON {runs} (state, id);
@@ -367,10 +370,12 @@ class PostgresStore:
             conn.execute(q["create_tables"])
             # Added to schemas made before them. Looked up first: ALTER TABLE takes an exclusive
             # lock on the table (stalling every claim) even when the column is there already.
-            if conn.execute(q["has_workflows"], [self.schema]).fetchone() is None:
-                conn.execute(q["add_workflows"])
+            for table, column, kind in (("workers", "workflows", "text[]"), ("runs", "parent", "text"),
+                                        ("runs", "forked_from", "text")):
+                if conn.execute(q["has_column"], [self.schema, table, column]).fetchone() is None:
+                    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        sql.Identifier(self.schema, table), sql.Identifier(column), sql.SQL(kind)))
             if found == "1":
-                conn.execute(q["add_parent"])
                 conn.execute(q["update_version"], [str(SCHEMA_VERSION)])
             conn.execute(q["runs_parent"])
             if found is None:
@@ -404,17 +409,17 @@ class PostgresStore:
                           idempotent=True)
         return [Signal(*r) for r in rows]
 
-    def commit(self, writes: Sequence[Write]) -> list[bool]:
+    def commit(self, writes: Sequence[Write]) -> list[bool | None]:
         if not writes:
             return []
         # Most batches are step results of distinct runs: then one statement (the fenced UPDATE
         # and the INSERT of the entries of the runs it updated, atomic as one statement) is one
         # round trip instead of four. Writes it refused go through the full path below.
         if len({w.run_id for w in writes}) == len(writes) and not any(
-                w.create or w.consume or w.spawn or w.cancel or w.notify
+                w.create or w.consume or w.spawn or w.cancel or w.notify or w.admit
                 or (w.release and w.state in ACTIVE) for w in writes):
             applied = self._call(lambda conn: self._commit_one_statement(conn, writes))
-            done = [w.run_id in applied for w in writes]
+            done: list[bool | None] = [w.run_id in applied for w in writes]
             rest = [i for i, ok in enumerate(done) if not ok]
             if rest:
                 for i, ok in zip(rest, self._commit_tx([writes[i] for i in rest]), strict=True):
@@ -457,17 +462,15 @@ class PostgresStore:
             [len(w.entries) for w in ws], [w.progress for w in ws],
         ]
 
-    def _commit_tx(self, writes: Sequence[Write]) -> list[bool]:
-        def tx(conn: psycopg.Connection[Any]) -> list[bool]:
-            done = [False] * len(writes)
+    def _commit_tx(self, given: Sequence[Write]) -> list[bool | None]:
+        def tx(conn: psycopg.Connection[Any]) -> list[bool | None]:
+            done: list[bool | None] = [False] * len(given)
             with conn.transaction():
+                writes = [unadmitted(w) if w.admit and self._working(conn, w.run_id) >= w.admit
+                          else w for w in given]
                 for i, w in enumerate(writes):
                     if w.create:
-                        done[i] = conn.execute(self._q["create"], [  # released: no owner
-                            w.run_id, *w.create, w.state, None if w.release else w.owner,
-                            w.fence, uuid.uuid4().hex]).fetchone() is not None
-                        if done[i]:
-                            self._notify(conn, "create", w.run_id)
+                        done[i] = self._create(conn, w)
                 for batch in _rounds(writes):
                     batch = [i for i in batch if not writes[i].create]
                     if batch:
@@ -475,11 +478,43 @@ class PostgresStore:
                 for i, w in enumerate(writes):
                     if done[i] and w.release and w.state in ACTIVE:  # claimable by others now
                         self._notify(conn, "release", w.run_id)
+                    if done[i] and w is not given[i]:
+                        done[i] = None  # applied unadmitted
             return done
         return self._call(tx)
 
+    def _create(self, conn: psycopg.Connection[Any], w: Write) -> bool:
+        assert w.create is not None
+        workflow, args, *source = w.create
+        made = conn.execute(self._q["create"], [  # released: no owner
+            w.run_id, workflow, args, w.state, None if w.release else w.owner, w.fence,
+            uuid.uuid4().hex, len(w.entries), source[0] if source else None]).fetchone()
+        if made is None:
+            return False
+        if w.entries:  # a fork's copied journal
+            self._append(conn, [(w.run_id, e) for e in w.entries])
+        self._notify(conn, "create", w.run_id)
+        return True
+
+    def _working(self, conn: psycopg.Connection[Any], run_id: str) -> int:
+        """How many other runs of this run's workflow work under live owners; the workflow's
+        lock is held until the transaction ends, so admissions of one workflow take turns."""
+        row = conn.execute(self._q["workflow_of"], [run_id]).fetchone()
+        if row is None:
+            return 0
+        self._lock_limits(conn, [row[0]])
+        [(_, used)] = conn.execute(self._q["working"], [run_id, [row[0]]]).fetchall()
+        return int(used)
+
+    def _lock_limits(self, conn: psycopg.Connection[Any], workflows: Collection[str]) -> None:
+        keys = sorted(int.from_bytes(hashlib.blake2b(
+            f"replaygen:{self.schema}:limit:{w}".encode(), digest_size=8).digest(), "big",
+            signed=True) for w in workflows)
+        for key in keys:  # in one order: two claims never wait for each other's second lock
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
     def _apply(self, conn: psycopg.Connection[Any], writes: Sequence[Write], batch: list[int],
-               done: list[bool]) -> None:
+               done: list[bool | None]) -> None:
         """Apply writes to distinct runs: one fenced UPDATE, one INSERT, one DELETE."""
         q, ws = self._q, [writes[i] for i in batch]
         _check_seqs(ws)
@@ -493,16 +528,7 @@ class PostgresStore:
                 done[i] = self._already_applied(conn, w)
         entries = [(w.run_id, e) for w in fresh for e in w.entries]
         if entries:
-            try:
-                conn.execute(q["append"], [
-                    [r for r, _ in entries], [e.seq for _, e in entries],
-                    [e.position for _, e in entries], [e.kind for _, e in entries],
-                    [e.name for _, e in entries], [e.status for _, e in entries],
-                    [e.value for _, e in entries], [e.started for _, e in entries],
-                    [e.ended for _, e in entries],
-                ])
-            except psycopg.errors.UniqueViolation:  # guarded by next_seq; a corrupt journal
-                raise ValueError(_SEQ_TAKEN) from None
+            self._append(conn, entries)
         consumed = [(w.run_id, signal) for w in fresh for signal in w.consume]
         if consumed:
             gone = {row[0] for row in conn.execute(q["consume"], [
@@ -511,6 +537,18 @@ class PostgresStore:
                 if signal not in gone:
                     raise ValueError(f"run {run_id!r}: signal {signal} is not queued")
         self._effects(conn, fresh)
+
+    def _append(self, conn: psycopg.Connection[Any], entries: list[tuple[str, Entry]]) -> None:
+        try:
+            conn.execute(self._q["append"], [
+                [r for r, _ in entries], [e.seq for _, e in entries],
+                [e.position for _, e in entries], [e.kind for _, e in entries],
+                [e.name for _, e in entries], [e.status for _, e in entries],
+                [e.value for _, e in entries], [e.started for _, e in entries],
+                [e.ended for _, e in entries],
+            ])
+        except psycopg.errors.UniqueViolation:  # guarded by next_seq; a corrupt journal
+            raise ValueError(_SEQ_TAKEN) from None
 
     def _effects(self, conn: psycopg.Connection[Any], ws: Sequence[Write]) -> None:
         """What applied writes do to other runs: children made (each a statement of its own,
@@ -537,12 +575,12 @@ class PostgresStore:
         statement finds nothing new: a child made by a write that committed while the last
         one waited for its parent's row is seen by the next."""
         total = 0
-        while n := conn.execute(self._q["cancel_tree"], [run_ids, list(FINISHED)]).rowcount:
+        while n := conn.execute(self._q["cancel_tree"], [run_ids, list(CLOSED)]).rowcount:
             total += n
         return total
 
     def _deliver_notice(self, conn: psycopg.Connection[Any], n: Notice) -> None:
-        conn.execute(self._q["notice"], [n.run_id, n.name, n.payload, n.run_id, list(FINISHED)])
+        conn.execute(self._q["notice"], [n.run_id, n.name, n.payload, n.run_id, list(CLOSED)])
 
     def _already_applied(self, conn: psycopg.Connection[Any], w: Write) -> bool:
         """A write the fenced UPDATE refused: stale fence (False), an exact repeat of a write
@@ -565,21 +603,21 @@ class PostgresStore:
     def claim(
         self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
         workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
-        reset: bool = False, limit: int = 1000,
+        reset: bool = False, limit: int = 1000, limits: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         token = uuid.uuid4().hex
         with self._unsure_lock:
             unsure = list(self._unsure.get(owner, ()))
+        params = {"owner": owner, "token": token, "states": list(states), "dead": list(dead),
+                  "reset": reset, "working": list(WORKING), "unsure": unsure, "limit": limit,
+                  "ids": None if run_ids is None else list(run_ids),
+                  "wfs": None if workflows is None else list(workflows), "full": []}
 
         def tx(conn: psycopg.Connection[Any]) -> list[Claim]:
             with conn.transaction():
-                rows = conn.execute(self._q["claim"], {
-                    "owner": owner, "token": token, "states": list(states), "dead": list(dead),
-                    "reset": reset, "working": list(WORKING),
-                    "ids": None if run_ids is None else list(run_ids),
-                    "wfs": None if workflows is None else list(workflows),
-                    "unsure": unsure, "limit": limit,
-                }).fetchall()
+                if limits:
+                    params["ids"] = self._admitted(conn, limits, params)
+                rows = conn.execute(self._q["claim"], params).fetchall()
                 rows.sort(key=lambda r: r[0])
                 runs: list[RunRecord] = []
                 for row_id, *row in rows:
@@ -601,6 +639,43 @@ class PostgresStore:
             with self._unsure_lock:
                 self._unsure[owner].difference_update(unsure)
         return claims
+
+    def _admitted(self, conn: psycopg.Connection[Any], limits: Mapping[str, int],
+                  params: dict[str, Any]) -> list[str]:
+        """The runs a claim with ``limits`` may take: locked, within the free slots (the
+        limited workflows' locks are held until the claim commits)."""
+        self._lock_limits(conn, limits)
+        free = {w: limits[w] - n for w, n in conn.execute(
+            self._q["working"], ["", list(limits)]).fetchall()}
+        params["full"] = [w for w, n in free.items() if n <= 0]
+        picked = []
+        for run_id, workflow, state in conn.execute(self._q["candidates"], params).fetchall():
+            if state in WORKING and workflow in free:  # a slot of its workflow's
+                if free[workflow] <= 0:
+                    continue
+                free[workflow] -= 1
+            picked.append(run_id)
+        return picked
+
+    def purge(self, before: float, *, states: Collection[str], limit: int,
+              tombstone: Callable[[RunRecord], tuple[str, str]]) -> list[str]:
+        def tx(conn: psycopg.Connection[Any]) -> list[str]:
+            with conn.transaction():
+                found: list[RunRecord] = []
+                for state in [s for s in FINISHED if s in states]:  # each by its index
+                    found += map(_record, conn.execute(
+                        self._q["purgeable"], [state, before, limit - len(found)]).fetchall())
+                    if len(found) >= limit:
+                        break
+                marks = [(r.run_id, *tombstone(r)) for r in found]
+                ids = [m[0] for m in marks]
+                if ids:
+                    conn.execute(self._q["tombstone"], [ids, [m[1] for m in marks],
+                                                        [m[2] for m in marks]])
+                    conn.execute(self._q["drop_journals"], [ids])
+                    conn.execute(self._q["drop_signals"], [ids])
+                return ids
+        return self._call(tx)
 
     def owners(self) -> list[str]:
         rows = self._call(lambda c: c.execute(self._q["owners"], [list(FINISHED)]).fetchall(),
@@ -640,7 +715,7 @@ class PostgresStore:
                 row = conn.execute(self._q["share"], [run_id]).fetchone()
                 if row is None:
                     raise RunNotFound(f"cannot deliver {name!r}: no run {run_id!r} in this store")
-                if row[0] in FINISHED:
+                if row[0] in CLOSED:
                     raise RunFinished(
                         f"cannot deliver {name!r}: run {run_id!r} is already {row[0]}")
                 made = conn.execute(self._q["deliver"], [run_id, name, payload]).fetchone()
@@ -667,7 +742,7 @@ class PostgresStore:
                     raise RunNotFound(f"cannot terminate: no run {run_id!r} in this store")
                 done = 0
                 while n := conn.execute(self._q["terminate_tree"],
-                                        [[run_id], error, list(FINISHED)]).rowcount:
+                                        [[run_id], error, list(CLOSED)]).rowcount:
                     done += n
                 if done:
                     if notify is not None:
@@ -773,6 +848,19 @@ def _check_seqs(ws: Sequence[Write]) -> None:
                                  f"consecutive ({[x.seq for x in w.entries]})")
 
 
+# Runs a claim may take (see Store.claim); with limits, not the working runs of a full workflow.
+_CLAIMABLE = """
+    WHERE r.state = ANY(%(states)s)
+      AND (%(ids)s::text[] IS NULL OR r.run_id = ANY(%(ids)s::text[]))
+      AND (%(wfs)s::text[] IS NULL OR r.workflow = ANY(%(wfs)s::text[]))
+      AND (r.owner IS NULL
+           OR (r.owner <> %(owner)s AND (r.owner = ANY(%(dead)s::text[])
+               OR NOT EXISTS (SELECT 1 FROM {workers} l WHERE l.owner = r.owner
+                              AND l.lease_until >= now())))
+           OR (r.owner = %(owner)s AND r.token = ANY(%(unsure)s::text[])))
+      AND NOT (r.workflow = ANY(%(full)s::text[]) AND r.state = ANY(%(working)s::text[]))"""
+
+
 def _queries(schema: str) -> dict[str, sql.Composed]:
     s = sql.Identifier(schema)
     names = {
@@ -790,8 +878,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "create_tables": _TABLES,
         "create": f"""
             INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
-                                  token)
-            VALUES (%s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}, %s)
+                                  token, next_seq, forked_from)
+            VALUES (%s, %s, %s, %s, %s, %s, {_NOW}, {_NOW}, %s, %s, %s)
             ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
         "get": f"SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE run_id = %s",
         "share": "SELECT state FROM {runs} WHERE run_id = %s FOR SHARE",
@@ -826,17 +914,12 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "consume": """
             DELETE FROM {signals} s USING unnest(%s::text[], %s::bigint[]) AS c(run_id, id)
             WHERE s.id = c.id AND s.run_id = c.run_id RETURNING s.id""",
+        "candidates": f"""
+            SELECT r.run_id, r.workflow, r.state FROM {{runs}} r {_CLAIMABLE}
+            ORDER BY r.id LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED""",
         "claim": f"""
             WITH c AS (
-                SELECT r.run_id FROM {{runs}} r
-                WHERE r.state = ANY(%(states)s)
-                  AND (%(ids)s::text[] IS NULL OR r.run_id = ANY(%(ids)s::text[]))
-                  AND (%(wfs)s::text[] IS NULL OR r.workflow = ANY(%(wfs)s::text[]))
-                  AND (r.owner IS NULL
-                       OR (r.owner <> %(owner)s AND (r.owner = ANY(%(dead)s::text[])
-                           OR NOT EXISTS (SELECT 1 FROM {{workers}} l WHERE l.owner = r.owner
-                                          AND l.lease_until >= now())))
-                       OR (r.owner = %(owner)s AND r.token = ANY(%(unsure)s::text[])))
+                SELECT r.run_id FROM {{runs}} r {_CLAIMABLE}
                 ORDER BY r.id LIMIT %(limit)s
                 FOR UPDATE OF r SKIP LOCKED)
             UPDATE {{runs}} r SET owner = %(owner)s, fence = r.fence + 1, token = %(token)s,
@@ -848,14 +931,32 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL "
                   "AND state <> ALL(%s::text[])",
         "counts": "SELECT workflow, state, count(*) FROM {runs} GROUP BY workflow, state",
+        "workflow_of": "SELECT workflow FROM {runs} WHERE run_id = %s",
+        # Runs of these workflows (but one) that work under live owners: the slots in use.
+        "working": """
+            SELECT w, (SELECT count(*) FROM {runs} r WHERE r.workflow = w
+                       AND r.state = ANY('{{pending,running}}') AND r.run_id <> %s
+                       AND EXISTS (SELECT 1 FROM {workers} l WHERE l.owner = r.owner
+                                   AND l.lease_until >= now()))
+            FROM unnest(%s::text[]) AS w""",
+        "purgeable": f"""
+            SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE state = %s AND updated < %s
+            ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+        "tombstone": """
+            UPDATE {runs} r SET state = 'purged', args = t.args, error = t.error, result = NULL,
+                owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = false,
+                cancel_seen = false
+            FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(run_id, args, error)
+            WHERE r.run_id = t.run_id""",
+        "drop_journals": "DELETE FROM {journal} WHERE run_id = ANY(%s)",
+        "drop_signals": "DELETE FROM {signals} WHERE run_id = ANY(%s)",
         "last_entries": f"SELECT DISTINCT ON (run_id) run_id, {_ENTRY_COLUMNS} FROM {{journal}} "
                         f"WHERE run_id = ANY(%s) ORDER BY run_id, seq DESC",
         "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
                  f"updated = {_NOW} WHERE id = %s",
-        "has_workflows": """
+        "has_column": """
             SELECT 1 FROM information_schema.columns WHERE table_schema = %s
-                AND table_name = 'workers' AND column_name = 'workflows'""",
-        "add_workflows": "ALTER TABLE {workers} ADD COLUMN IF NOT EXISTS workflows text[]",
+                AND table_name = %s AND column_name = %s""",
         "heartbeat": """
             INSERT INTO {workers} AS w (owner, lease_until, workflows)
             VALUES (%s, clock_timestamp() + %s * interval '1 second', %s::text[])
@@ -891,7 +992,6 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             UPDATE {{runs}} SET state = 'cancelled', error = %s, owner = NULL, fence = fence + 1,
                 wake_at = NULL, waiting_for = NULL, updated = {_NOW}
             WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%s::text[])""",
-        "add_parent": "ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS parent text",
         "update_version": "UPDATE {meta} SET value = %s WHERE key = 'schema_version'",
         "runs_parent": "CREATE INDEX IF NOT EXISTS {runs_parent} ON {runs} (parent, id)",
         "wakeups": """
@@ -901,7 +1001,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             ORDER BY r.id""",
         "runs": f"""
             SELECT {_RUN_COLUMNS} FROM {{runs}}
-            WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+            WHERE (%(states)s::text[] IS NULL AND state <> 'purged'
+                   OR state = ANY(%(states)s::text[]))
               AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
               AND (%(parent)s::text IS NULL OR parent = %(parent)s::text)
             ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s""",

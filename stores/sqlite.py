@@ -28,14 +28,15 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from replaygen.errors import ReplaygenError, RunFinished, RunNotFound, StoreUnavailable
 from replaygen.store import (
-    ACTIVE, FINISHED, WORKING, Claim, Entry, Notice, RunRecord, Signal, Worker, Write,
+    ACTIVE, CLOSED, FINISHED, PURGED, WORKING, Claim, Entry, Notice, RunRecord, Signal, Worker,
+    Write, unadmitted,
 )
 
 from ._rows import blocked_error, damage, workflow_names
@@ -48,11 +49,13 @@ older replaygen still works with (a table it never reads, as ``worker_workflows`
 workflow names each worker advertises, as a JSON array) adds to a schema without a bump, so
 old and new workers may share a file during an upgrade and a rollback stays possible. (A
 column added to ``workers`` would not do: older code inserts its rows without naming columns.)
-Schema 2 adds ``runs.parent`` (child runs): a worker of schema 1 would run a child without
-telling its parent that it ended, so it must refuse the file; a schema 1 file is migrated
-when a worker of this version opens it."""
+Schema 2 adds ``runs.parent`` (child runs), ``runs.forked_from`` (forks) and the state
+``purged`` (tombstones): a worker of schema 1 would run a child without telling its parent
+that it ended, so it must refuse the file; a schema 1 file is migrated when a worker of this
+version opens it."""
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
-                "wake_at, waiting_for, cancel_requested, resumes, parent")
+                "wake_at, waiting_for, cancel_requested, resumes, parent, forked_from")
+_ADDED = ("parent", "forked_from")  # columns of schema 2 that a schema 1 file lacks
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS runs (
     owner TEXT, fence INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
     result TEXT, error TEXT, wake_at REAL, waiting_for TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0, cancel_seen INTEGER NOT NULL DEFAULT 0,
-    resumes INTEGER NOT NULL DEFAULT 0, parent TEXT);
+    resumes INTEGER NOT NULL DEFAULT 0, parent TEXT, forked_from TEXT);
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner);
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state, created);
 CREATE TABLE IF NOT EXISTS journal (
@@ -99,9 +102,10 @@ _UPDATE = ("UPDATE runs SET state = NEW.state, updated = NEW.ended, wake_at = NE
 _BATCH = f"""
 CREATE TEMP VIEW batch ({_BATCH_COLUMNS}) AS SELECT {", ".join(["NULL"] * 19)} WHERE 0;
 CREATE TEMP TRIGGER batch_create INSTEAD OF INSERT ON batch WHEN NEW.op = 'create' BEGIN
-    INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated)
+    INSERT INTO runs (run_id, workflow, args, state, owner, fence, created, updated,
+                      forked_from)
     VALUES (NEW.run_id, NEW.name, NEW.value, NEW.state, NEW.owner, NEW.fence, NEW.ended,
-            NEW.ended) ON CONFLICT (run_id) DO NOTHING;
+            NEW.ended, NEW.waiting_for) ON CONFLICT (run_id) DO NOTHING;
     {_REFUSE}; END;
 CREATE TEMP TRIGGER batch_entry INSTEAD OF INSERT ON batch WHEN NEW.op = 'entry' BEGIN
     INSERT INTO journal SELECT NEW.run_id, NEW.seq, NEW.slot, NEW.kind, NEW.name, NEW.status,
@@ -122,7 +126,8 @@ CREATE TEMP TRIGGER batch_spawn INSTEAD OF INSERT ON batch WHEN NEW.op = 'spawn'
 CREATE TEMP TRIGGER batch_notify INSTEAD OF INSERT ON batch WHEN NEW.op = 'notify' BEGIN
     INSERT INTO signals (run_id, name, payload, sent) SELECT NEW.run_id, NEW.name, NEW.value,
         NEW.ended WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id
-                                AND state NOT IN ('completed', 'failed', 'cancelled')); END;
+                                AND state NOT IN ('completed', 'failed', 'cancelled',
+                                                  'purged')); END;
 CREATE TEMP TRIGGER batch_bump INSTEAD OF INSERT ON batch WHEN NEW.op = 'bump' BEGIN
     {_BUMP}; END;
 """
@@ -139,9 +144,14 @@ def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
     """The rows of the batch view (columns ``_BATCH_COLUMNS``) that apply one write."""
     run: tuple[str, str | None, int] = (w.run_id, w.owner, w.fence)
     if w.create:  # released at once (a client's start): no owner, claimable by any worker
-        run = (w.run_id, None if w.release else w.owner, w.fence)
-        return [("create", *run, w.state, None, None, None, w.create[0], None, w.create[1], None,
-                 now, None, None, None, None, 0, None)]
+        owned = w.owner if w.entries or not w.release else None  # a fork's entries are fenced
+        source = w.create[2] if len(w.create) > 2 else None
+        made: list[tuple[Any, ...]] = [("create", w.run_id, owned, w.fence, w.state, None, None,
+                                         None, w.create[0], None, w.create[1], None, now, None,
+                                         source, None, None, 0, None)]
+        if owned is None:
+            return made
+        return made + _rows(w._replace(create=None, keep=not w.release), now)
     rows: list[tuple[Any, ...]] = [("entry", *run, None, *e, None, None, None, None, 0, None)
                                    for e in w.entries]
     if not w.keep:  # the entries (fenced by the owner) go before a release clears it
@@ -174,14 +184,35 @@ def _bump(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
 _TREE = ("WITH RECURSIVE tree(id) AS (SELECT value FROM json_each(?) UNION "
          "SELECT r.run_id FROM runs r JOIN tree ON r.parent = tree.id) ")
 _CANCEL_TREE = (_TREE + "UPDATE runs SET cancel_requested = 1 WHERE run_id IN (SELECT id FROM "
-                "tree) AND state NOT IN ('completed', 'failed', 'cancelled') "
+                "tree) AND state NOT IN ('completed', 'failed', 'cancelled', 'purged') "
                 "AND NOT cancel_requested")
+
+
+_LIVE = "owner IN (SELECT owner FROM workers WHERE lease_until >= ?)"
+
+
+def _working(c: sqlite3.Connection, run_id: str, now: float) -> int:
+    """How many other runs of this run's workflow work under live owners."""
+    return int(c.execute(
+        f"SELECT count(*) FROM runs WHERE workflow = (SELECT workflow FROM runs WHERE run_id = ?) "
+        f"AND state IN ('pending', 'running') AND run_id != ? AND {_LIVE}",
+        (run_id, run_id, now)).fetchone()[0])
+
+
+def _free(c: sqlite3.Connection, limits: Mapping[str, int], now: float) -> dict[str, int]:
+    """The free slots of each limited workflow (negative when over)."""
+    if not limits:
+        return {}
+    used = dict(c.execute(
+        f"SELECT workflow, count(*) FROM runs WHERE workflow IN {_IN} AND state IN "
+        f"('pending', 'running') AND {_LIVE} GROUP BY workflow", (json.dumps(list(limits)), now)))
+    return {w: n - used.get(w, 0) for w, n in limits.items()}
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
     flag = bool(row[12]) if isinstance(row[12], int) else row[12]  # a damaged cell stays visible
     return RunRecord(*row[:12], cancel_requested=flag, resumes=row[13],  # type: ignore[misc]
-                     parent=row[14])
+                     parent=row[14], forked_from=row[15])
 
 
 _UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's error for a TEXT cell that is not UTF-8
@@ -397,7 +428,8 @@ class SQLiteStore:
                     f"SQLite store {self.path!r} holds no replaygen store yet and this process "
                     f"cannot create one: {why}")
             if found < 2:  # not migrated: read as it is
-                self._columns = _RUN_COLUMNS.replace("parent", "NULL AS parent")
+                for column in _ADDED:
+                    self._columns = self._columns.replace(column, f"NULL AS {column}")
         except BaseException:
             r.close()
             raise
@@ -429,8 +461,9 @@ class SQLiteStore:
 
     def _migrate(self, c: sqlite3.Connection) -> None:
         found = self._check(c)
-        if found == 1:  # schema 2: child runs know their parent
-            c.execute("ALTER TABLE runs ADD COLUMN parent TEXT")
+        if found == 1:  # schema 2: child runs know their parent, forks their source
+            for column in _ADDED:
+                c.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
             c.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
@@ -537,8 +570,10 @@ class SQLiteStore:
         return [Signal(*row) for row in self._read(
             "SELECT id, name, payload, sent FROM signals WHERE run_id = ? ORDER BY id", (run_id,))]
 
-    def commit(self, writes: Sequence[Write]) -> list[bool]:
+    def commit(self, writes: Sequence[Write]) -> list[bool | None]:
         now = time.time()
+        if any(w.admit for w in writes):  # rare (a limited run back at work): one by one
+            return self._tx(lambda c: self._apply_each(c, writes, now))
         rows = [row for w in writes for row in _rows(w, now)] + _bump(writes)
         cancels = [run_id for w in writes for run_id in w.cancel]
 
@@ -549,7 +584,7 @@ class SQLiteStore:
         try:
             try:  # one statement, its own transaction, unless the batch needs several
                 self._tx(batch, begin=len(rows) > _ROWS or bool(cancels))
-                return [True] * len(writes)
+                return [True for _ in writes]
             except _Refused:  # rolled back whole: apply the writes one by one
                 return self._tx(lambda c: self._apply_each(c, writes, now))
         except sqlite3.IntegrityError as exc:
@@ -574,41 +609,58 @@ class SQLiteStore:
                 raise _Refused from None
             raise
 
-    def _apply_each(self, c: sqlite3.Connection, writes: Sequence[Write], now: float) -> list[bool]:
-        done = []
+    def _apply_each(self, c: sqlite3.Connection, writes: Sequence[Write],
+                    now: float) -> list[bool | None]:
+        done: list[bool | None] = []
+        applied: list[Write] = []
         for w in writes:
             c.execute("SAVEPOINT one")  # a refused write leaves no trace, even of many statements
             try:
+                ok: bool | None = True
+                if w.admit and _working(c, w.run_id, now) >= w.admit:
+                    w, ok = unadmitted(w), None
                 self._apply(c, _rows(w, now))
                 if w.cancel:
                     c.execute(_CANCEL_TREE, (json.dumps(w.cancel),))
-                done.append(True)
+                done.append(ok)
+                applied.append(w)
             except _Refused:
                 c.execute("ROLLBACK TO one")
                 done.append(False)
             finally:
                 c.execute("RELEASE one")
-        self._apply(c, _bump([w for w, ok in zip(writes, done, strict=True) if ok]))
+        self._apply(c, _bump(applied))
         return done
 
     def claim(
         self, owner: str, *, states: Collection[str] = ACTIVE, dead: Collection[str] = (),
         workflows: Collection[str] | None = None, run_ids: Collection[str] | None = None,
-        reset: bool = False, limit: int = 1000,
+        reset: bool = False, limit: int = 1000, limits: Mapping[str, int] | None = None,
     ) -> list[Claim]:
-        sql = (f"SELECT rowid FROM runs WHERE state IN {_IN} AND (owner IS NULL OR (owner != ? "
-               f"AND (owner IN {_IN} OR owner NOT IN (SELECT owner FROM workers "
+        now = time.time()
+        sql = (f"SELECT rowid, workflow, state FROM runs WHERE state IN {_IN} AND (owner IS NULL "
+               f"OR (owner != ? AND (owner IN {_IN} OR owner NOT IN (SELECT owner FROM workers "
                f"WHERE lease_until >= ?))))")
-        params: list[Any] = [json.dumps(list(states)), owner, json.dumps(list(dead)), time.time()]
+        params: list[Any] = [json.dumps(list(states)), owner, json.dumps(list(dead)), now]
         for column, values in (("workflow", workflows), ("run_id", run_ids)):
             if values is not None:
                 sql += f" AND {column} IN {_IN}"
                 params.append(json.dumps(list(values)))
-        params.append(limit)
 
         def tx(c: sqlite3.Connection) -> list[Claim]:
+            free = _free(c, limits or {}, now)
+            full = json.dumps([w for w, n in free.items() if n <= 0])
             # Runs are picked by rowid, not run_id: a damaged run_id must not stop the claim.
-            ids = json.dumps([r[0] for r in c.execute(sql + " ORDER BY created LIMIT ?", params)])
+            picked = []
+            for rowid, workflow, state in c.execute(
+                    sql + f" AND NOT (workflow IN {_IN} AND state IN {_IN}) ORDER BY created "
+                    f"LIMIT ?", [*params, full, json.dumps(WORKING), limit]):
+                if state in WORKING and workflow in free:  # a slot of its workflow's
+                    if free[workflow] <= 0:
+                        continue
+                    free[workflow] -= 1
+                picked.append(rowid)
+            ids = json.dumps(picked)
             c.execute(
                 f"UPDATE runs SET owner = ?, fence = fence + 1, resumes = CASE WHEN ? THEN 0 "
                 f"ELSE resumes + (owner IS NOT NULL AND state IN {_IN}) END WHERE rowid IN {_IN}",
@@ -701,7 +753,7 @@ class SQLiteStore:
             self._state(None, run_id, f"deliver {name!r}")
         def tx(c: sqlite3.Connection) -> int:
             run = self._state(c, run_id, f"deliver {name!r}")
-            if run.state in FINISHED:
+            if run.state in CLOSED:
                 raise RunFinished(f"cannot deliver {name!r}: run {run_id!r} is already {run.state}")
             made = c.execute("INSERT INTO signals (run_id, name, payload, sent) VALUES "
                              "(?, ?, ?, ?)", (run_id, name, payload, time.time()))
@@ -723,13 +775,13 @@ class SQLiteStore:
     def terminate(self, run_id: str, error: str, notify: Notice | None = None) -> RunRecord:
         def tx(c: sqlite3.Connection) -> RunRecord:
             run = self._state(c, run_id, "terminate")
-            if run.state in FINISHED:
+            if run.state in CLOSED:
                 return run
             now = time.time()
             c.execute(_TREE + "UPDATE runs SET state = 'cancelled', error = ?, owner = NULL, "
                       "fence = fence + 1, wake_at = NULL, waiting_for = NULL, updated = ? "
                       "WHERE run_id IN (SELECT id FROM tree) AND state NOT IN ('completed', "
-                      "'failed', 'cancelled')", (json.dumps([run_id]), error, now))
+                      "'failed', 'cancelled', 'purged')", (json.dumps([run_id]), error, now))
             if notify is not None:
                 self._apply(c, [_notice(notify, now)])
             c.execute(_BUMP)
@@ -771,10 +823,10 @@ class SQLiteStore:
         self, *, states: Collection[str] | None = None, workflow: str | None = None,
         parent: str | None = None, limit: int = 100, offset: int = 0,
     ) -> list[RunRecord]:
-        sql, params = f"SELECT {self._columns} FROM runs WHERE 1", []
-        if states is not None:
-            sql += f" AND state IN {_IN}"
-            params.append(json.dumps(list(states)))
+        sql, params = f"SELECT {self._columns} FROM runs WHERE state != '{PURGED}'", []
+        if states is not None:  # tombstones only when asked for
+            sql, params = f"SELECT {self._columns} FROM runs WHERE state IN {_IN}", [
+                json.dumps(list(states))]
         for column, value in (("workflow", workflow), ("parent", parent)):
             if value is not None:
                 sql += f" AND {column} = ?"
@@ -792,6 +844,28 @@ class SQLiteStore:
             f"SELECT j.run_id, j.seq, j.slot, j.kind, j.name, j.status, j.value, j.started, "
             f"j.ended FROM journal j WHERE j.run_id IN {_IN} AND j.seq = (SELECT max(seq) FROM "
             f"journal WHERE run_id = j.run_id)", (json.dumps(list(run_ids)),))}
+
+    def purge(self, before: float, *, states: Collection[str], limit: int,
+              tombstone: Callable[[RunRecord], tuple[str, str]]) -> list[str]:
+        if not self._ready(create=False):
+            return []
+
+        def tx(c: sqlite3.Connection) -> list[str]:
+            found: list[Any] = []
+            for state in [s for s in FINISHED if s in states]:  # each by its index, oldest first
+                found += _fetch(c, f"SELECT rowid, {_RUN_COLUMNS} FROM runs WHERE state = ? AND "
+                                   f"updated < ? ORDER BY created LIMIT ?", (state, before, limit))
+            found = sorted(found, key=lambda row: row[7])[:limit]
+            for rowid, *row in found:
+                args, error = tombstone(_record(row))
+                c.execute(f"UPDATE runs SET state = '{PURGED}', args = ?, error = ?, result = NULL, "
+                          f"owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = 0, "
+                          f"cancel_seen = 0 WHERE rowid = ?", (args, error, rowid))
+            ids = json.dumps([row[1] for row in found])
+            c.execute(f"DELETE FROM journal WHERE run_id IN {_IN}", (ids,))
+            c.execute(f"DELETE FROM signals WHERE run_id IN {_IN}", (ids,))
+            return [row[1] for row in found]
+        return self._tx(tx)
 
     def close(self) -> None:
         # Closing a connection while another thread runs a statement on it crashes the process

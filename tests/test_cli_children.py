@@ -41,7 +41,7 @@ def test_show_names_the_parent_and_the_children(family: Path) -> None:
     assert "parent:      order\n" in child and "waiting for: signal go" in child
     shown = json.loads(cli("show", "order", "--json", cwd=family, store="runs.db").stdout)
     assert shown["run"]["children"] == ["order/0", "order/1"] and shown["run"]["parent"] is None
-    assert [e["kind"] for e in shown["journal"]] == ["spawn", "spawn"]
+    assert [e["kind"] for e in shown["journal"]] == ["group", "spawn", "spawn"]
 
 
 def test_runs_lists_the_children_of_a_run(family: Path) -> None:
