@@ -46,6 +46,8 @@ from .registry import registered, table
 from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
+READ_ONLY = frozenset({"runs", "show", "check", "export", "versions"})
+"""The commands that only read: they open the store read-only and change no byte of it."""
 WIDTH = 60                     # widest value shown in a table cell, unless --full
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between a waiting worker's tries: doubling, capped
 WAIT_LOG_EVERY = 5.0               # seconds between its "waiting for the store" lines
@@ -77,24 +79,31 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return base + ("?" + "&".join(kept) if kept else ""), next(iter(found), None)
 
 
-def _no_schema(url: str, schema: str) -> bool:
-    """True if the server answers and has no such schema; False if it cannot tell (opening
-    the store then reports why, without leaking a password, which this must not print)."""
+def _no_postgres_store(url: str, schema: str) -> str | None:
+    """Why the server holds no replaygen store in ``schema`` (no such schema, or one without
+    replaygen's tables), or None: it does, or this cannot tell (opening the store then reports
+    why, without leaking a password, which this must not print)."""
     try:
         psycopg = importlib.import_module("psycopg")
         params = psycopg.conninfo.conninfo_to_dict(url)
         params.setdefault("connect_timeout", "5")  # libpq's default is to wait forever
         with psycopg.connect(**params, autocommit=True) as conn:
-            return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                                [schema]).fetchone() is None
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                            [schema]).fetchone() is None:
+                return f"no schema {schema!r} in this database"
+            meta = psycopg.sql.Identifier(schema, "meta").as_string(conn)
+            if conn.execute("SELECT to_regclass(%s)", [meta]).fetchone()[0] is None:
+                return f"schema {schema!r} holds no replaygen store"
     except Exception:
-        return False
+        return None
+    return None
 
 
-def open_store(url: str | None, *, schema: str | None = None, create: bool = False) -> Store:
+def open_store(url: str | None, *, schema: str | None = None, mode: str = "ro") -> Store:
     """A store from a URL: ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``path.db``, or
     ``postgresql://...[?schema=NAME]``. ``schema`` (--schema) names the Postgres schema, as
-    ``?schema=`` does. A SQLite file is created only when ``create`` (the worker)."""
+    ``?schema=`` does. ``mode`` is ``"ro"`` (read-only: a store that exists), ``"rw"`` (a
+    store that exists) or ``"rwc"`` (the worker: made when missing)."""
     if not url:
         raise CLIError(f"no store given: pass --store sqlite:///path.db (or postgresql://...) "
                        f"or set ${ENV}")
@@ -111,9 +120,8 @@ def open_store(url: str | None, *, schema: str | None = None, create: bool = Fal
                            f"pip install 'replaygen[postgres]'") from None
         if schema is None:
             schema = inspect.signature(postgres.PostgresStore).parameters["schema"].default
-        if not create and _no_schema(url, str(schema)):  # opening the store would create it
-            raise CLIError(f"no schema {schema!r} in this database: check --schema or ?schema= "
-                           f"(a worker creates it)")
+        if mode != "rwc" and (why := _no_postgres_store(url, str(schema))):  # opening makes it
+            raise CLIError(f"{why}: check --schema or ?schema= (a worker creates the store)")
         return cast(Store, postgres.PostgresStore(url, schema=schema))
     if schema is not None:
         raise CLIError(f"--schema {schema!r} is for a Postgres store; a SQLite file holds one "
@@ -126,10 +134,11 @@ def open_store(url: str | None, *, schema: str | None = None, create: bool = Fal
     else:
         raise CLIError(f"unrecognised store {url!r}: use sqlite:///path.db, a path ending in .db, "
                        f"or postgresql://user@host/dbname")
-    if not create and not os.path.exists(path):
+    if mode != "rwc" and not os.path.exists(path):
         raise CLIError(f"no database at {os.path.abspath(path)!r}: check --store (a worker "
                        f"creates the file)")
-    return cast(Store, importlib.import_module("replaygen.stores.sqlite").SQLiteStore(path))
+    sqlite = importlib.import_module("replaygen.stores.sqlite")
+    return cast(Store, sqlite.SQLiteStore(path, mode=mode))
 
 
 def load_workflows(spec: str) -> Any:
@@ -566,7 +575,7 @@ def _start_worker(a: argparse.Namespace, stop: threading.Event) -> Interpreter |
         store: Store | None = None
         interp: Interpreter | None = None
         try:
-            store = open_store(a.store, schema=a.schema, create=True)
+            store = open_store(a.store, schema=a.schema, mode="rwc")
             interp = a.make(store)
             interp.recover()
             return interp
@@ -714,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.make = load_app(a.app)
         if a.command == "worker":  # opens the store itself: it waits for one that is down
             return cmd_worker(a)
-        store = open_store(a.store, schema=a.schema)
+        store = open_store(a.store, schema=a.schema, mode="ro" if a.command in READ_ONLY else "rw")
         try:
             return int(a.func(store, a))
         finally:

@@ -62,10 +62,11 @@ def test_start_queues_a_run_that_a_worker_of_a_decorated_module_serves(tmp_path:
     worker = subprocess.Popen([sys.executable, "-m", "replaygen", "--store", str(db), "worker",
                                "shop"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        until(db.exists)
+        assert worker.stderr is not None
+        assert any("serving shop" in line for line in worker.stderr), "the worker ended"
         started = cli("start", "order", "[21]", "--run-id", "o-1", cwd=tmp_path, store=db)
         assert started.returncode == 0, started.stderr
-        assert started.stdout.strip() == "o-1"
+        assert (started.stdout, started.stderr) == ("o-1\n", "")  # a live worker serves it
         store = SQLiteStore(db)
         until(lambda: store.get("o-1").state == "waiting")  # type: ignore[union-attr]
         assert cli("signal", "o-1", "approved", cwd=tmp_path, store=db).returncode == 0
