@@ -330,6 +330,18 @@ def _unserved(live: _Live | None, r: RunRecord) -> str | None:
     return "no worker is live" if not live else f"no live worker knows workflow {r.workflow!r}"
 
 
+def _no_server(live: _Live | None, workflow: str) -> str | None:
+    """Why no live worker would take a new run of ``workflow``, or None (one would, or that
+    cannot be told: the store cannot say, or a live worker never said what it serves)."""
+    if live is None or any(names is None or workflow in names for names in live.values()):
+        return None
+    if not live:
+        return f"no worker is live, so none serves workflow {workflow!r} yet"
+    served = sorted({name for names in live.values() for name in names or ()})
+    return (f"no live worker serves workflow {workflow!r} (they serve "
+            f"{', '.join(map(repr, served)) or 'nothing'})")
+
+
 def _width(text: str) -> int:
     """Terminal columns: wide characters (中) take two, combining marks none."""
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
@@ -483,7 +495,12 @@ def cmd_start(store: Store, a: argparse.Namespace) -> int:
     if not isinstance(args, list):
         raise CLIError(f"the arguments must be a JSON array (the positional arguments), got "
                        f"{type(args).__name__}")
-    print(Client(store).start(check_name("workflow name", a.workflow), *args, run_id=a.run_id))
+    name = check_name("workflow name", a.workflow)
+    run_id = Client(store).start(name, *args, run_id=a.run_id)
+    if (why := _no_server(_live(store), name)) is not None:  # a worker may come later: start it
+        print(_safe(f"replaygen: warning: {why}; the run waits for one that does"),
+              file=sys.stderr)
+    print(_safe(run_id))
     return 0
 
 

@@ -176,3 +176,42 @@ def test_versions_counts_unfinished_runs_per_branch(tmp_path: Path) -> None:
     shown = cli("versions", "--json", cwd=tmp_path, store=db)
     assert shown.returncode == 0
     assert json.loads(shown.stdout) == {"audit": {"2": 1, "None": 1}}
+
+
+def _made(db: Path) -> SQLiteStore:
+    """A store whose file exists, as a worker leaves it (a claim is a write: it makes it)."""
+    store = SQLiteStore(db)
+    assert store.claim("a-worker", workflows=[]) == []
+    return store
+
+
+def test_start_prints_the_run_id_with_control_characters_escaped(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    _made(db).heartbeat("a-worker", 60.0, workflows=["order"])
+    started = cli("start", "order", "--run-id", "red\x1b[31m\nnext\u202e", cwd=tmp_path, store=db)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == "red\\x1b[31m\\nnext\\u202e\n"
+    record = SQLiteStore(db).get("red\x1b[31m\nnext\u202e")  # stored byte-exact
+    assert record is not None and record.workflow == "order"
+
+
+def test_start_of_a_workflow_no_live_worker_serves_warns_and_still_starts(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    store = _made(db)
+    store.heartbeat("a-worker", 60.0)  # a worker that does not say what it serves
+    nobody = cli("start", "order", "--run-id", "o-1", cwd=tmp_path, store=db)
+    assert (nobody.returncode, nobody.stdout) == (0, "o-1\n")
+    assert nobody.stderr == ""  # a worker that never said what it serves: it may serve it
+    store.release("a-worker")
+
+    alone = cli("start", "order", "--run-id", "o-2", cwd=tmp_path, store=db)
+    assert (alone.returncode, alone.stdout) == (0, "o-2\n")
+    assert alone.stderr == ("replaygen: warning: no worker is live, so none serves workflow "
+                            "'order' yet; the run waits for one that does\n")
+
+    store.heartbeat("b-worker", 60.0, workflows=["billing", "shipping"])
+    other = cli("start", "ordre", "--run-id", "o-3", cwd=tmp_path, store=db)
+    assert (other.returncode, other.stdout) == (0, "o-3\n")
+    assert other.stderr == ("replaygen: warning: no live worker serves workflow 'ordre' (they "
+                            "serve 'billing', 'shipping'); the run waits for one that does\n")
+    assert {r.run_id for r in store.runs()} == {"o-1", "o-2", "o-3"}
