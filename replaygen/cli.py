@@ -547,9 +547,42 @@ def cmd_export(store: Store, a: argparse.Namespace) -> int:
     if a.output in (None, "-"):
         print(text)
     else:
-        with open(a.output, "w") as f:
-            f.write(text + "\n")
+        _write(a.output, text + "\n")
     return 0
+
+
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to the file at ``path``; a path that cannot be written is a CLIError
+    saying why, in the CLI's words."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise CLIError(f"cannot write {path!r}: {_unwritable(path, exc)}") from None
+
+
+def _unwritable(path: str, exc: OSError) -> str:
+    folder = os.path.dirname(path) or "."
+    if isinstance(exc, IsADirectoryError):
+        return f"it is a directory; give the path of a file (e.g. {os.path.join(path, 'run.json')!r})"
+    if isinstance(exc, NotADirectoryError):
+        parent = next((p for p in _parents(folder) if os.path.isfile(p)), folder)
+        return f"{parent!r} is a file, not a directory; fix the path"
+    if isinstance(exc, FileNotFoundError):
+        return f"there is no directory {folder!r}; create it first, or give another path"
+    if isinstance(exc, PermissionError):
+        return (f"permission denied: this user may not write the file or create it in "
+                f"{folder!r}; choose another path, or fix the permissions (chmod, chown)")
+    return exc.strerror or str(exc)
+
+
+def _parents(folder: str) -> list[str]:
+    """``folder`` and each directory above it, nearest first (``a/b/c``: a/b/c, a/b, a)."""
+    out = []
+    while folder and folder not in out:
+        out.append(folder)
+        folder = os.path.dirname(folder)
+    return out
 
 
 def cmd_versions(store: Store, a: argparse.Namespace) -> int:
