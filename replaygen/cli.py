@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from ._identity import is_dead
 from .codec import JSONCodec
 from .commands import check_name
 from .errors import ReplaygenError, RunNotFound, StoreUnavailable
@@ -306,9 +307,14 @@ _Live = dict[str, list[str] | None]
 
 def _live(store: Store) -> _Live | None:
     """The store's live workers, or None from a store that cannot say (one written before
-    ``workers()`` was part of the protocol)."""
+    ``workers()`` was part of the protocol). A worker whose lease still runs is live, unless
+    it ran on this machine and its process is gone (killed, crashed): that is known at once,
+    while a worker elsewhere stays live until its lease lapses."""
     workers = getattr(store, "workers", None)
-    return None if workers is None else cast(_Live, workers())
+    if workers is None:
+        return None
+    return {owner: names for owner, names in cast(_Live, workers()).items()
+            if not is_dead(owner)}
 
 
 def _known_by(live: _Live | None, r: RunRecord) -> bool | None:
