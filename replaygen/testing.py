@@ -318,12 +318,33 @@ def census(store: Store, change: str | None = None,
 
 
 def export_run(store: Store, run_id: str) -> dict[str, Any]:
-    """A run as plain JSON data: its record and journal, values as stored (codec text)."""
+    """A run as plain data, ready for ``json.dump``, that ``load_run`` and ``replay_run`` take
+    back: ``{"format": "replaygen-run/1", "run": {...}, "journal": [...]}``.
+
+    ``run`` is the run's record as the store holds it (``RunRecord``'s fields: ``run_id``,
+    ``workflow``, ``args``, ``state``, ``created`` and ``updated`` in epoch seconds,
+    ``result`` or ``error``, ...); ``journal`` its entries in order (``Entry``'s fields:
+    ``seq``, ``slot``, ``kind``, ``name``, ``status``, ``value``, ``started``, ``ended``).
+    ``args``, ``result``, ``error`` and each ``value`` are the stored text, not decoded;
+    ``args`` holds ``{"args": [...], "kwargs": {...}}``, without the nonce the engine keeps
+    with a run to make its idempotency keys (nothing that replays it needs the nonce)."""
     r = store.get(run_id)
     if r is None:
         raise RunNotFound(f"no run {run_id!r} in this store")
-    return {"format": EXPORT_FORMAT, "run": asdict(r),
+    return {"format": EXPORT_FORMAT, "run": {**asdict(r), "args": _without_nonce(r.args)},
             "journal": [e._asdict() for e in store.journal(run_id)]}
+
+
+def _without_nonce(args: str) -> str:
+    """Stored arguments without the engine's nonce; as they are if they are not JSON (a codec
+    of another format) or hold none."""
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return args
+    if not isinstance(value, dict) or "nonce" not in value:
+        return args
+    return json.dumps({k: v for k, v in value.items() if k != "nonce"}, separators=(",", ":"))
 
 
 def load_run(source: str | os.PathLike[str] | Mapping[str, Any]) -> MemoryStore:

@@ -140,8 +140,13 @@ def test_an_exported_run_replays_with_no_store_and_gives_the_stored_result(
     assert interp.result(run, timeout=PATIENCE) == "shipped 42"
     interp.shutdown()
     fixture = tmp_path / "order.json"
-    fixture.write_text(json.dumps(export_run(store, run)))
+    exported = export_run(store, run)
+    fixture.write_text(json.dumps(exported))
     store.close()
+    assert set(exported) == {"format", "run", "journal"}
+    assert exported["run"]["workflow"] == "order"
+    assert json.loads(exported["run"]["args"]) == {"args": [21], "kwargs": {}}  # no nonce
+    assert [e["name"] for e in exported["journal"]] == ["charge", "approved", "ship"]
 
     trace = replay_run(v1, fixture)
     assert (trace.done, trace.result, trace.error) == (True, "shipped 42", None)

@@ -166,6 +166,8 @@ def test_export_writes_a_run_that_replays_with_no_store(tmp_path: Path) -> None:
     interp.shutdown()
     out = tmp_path / "run.json"
     assert cli("export", run, "-o", str(out), cwd=tmp_path, store=db).returncode == 0
+    exported = json.loads(out.read_text())
+    assert json.loads(exported["run"]["args"]) == {"args": [5], "kwargs": {}}  # no nonce
     trace = replay_run(order, out)
     assert (trace.done, trace.result) == (True, 10)
 
