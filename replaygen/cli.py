@@ -439,8 +439,17 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
              _span(e.ended - e.started), _outcome(e, a.full)) for e in journal]))
     for e in journal if a.full else ():  # below the table, so that it keeps one row per entry
         if e.status == "error" and (tb := _traceback(e.value)):
-            print(f"\ntraceback of #{e.slot} {_safe(e.name)}:\n{tb}")
+            print(f"\ntraceback of #{e.slot} {_safe(e.name)}, seq {e.seq} ({_try(e)}):\n{tb}")
     return 0
+
+
+def _try(e: Entry) -> str:
+    """Which try of its step a failed entry records: a retried one, or the last."""
+    if e.kind != "retry":
+        return "failed for good"
+    info = _decode(e.value)
+    attempt = info.get("attempt") if isinstance(info, dict) else None
+    return f"try {attempt}, retried" if attempt is not None else "retried"
 
 
 def _payload(arg: str | None) -> tuple[str | bytes | None, str]:
