@@ -609,8 +609,9 @@ def cmd_versions(store: Store, a: argparse.Namespace) -> int:
         return 0
     rows = [[c, "no marker" if b is None else str(b), str(n)] for c, branches in counts.items()
             for b, n in sorted(branches.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-    print(_table(["CHANGE", "BRANCH", "UNFINISHED RUNS"], rows) if rows else
-          "no unfinished run has a Version marker")
+    nothing = f"no unfinished run has a marker for Version {a.change!r}" if a.change else \
+        "no unfinished run has a Version marker"
+    print(_table(["CHANGE", "BRANCH", "UNFINISHED RUNS"], rows) if rows else _safe(nothing))
     return 0
 
 

@@ -299,21 +299,29 @@ def _runs(store: Store, states: tuple[str, ...]) -> list[RunRecord]:
 
 def census(store: Store, change: str | None = None,
            codec: Codec | None = None) -> dict[str, dict[int | None, int]]:
-    """For each Version change id, how many unfinished runs recorded each branch; the key
-    None counts those with no marker yet (they predate the change, or have not reached it).
-    A branch no unfinished run took can be deleted from the code."""
+    """For each Version change id (only ``change``, if given), how many unfinished runs
+    recorded each branch; the key None counts those with no marker yet (they predate the
+    change, or have not reached it). A branch no unfinished run took can be deleted.
+
+    Only runs of workflows that use the change are counted. The store tells which those
+    are: the workflows of which some unfinished run recorded a marker for it. (A workflow
+    none of whose unfinished runs reached the change yet is not counted.)"""
     codec = codec or JSONCodec()
-    taken: list[dict[str, int]] = []
+    taken: list[tuple[str, dict[str, int]]] = []
     for r in _runs(store, (*ACTIVE, "blocked")):
         journal = Journal(r.run_id, [], codec)
-        taken.append({e.name: int(journal.number(e)) for e in store.journal(r.run_id)
-                      if e.kind == "version" and change in (None, e.name)})
-    names = {change} if change else {name for markers in taken for name in markers}
-    counts: dict[str, dict[int | None, int]] = {name: {} for name in sorted(names)}
-    for markers in taken:
-        for name in names:
-            branch = markers.get(name)
-            counts[name][branch] = counts[name].get(branch, 0) + 1
+        taken.append((r.workflow, {e.name: int(journal.number(e)) for e in store.journal(
+            r.run_id) if e.kind == "version" and change in (None, e.name)}))
+    users: dict[str, set[str]] = {}  # change id -> the workflows that use it
+    for workflow, markers in taken:
+        for name in markers:
+            users.setdefault(name, set()).add(workflow)
+    counts: dict[str, dict[int | None, int]] = {name: {} for name in sorted(users)}
+    for workflow, markers in taken:
+        for name, branches in counts.items():
+            if workflow in users[name]:
+                branch = markers.get(name)
+                branches[branch] = branches.get(branch, 0) + 1
     return counts
 
 

@@ -198,6 +198,21 @@ def test_the_census_counts_unfinished_runs_per_version_branch(
     assert len(old) == 2
 
 
+def test_the_census_counts_only_runs_of_workflows_that_use_the_change(
+        make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    _waiting_runs(store, 1)  # order, from before the change: no marker yet
+    interp = Interpreter(store, {"order": v2_versioned, "refund": v1})
+    new = interp.start("order", 9)
+    unrelated = interp.start("refund", 3)  # a workflow that never uses "audit"
+    for run in (new, unrelated):
+        _until(lambda r=run: interp.status(r).state == "waiting")  # type: ignore[misc]
+    interp.shutdown()
+    assert census(store) == {"audit": {2: 1, None: 1}}
+    assert census(store, "audit") == {"audit": {2: 1, None: 1}}
+    assert census(store, "no-such-change") == {}
+
+
 def test_always_replay_blocks_a_step_named_after_the_real_clock(interp: Any, reach: Any) -> None:
     import datetime
 
