@@ -33,7 +33,7 @@ import threading
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -196,8 +196,21 @@ def load_app(spec: str) -> Callable[[Store], Interpreter]:
 def get_run(store: Store, run_id: str) -> RunRecord:
     record = store.get(check_name("run_id", run_id))
     if record is None:
-        raise RunNotFound(f"no run {run_id!r} in this store (see: replaygen runs)")
+        raise RunNotFound(_NO_RUN.format(run_id))
     return record
+
+
+_NO_RUN = "no run {!r} in this store (see: replaygen runs)"
+"""What every command says of a run id the store does not hold (each store words it its way)."""
+
+
+@contextlib.contextmanager
+def _existing(run_id: str) -> Iterator[None]:
+    """Whatever the store says of a run it does not hold, say it in one wording."""
+    try:
+        yield
+    except RunNotFound:
+        raise RunNotFound(_NO_RUN.format(run_id)) from None
 
 
 # ---- formatting ------------------------------------------------------------------------
@@ -481,13 +494,15 @@ def cmd_signal(store: Store, a: argparse.Namespace) -> int:
         raise CLIError(f"payload is {size} bytes encoded, over the limit of {a.max_payload}; "
                        f"pass a reference to the data instead, or raise --max-payload (the "
                        f"workers must allow as much: Interpreter(max_payload=...))")
-    store.deliver(check_name("run_id", a.run_id), a.name, text)
+    with _existing(a.run_id):
+        store.deliver(check_name("run_id", a.run_id), a.name, text)
     print(f"signal {a.name!r} queued for run {a.run_id!r} ({get_run(store, a.run_id).state})")
     return 0
 
 
 def cmd_cancel(store: Store, a: argparse.Namespace) -> int:
-    r = store.cancel(check_name("run_id", a.run_id))
+    with _existing(a.run_id):
+        r = store.cancel(check_name("run_id", a.run_id))
     if r.state in FINISHED:
         print(f"run {r.run_id!r} is already {r.state}; nothing changed")
     elif r.state == "blocked":
@@ -521,7 +536,8 @@ def cmd_start(store: Store, a: argparse.Namespace) -> int:
 
 def cmd_terminate(store: Store, a: argparse.Namespace) -> int:
     before = get_run(store, a.run_id)
-    status = Client(store).terminate(a.run_id, a.reason)
+    with _existing(a.run_id):
+        status = Client(store).terminate(a.run_id, a.reason)
     if before.state in FINISHED:
         print(f"run {_safe(repr(a.run_id))} is already {before.state}; nothing changed")
     else:
@@ -558,7 +574,8 @@ def cmd_check(store: Store, a: argparse.Namespace) -> int:
 def cmd_export(store: Store, a: argparse.Namespace) -> int:
     from .testing import export_run
 
-    text = json.dumps(export_run(store, check_name("run_id", a.run_id)), indent=1)
+    with _existing(a.run_id):
+        text = json.dumps(export_run(store, check_name("run_id", a.run_id)), indent=1)
     if a.output in (None, "-"):
         print(text)
     else:

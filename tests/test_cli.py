@@ -231,12 +231,16 @@ def test_worker_parks_runs_on_sigterm_and_the_next_worker_finishes_them(
 
 # ---- every error is one line on stderr and a non-zero exit ---------------------------
 
-@pytest.mark.parametrize("args", [
-    ("show", "nope"), ("signal", "nope", "go"), ("cancel", "nope"),
-    ("resume", "nope", "--app", "app"),
-])
-def test_no_such_run(home: Path, runs: Any, args: tuple[str, ...]) -> None:
-    fails_in_one_line(cli(*args, cwd=home, store="runs.db"), "no run 'nope'")
+NO_SUCH_RUN = [("show", "nope"), ("signal", "nope", "go"), ("cancel", "nope"),
+               ("terminate", "nope"), ("resume", "nope", "--app", "app"), ("export", "nope")]
+
+
+@pytest.mark.parametrize("args", NO_SUCH_RUN, ids=" ".join)
+def test_no_such_run_is_said_in_one_wording_by_every_command(home: Path, runs: Any,
+                                                             args: tuple[str, ...]) -> None:
+    done = cli(*args, cwd=home, store="runs.db")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "replaygen: error: no run 'nope' in this store (see: replaygen runs)\n"
 
 
 @pytest.mark.parametrize("payload", ['{"approved": tru', "NaN", "'single'"])

@@ -29,7 +29,8 @@ from replaygen.stores.sqlite import SQLiteStore
 from .pg import postgres_dsn
 # The fixtures home, db and runs come from test_cli; ruff takes their parameters for redefinitions.
 # ruff: noqa: F811
-from .test_cli import cli, db, eventually, fails_in_one_line, home, runs  # noqa: F401
+from .test_cli import (  # noqa: F401
+    NO_SUCH_RUN, cli, db, eventually, fails_in_one_line, home, runs)
 
 # Characters a terminal acts on instead of showing: C0 (but the newline that ends a line),
 # DEL, C1, the unicode line and paragraph separators, and bidi overrides.
@@ -310,6 +311,16 @@ def pg_schema() -> Iterator[tuple[str, str]]:
     finally:
         store.close()
         PostgresStore.drop_schema(dsn, schema)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", NO_SUCH_RUN, ids=" ".join)
+def test_no_such_run_in_postgres_is_said_as_in_sqlite(home: Path, pg_schema: tuple[str, str],
+                                                      args: tuple[str, ...]) -> None:
+    dsn, schema = pg_schema
+    done = cli(*args, "--schema", schema, cwd=home, store=dsn)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "replaygen: error: no run 'nope' in this store (see: replaygen runs)\n"
 
 
 def _ids(done: subprocess.CompletedProcess[str]) -> list[str]:
