@@ -43,7 +43,8 @@ from .commands import check_name
 from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
-from .registry import registered, table
+from .loader import load
+from .registry import table
 from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
@@ -143,30 +144,11 @@ def open_store(url: str | None, *, schema: str | None = None, mode: str = "ro") 
 
 
 def load_workflows(spec: str) -> Any:
-    """``MODULE[:ATTR]``: ATTR (default ``workflows``) if the module has it (a list or dict of
-    workflows, one workflow, or a function taking the store and returning an Interpreter),
-    else the workflows the module registered with ``@workflow``."""
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:  # as `python -m` does; a console script does not
-        sys.path.insert(0, os.getcwd())
-    before = registered()
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CLIError(f"cannot import {module_name!r}: {exc} (run from the directory that "
-                       f"holds it, or set PYTHONPATH)") from None
-    if hasattr(module, attr or "workflows"):
-        obj = getattr(module, attr or "workflows")
-        return [obj] if inspect.isgeneratorfunction(obj) else obj
-    if attr:
-        raise CLIError(f"module {module_name!r} has no attribute {attr!r}")
-    # Registered by this import, or defined in the module or below it.
-    mine = {name: fn for name, fn in registered().items() if name not in before or (
-        fn.__module__ == module_name or fn.__module__.startswith(module_name + "."))}
-    if not mine:
-        raise CLIError(f"module {module_name!r} has no `workflows` and registered no @workflow; "
-                       f"decorate its workflows or name them as MODULE:ATTR")
-    return mine
+    """What ``MODULE[:ATTR]`` names (see ``replaygen.loader``): a list or dict of workflows (one
+    workflow is made a list of one), or a function taking the store and returning an
+    Interpreter."""
+    found = load(spec).found
+    return [found] if inspect.isgeneratorfunction(found) else found
 
 
 def load_app(spec: str) -> Callable[[Store], Interpreter]:
@@ -701,8 +683,6 @@ def cmd_lint(a: argparse.Namespace) -> int:
     """Reads source only, so it opens no store: exit 1 on findings, 2 for a bad module."""
     from . import lint  # stdlib only, but nothing else here needs it
 
-    if os.getcwd() not in sys.path:  # as load_app does
-        sys.path.insert(0, os.getcwd())
     return lint.main(a.modules, as_json=a.json)
 
 

@@ -278,6 +278,23 @@ def test_missing_module(home: Path, runs: Any, args: tuple[str, ...]) -> None:
     fails_in_one_line(cli(*args, cwd=home, store="runs.db"), "cannot import 'no_such_module'")
 
 
+@pytest.mark.parametrize(("module", "said"), [
+    ("raises", "cannot import 'raises': RuntimeError: no config"),
+    ("exits", "cannot import 'exits': SystemExit: 3"),
+    ("needs", "cannot import 'needs': ModuleNotFoundError: No module named 'no_such_dependency'"),
+])
+def test_a_module_that_fails_at_import_gets_one_message_from_every_command(
+        home: Path, runs: Any, module: str, said: str) -> None:
+    (home / "raises.py").write_text("raise RuntimeError('no config')\n")
+    (home / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (home / "needs.py").write_text("import no_such_dependency\n")
+    for args, code in [(("worker", module), 1), (("check", module), 1),
+                       (("resume", "wait-1", "--app", module), 1), (("lint", module), 2)]:
+        done = cli(*args, cwd=home, store="runs.db")
+        assert (done.returncode, done.stdout) == (code, ""), args
+        assert done.stderr == f"replaygen: error: {said}\n", args  # no PYTHONPATH hint: found
+
+
 def test_missing_workflows_attribute(home: Path, runs: Any) -> None:
     fails_in_one_line(cli("worker", "app:nothing", cwd=home, store="runs.db"),
                       "no attribute 'nothing'")
