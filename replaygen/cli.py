@@ -224,6 +224,11 @@ def _arguments(text: str) -> Any:
     return {k: v for k, v in args.items() if k != "nonce"} if isinstance(args, dict) else args
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs``: a number and the noun it takes."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def _ts(t: Any) -> str:
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if isinstance(
         t, (int, float)) else "-"
@@ -427,7 +432,8 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         print(f"{key + ':':<13}{value}")
     for s in signals:
         print(f"  #{s.id} {s.name!r} sent {_ts(s.sent)}: {_cut(s.payload, a.full)}")
-    print(f"\njournal ({len(journal)} entries):" if journal else "\njournal: empty")
+    print(f"\njournal ({_count(len(journal), 'entry', 'entries')}):" if journal else
+          "\njournal: empty")
     if journal:
         print(_table(("POS", "SEQ", "KIND", "NAME", "STATUS", "TOOK", "RESULT/ERROR"), [
             (str(e.slot), str(e.seq), e.kind, e.name or "-", e.status,
@@ -548,8 +554,9 @@ def cmd_check(store: Store, a: argparse.Namespace) -> int:
                 taken[change, branch] = taken.get((change, branch), 0) + 1
         versions = ", ".join(f"{n} would take Version({ch!r}) = {b}" for (ch, b), n in
                              sorted(taken.items()))
-        print(f"{len(results)} runs checked: {len(results) - len(bad)} replay, {len(bad)} would "
-              f"block" + (f"; {versions}" if versions else ""))
+        fine = len(results) - len(bad)
+        print(f"{_count(len(results), 'run')} checked: {fine} {'replays' if fine == 1 else 'replay'}"
+              f", {len(bad)} would block" + (f"; {versions}" if versions else ""))
     return 1 if bad else 0
 
 

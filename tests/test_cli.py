@@ -144,6 +144,15 @@ def test_show_truncates_values_unless_full(home: Path, runs: Any) -> None:
     assert "Traceback" not in short and "Traceback" in full  # the step's stored traceback
 
 
+def test_counts_of_one_are_singular(home: Path, runs: Any) -> None:
+    shown = cli("show", "done-1", cwd=home, store="runs.db").stdout
+    assert "journal (1 entry):" in shown
+    checked = cli("check", "app", "--state", "waiting", cwd=home, store="runs.db")
+    assert checked.stdout == "1 run checked: 1 replays, 0 would block\n", checked.stderr
+    checked = cli("check", "app", "--state", "waiting,failed", cwd=home, store="runs.db")
+    assert checked.stdout == "2 runs checked: 2 replay, 0 would block\n", checked.stderr
+
+
 def test_show_json(home: Path, runs: Any) -> None:
     shown = json.loads(cli("show", "wait-1", "--json", cwd=home, store="runs.db").stdout)
     assert shown["run"]["state"] == "waiting" and shown["run"]["waiting_for"] == "go"
