@@ -1,4 +1,4 @@
-"""Deploy without fear (SPEC 11): check stored runs against new code, runs as fixtures,
+"""Deploy without fear: check stored runs against new code, runs as fixtures,
 always-replay, the Version census. On SQLite and Postgres, with real stores."""
 
 from __future__ import annotations
