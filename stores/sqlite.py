@@ -310,7 +310,10 @@ class SQLiteStore:
         """Create the file if missing, then open it read-write, or read-only when this
         process may not write it (called once, under _open_lock or by the constructor)."""
         memory = self.path == ":memory:"
-        if self._mode != "rwc" and (memory or not os.path.exists(self.path)):
+        if self._mode != "rwc" and memory:
+            raise ReplaygenError(f"an in-memory SQLite database holds no store to open with "
+                                 f"mode {self._mode!r}; use mode 'rwc'")
+        if self._mode != "rwc" and not os.path.exists(self.path):
             raise ReplaygenError(f"no SQLite store at {os.path.abspath(self.path)!r}: the file "
                                  f"does not exist (a worker creates it)")
         if not memory and not os.path.exists(self.path):

@@ -212,6 +212,8 @@ def test_mode_rw_writes_to_an_existing_store(tmp_path: Path) -> None:
 def test_an_unknown_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ReplaygenError, match="mode must be one of 'rwc', 'rw', 'ro'"):
         SQLiteStore(tmp_path / "runs.db", mode="w")
+    with pytest.raises(ReplaygenError, match="in-memory SQLite database holds no store"):
+        SQLiteStore(":memory:", mode="ro")
 
 
 # ---- permissions -----------------------------------------------------------------------
