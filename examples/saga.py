@@ -3,6 +3,9 @@
     python examples/saga.py                 # the card is declined: watch the compensation
     python examples/saga.py --card good     # everything succeeds
 
+With the declined card, the engine logs the failed charge (a ``replaygen WARNING`` line on
+stderr: the step failed for good), then the workflow compensates; the last line says so.
+
 Compensation is ordinary workflow code in an ``except StepFailed`` block, so a
 crash in the middle of it resumes the compensation where it stopped: replay
 raises the journaled failure again, and the workflow takes the same path.
@@ -11,6 +14,7 @@ raises the journaled failure again, and the workflow takes the same path.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -32,11 +36,12 @@ def book(what: str, trip: dict[str, Any]) -> str:
 
 
 def cancel(booking: str) -> None:
-    print(f"cancelled {booking}", flush=True)
+    print(f"compensating: cancelled {booking}", flush=True)
 
 
 def charge(trip: dict[str, Any]) -> str:
     if trip["card"] != "good":
+        print(f"charging {trip['who']}: card {trip['card']!r} declined", flush=True)
         raise CardDeclined(f"card {trip['card']!r} declined")
     print(f"charged {trip['who']}", flush=True)
     return f"payment-{trip['id']}"
@@ -68,9 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from replaygen.stores.sqlite import SQLiteStore
 
+    # The engine logs a step that fails for good as a WARNING: say whose line it is.
+    logging.basicConfig(format="%(name)s %(levelname)s: %(message)s")
     with Interpreter(SQLiteStore(args.db), workflows) as interp:
         interp.recover()
-        print(interp.run(trip, {"id": 1, "who": "ada", "card": args.card}), flush=True)
+        outcome = interp.run(trip, {"id": 1, "who": "ada", "card": args.card})
+    if outcome["status"] == "booked":
+        print(f"booked: {outcome['flight']}, {outcome['hotel']}, paid by {outcome['payment']}")
+    else:
+        print(f"rolled back: {outcome['reason']}; the saga cancelled what it had booked, "
+              f"in reverse")
     return 0
 
 

@@ -6,7 +6,9 @@
     replaygen worker myapp.flows            (serve until SIGINT/SIGTERM, then park every run)
 
 The store comes from ``--store`` or ``$REPLAYGEN_STORE`` (``--schema`` or ``?schema=``
-for a Postgres schema). This module only uses the store's public operations and the
+for a Postgres schema). Only the worker creates a store; the commands that only read
+(``READ_ONLY``) open it read-only, the others need one that exists, and none of them writes
+into a file that holds no store. This module only uses the store's public operations and the
 Interpreter: it must never change a run in a way the engine could not (no editing
 journals, no forcing states). Every failure, a ``resume`` that leaves the run blocked
 included, is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1`` shows the
@@ -33,20 +35,24 @@ import threading
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from ._identity import is_dead
 from .codec import JSONCodec
 from .commands import check_name
 from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
-from .registry import registered, table
+from .loader import load
+from .registry import table
 from .replay import CHILD_SIGNAL
 from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
+READ_ONLY = frozenset({"runs", "show", "check", "export", "versions"})
+"""The commands that only read: they open the store read-only and change no byte of it."""
 WIDTH = 60                     # widest value shown in a table cell, unless --full
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between a waiting worker's tries: doubling, capped
 WAIT_LOG_EVERY = 5.0               # seconds between its "waiting for the store" lines
@@ -78,24 +84,31 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return base + ("?" + "&".join(kept) if kept else ""), next(iter(found), None)
 
 
-def _no_schema(url: str, schema: str) -> bool:
-    """True if the server answers and has no such schema; False if it cannot tell (opening
-    the store then reports why, without leaking a password, which this must not print)."""
+def _no_postgres_store(url: str, schema: str) -> str | None:
+    """Why the server holds no replaygen store in ``schema`` (no such schema, or one without
+    replaygen's tables), or None: it does, or this cannot tell (opening the store then reports
+    why, without leaking a password, which this must not print)."""
     try:
         psycopg = importlib.import_module("psycopg")
         params = psycopg.conninfo.conninfo_to_dict(url)
         params.setdefault("connect_timeout", "5")  # libpq's default is to wait forever
         with psycopg.connect(**params, autocommit=True) as conn:
-            return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                                [schema]).fetchone() is None
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                            [schema]).fetchone() is None:
+                return f"no schema {schema!r} in this database"
+            meta = psycopg.sql.Identifier(schema, "meta").as_string(conn)
+            if conn.execute("SELECT to_regclass(%s)", [meta]).fetchone()[0] is None:
+                return f"schema {schema!r} holds no replaygen store"
     except Exception:
-        return False
+        return None
+    return None
 
 
-def open_store(url: str | None, *, schema: str | None = None, create: bool = False) -> Store:
+def open_store(url: str | None, *, schema: str | None = None, mode: str = "ro") -> Store:
     """A store from a URL: ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``path.db``, or
     ``postgresql://...[?schema=NAME]``. ``schema`` (--schema) names the Postgres schema, as
-    ``?schema=`` does. A SQLite file is created only when ``create`` (the worker)."""
+    ``?schema=`` does. ``mode`` is ``"ro"`` (read-only: a store that exists), ``"rw"`` (a
+    store that exists) or ``"rwc"`` (the worker: made when missing)."""
     if not url:
         raise CLIError(f"no store given: pass --store sqlite:///path.db (or postgresql://...) "
                        f"or set ${ENV}")
@@ -112,9 +125,8 @@ def open_store(url: str | None, *, schema: str | None = None, create: bool = Fal
                            f"pip install 'replaygen[postgres]'") from None
         if schema is None:
             schema = inspect.signature(postgres.PostgresStore).parameters["schema"].default
-        if not create and _no_schema(url, str(schema)):  # opening the store would create it
-            raise CLIError(f"no schema {schema!r} in this database: check --schema or ?schema= "
-                           f"(a worker creates it)")
+        if mode != "rwc" and (why := _no_postgres_store(url, str(schema))):  # opening makes it
+            raise CLIError(f"{why}: check --schema or ?schema= (a worker creates the store)")
         return cast(Store, postgres.PostgresStore(url, schema=schema))
     if schema is not None:
         raise CLIError(f"--schema {schema!r} is for a Postgres store; a SQLite file holds one "
@@ -127,37 +139,19 @@ def open_store(url: str | None, *, schema: str | None = None, create: bool = Fal
     else:
         raise CLIError(f"unrecognised store {url!r}: use sqlite:///path.db, a path ending in .db, "
                        f"or postgresql://user@host/dbname")
-    if not create and not os.path.exists(path):
+    if mode != "rwc" and not os.path.exists(path):
         raise CLIError(f"no database at {os.path.abspath(path)!r}: check --store (a worker "
                        f"creates the file)")
-    return cast(Store, importlib.import_module("replaygen.stores.sqlite").SQLiteStore(path))
+    sqlite = importlib.import_module("replaygen.stores.sqlite")
+    return cast(Store, sqlite.SQLiteStore(path, mode=mode))
 
 
 def load_workflows(spec: str) -> Any:
-    """``MODULE[:ATTR]``: ATTR (default ``workflows``) if the module has it (a list or dict of
-    workflows, one workflow, or a function taking the store and returning an Interpreter),
-    else the workflows the module registered with ``@workflow``."""
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:  # as `python -m` does; a console script does not
-        sys.path.insert(0, os.getcwd())
-    before = registered()
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CLIError(f"cannot import {module_name!r}: {exc} (run from the directory that "
-                       f"holds it, or set PYTHONPATH)") from None
-    if hasattr(module, attr or "workflows"):
-        obj = getattr(module, attr or "workflows")
-        return [obj] if inspect.isgeneratorfunction(obj) else obj
-    if attr:
-        raise CLIError(f"module {module_name!r} has no attribute {attr!r}")
-    # Registered by this import, or defined in the module or below it.
-    mine = {name: fn for name, fn in registered().items() if name not in before or (
-        fn.__module__ == module_name or fn.__module__.startswith(module_name + "."))}
-    if not mine:
-        raise CLIError(f"module {module_name!r} has no `workflows` and registered no @workflow; "
-                       f"decorate its workflows or name them as MODULE:ATTR")
-    return mine
+    """What ``MODULE[:ATTR]`` names (see ``replaygen.loader``): a list or dict of workflows (one
+    workflow is made a list of one), or a function taking the store and returning an
+    Interpreter."""
+    found = load(spec).found
+    return [found] if inspect.isgeneratorfunction(found) else found
 
 
 def load_app(spec: str) -> Callable[[Store], Interpreter]:
@@ -187,8 +181,21 @@ def load_app(spec: str) -> Callable[[Store], Interpreter]:
 def get_run(store: Store, run_id: str) -> RunRecord:
     record = store.get(check_name("run_id", run_id))
     if record is None:
-        raise RunNotFound(f"no run {run_id!r} in this store (see: replaygen runs)")
+        raise RunNotFound(_NO_RUN.format(run_id))
     return record
+
+
+_NO_RUN = "no run {!r} in this store (see: replaygen runs)"
+"""What every command says of a run id the store does not hold (each store words it its way)."""
+
+
+@contextlib.contextmanager
+def _existing(run_id: str) -> Iterator[None]:
+    """Whatever the store says of a run it does not hold, say it in one wording."""
+    try:
+        yield
+    except RunNotFound:
+        raise RunNotFound(_NO_RUN.format(run_id)) from None
 
 
 # ---- formatting ------------------------------------------------------------------------
@@ -218,6 +225,11 @@ def _arguments(text: str) -> Any:
     """A run's stored arguments without the engine's nonce (it only seeds idempotency keys)."""
     args = _decode(text)
     return {k: v for k, v in args.items() if k != "nonce"} if isinstance(args, dict) else args
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs``: a number and the noun it takes."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _ts(t: Any) -> str:
@@ -314,8 +326,10 @@ _Live = dict[str, list[str] | None]
 
 
 def _live(store: Store) -> _Live | None:
-    """The store's live workers and the workflows each serves."""
-    return {owner: w.workflows for owner, w in store.workers().items()}
+    """The store's live workers and the workflows each serves. A worker whose lease still
+    runs is live, unless it ran on this machine and its process is gone (killed, crashed):
+    that is known at once, while a worker elsewhere stays live until its lease lapses."""
+    return {owner: w.workflows for owner, w in store.workers().items() if not is_dead(owner)}
 
 
 def _known_by(live: _Live | None, r: RunRecord) -> bool | None:
@@ -335,6 +349,18 @@ def _unserved(live: _Live | None, r: RunRecord) -> str | None:
     if _known_by(live, r) is not False:
         return None
     return "no worker is live" if not live else f"no live worker knows workflow {r.workflow!r}"
+
+
+def _no_server(live: _Live | None, workflow: str) -> str | None:
+    """Why no live worker would take a new run of ``workflow``, or None (one would, or that
+    cannot be told: the store cannot say, or a live worker never said what it serves)."""
+    if live is None or any(names is None or workflow in names for names in live.values()):
+        return None
+    if not live:
+        return f"no worker is live, so none serves workflow {workflow!r} yet"
+    served = sorted({name for names in live.values() for name in names or ()})
+    return (f"no live worker serves workflow {workflow!r} (they serve "
+            f"{', '.join(map(repr, served)) or 'nothing'})")
 
 
 def _width(text: str) -> int:
@@ -439,15 +465,25 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         print(f"{key + ':':<13}{value}")
     for s in signals:
         print(f"  #{s.id} {s.name!r} sent {_ts(s.sent)}: {_cut(s.payload, a.full)}")
-    print(f"\njournal ({len(journal)} entries):" if journal else "\njournal: empty")
+    print(f"\njournal ({_count(len(journal), 'entry', 'entries')}):" if journal else
+          "\njournal: empty")
     if journal:
         print(_table(("POS", "SEQ", "KIND", "NAME", "STATUS", "TOOK", "RESULT/ERROR"), [
             (str(e.position), str(e.seq), e.kind, e.name or "-", e.status,
              _span(e.ended - e.started), _outcome(e, a.full)) for e in journal]))
     for e in journal if a.full else ():  # below the table, so that it keeps one row per entry
         if e.status == "error" and (tb := _traceback(e.value)):
-            print(f"\ntraceback of #{e.position} {_safe(e.name)}:\n{tb}")
+            print(f"\ntraceback of #{e.position} {_safe(e.name)}, seq {e.seq} ({_try(e)}):\n{tb}")
     return 0
+
+
+def _try(e: Entry) -> str:
+    """Which try of its step a failed entry records: a retried one, or the last."""
+    if e.kind != "retry":
+        return "failed for good"
+    info = _decode(e.value)
+    attempt = info.get("attempt") if isinstance(info, dict) else None
+    return f"try {attempt}, retried" if attempt is not None else "retried"
 
 
 def _payload(arg: str | None) -> tuple[str | bytes | None, str]:
@@ -479,13 +515,15 @@ def cmd_signal(store: Store, a: argparse.Namespace) -> int:
         raise CLIError(f"payload is {size} bytes encoded, over the limit of {a.max_payload}; "
                        f"pass a reference to the data instead, or raise --max-payload (the "
                        f"workers must allow as much: Interpreter(max_payload=...))")
-    store.deliver(check_name("run_id", a.run_id), a.name, text)
+    with _existing(a.run_id):
+        store.deliver(check_name("run_id", a.run_id), a.name, text)
     print(f"signal {a.name!r} queued for run {a.run_id!r} ({get_run(store, a.run_id).state})")
     return 0
 
 
 def cmd_cancel(store: Store, a: argparse.Namespace) -> int:
-    r = store.cancel(check_name("run_id", a.run_id))
+    with _existing(a.run_id):
+        r = store.cancel(check_name("run_id", a.run_id))
     if r.state in FINISHED:
         print(f"run {r.run_id!r} is already {r.state}; nothing changed")
     elif r.state == "blocked":
@@ -508,13 +546,19 @@ def cmd_start(store: Store, a: argparse.Namespace) -> int:
     if not isinstance(args, list):
         raise CLIError(f"the arguments must be a JSON array (the positional arguments), got "
                        f"{type(args).__name__}")
-    print(Client(store).start(check_name("workflow name", a.workflow), *args, run_id=a.run_id))
+    name = check_name("workflow name", a.workflow)
+    run_id = Client(store).start(name, *args, run_id=a.run_id)
+    if (why := _no_server(_live(store), name)) is not None:  # a worker may come later: start it
+        print(_safe(f"replaygen: warning: {why}; the run waits for one that does"),
+              file=sys.stderr)
+    print(_safe(run_id))
     return 0
 
 
 def cmd_terminate(store: Store, a: argparse.Namespace) -> int:
     before = get_run(store, a.run_id)
-    status = Client(store).terminate(a.run_id, a.reason)
+    with _existing(a.run_id):
+        status = Client(store).terminate(a.run_id, a.reason)
     if before.state in FINISHED:
         print(f"run {_safe(repr(a.run_id))} is already {before.state}; nothing changed")
     else:
@@ -543,21 +587,56 @@ def cmd_check(store: Store, a: argparse.Namespace) -> int:
                 taken[change, branch] = taken.get((change, branch), 0) + 1
         versions = ", ".join(f"{n} would take Version({ch!r}) = {b}" for (ch, b), n in
                              sorted(taken.items()))
-        print(f"{len(results)} runs checked: {len(results) - len(bad)} replay, {len(bad)} would "
-              f"block" + (f"; {versions}" if versions else ""))
+        fine = len(results) - len(bad)
+        print(f"{_count(len(results), 'run')} checked: {fine} {'replays' if fine == 1 else 'replay'}"
+              f", {len(bad)} would block" + (f"; {versions}" if versions else ""))
     return 1 if bad else 0
 
 
 def cmd_export(store: Store, a: argparse.Namespace) -> int:
     from .testing import export_run
 
-    text = json.dumps(export_run(store, check_name("run_id", a.run_id)), indent=1)
+    with _existing(a.run_id):
+        text = json.dumps(export_run(store, check_name("run_id", a.run_id)), indent=1)
     if a.output in (None, "-"):
         print(text)
     else:
-        with open(a.output, "w") as f:
-            f.write(text + "\n")
+        _write(a.output, text + "\n")
     return 0
+
+
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to the file at ``path``; a path that cannot be written is a CLIError
+    saying why, in the CLI's words."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise CLIError(f"cannot write {path!r}: {_unwritable(path, exc)}") from None
+
+
+def _unwritable(path: str, exc: OSError) -> str:
+    folder = os.path.dirname(path) or "."
+    if isinstance(exc, IsADirectoryError):
+        return f"it is a directory; give the path of a file (e.g. {os.path.join(path, 'run.json')!r})"
+    if isinstance(exc, NotADirectoryError):
+        parent = next((p for p in _parents(folder) if os.path.isfile(p)), folder)
+        return f"{parent!r} is a file, not a directory; fix the path"
+    if isinstance(exc, FileNotFoundError):
+        return f"there is no directory {folder!r}; create it first, or give another path"
+    if isinstance(exc, PermissionError):
+        return (f"permission denied: this user may not write the file or create it in "
+                f"{folder!r}; choose another path, or fix the permissions (chmod, chown)")
+    return exc.strerror or str(exc)
+
+
+def _parents(folder: str) -> list[str]:
+    """``folder`` and each directory above it, nearest first (``a/b/c``: a/b/c, a/b, a)."""
+    out = []
+    while folder and folder not in out:
+        out.append(folder)
+        folder = os.path.dirname(folder)
+    return out
 
 
 def cmd_versions(store: Store, a: argparse.Namespace) -> int:
@@ -569,8 +648,9 @@ def cmd_versions(store: Store, a: argparse.Namespace) -> int:
         return 0
     rows = [[c, "no marker" if b is None else str(b), str(n)] for c, branches in counts.items()
             for b, n in sorted(branches.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-    print(_table(["CHANGE", "BRANCH", "UNFINISHED RUNS"], rows) if rows else
-          "no unfinished run has a Version marker")
+    nothing = f"no unfinished run has a marker for Version {a.change!r}" if a.change else \
+        "no unfinished run has a Version marker"
+    print(_table(["CHANGE", "BRANCH", "UNFINISHED RUNS"], rows) if rows else _safe(nothing))
     return 0
 
 
@@ -600,7 +680,7 @@ def _start_worker(a: argparse.Namespace, stop: threading.Event) -> Interpreter |
         store: Store | None = None
         interp: Interpreter | None = None
         try:
-            store = open_store(a.store, schema=a.schema, create=True)
+            store = open_store(a.store, schema=a.schema, mode="rwc")
             interp = a.make(store)
             interp.recover()
             return interp
@@ -643,8 +723,6 @@ def cmd_lint(a: argparse.Namespace) -> int:
     """Reads source only, so it opens no store: exit 1 on findings, 2 for a bad module."""
     from . import lint  # stdlib only, but nothing else here needs it
 
-    if os.getcwd() not in sys.path:  # as load_app does
-        sys.path.insert(0, os.getcwd())
     return lint.main(a.modules, as_json=a.json)
 
 
@@ -778,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.make = load_app(a.app)
         if a.command == "worker":  # opens the store itself: it waits for one that is down
             return cmd_worker(a)
-        store = open_store(a.store, schema=a.schema)
+        store = open_store(a.store, schema=a.schema, mode="ro" if a.command in READ_ONLY else "rw")
         try:
             return int(a.func(store, a))
         finally:

@@ -78,11 +78,26 @@ class Command:
 
 @dataclass(frozen=True, init=False)
 class Retry:
-    """How a ``Do`` retries: up to ``attempts`` tries with capped, jittered exponential backoff.
+    """How a ``Do`` retries a step that raised: up to ``attempts`` tries in all, with capped,
+    jittered exponential backoff between them. ``Do(..., retry=None)`` (the default) tries once.
 
-    The delay before try ``n + 1`` is ``min(max_backoff, backoff * multiplier ** (n - 1))``,
-    shortened by up to ``jitter`` (a fraction) at random. An exception is retried when it is
-    an instance of ``retry_on`` and not of ``never_retry``.
+    - ``attempts`` (default 3): tries in all, the first one included; at least 1.
+    - ``backoff`` (seconds or a ``timedelta``, default 1 s): the wait after the first failed try.
+    - ``multiplier`` (default 2.0, at least 1): each further wait is this many times the last.
+    - ``max_backoff`` (seconds or a ``timedelta``, default 60 s): no wait is longer.
+    - ``jitter`` (a fraction from 0 to 1, default 0.1): each wait is shortened by up to this
+      fraction at random, so that the failed steps of many runs do not all retry at once.
+    - ``retry_on`` (an exception class or a tuple of them, default ``Exception``): only these
+      are retried.
+    - ``never_retry`` (the same, default none): never retried, even when ``retry_on`` matches
+      (a declined card: trying again cannot help).
+
+    The wait before try ``n + 1`` is ``min(max_backoff, backoff * multiplier ** (n - 1))``
+    times ``1 - jitter * random()``. An exception that is not retried, or the last try's,
+    fails the step: it is journaled and raised in the workflow as ``StepFailed``. Each failed
+    try is journaled with the time of the next one, so a crash neither restarts the count
+    nor skips the wait; a run waiting to retry holds no thread, and a cancel ends the wait.
+    ``KeyboardInterrupt`` and ``SystemExit`` are never retried nor journaled: they propagate.
     """
 
     attempts: int

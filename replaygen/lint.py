@@ -1,4 +1,4 @@
-"""Find calls in workflow bodies that differ between runs (``replaygen lint``, SPEC section 11).
+"""Find calls in workflow bodies that differ between runs (``replaygen lint``).
 
 A resumed run replays its workflow from the top, so the body must yield the same
 commands every time; anything that can differ (the clock, randomness, the
@@ -26,7 +26,6 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
-import importlib
 import inspect
 import io
 import json
@@ -42,8 +41,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .commands import Command
-from .errors import ReplaygenError
 from .replay import RULES
+from .loader import Fallback, LoadError, load
 
 __all__ = ["Finding", "LintError", "Selection", "find_workflows", "lint_module", "lint_workflows",
            "main"]
@@ -56,7 +55,7 @@ _COMMANDS = {t.__name__: rule.lint for t, rule in RULES.items()}
 _FnNode = ast.FunctionDef | ast.AsyncFunctionDef
 
 
-class LintError(ReplaygenError):
+class LintError(LoadError):
     """The module cannot be imported, or holds no workflows to lint (a usage error)."""
 
 
@@ -182,50 +181,37 @@ def _rule_for(name: str, call: ast.Call) -> _Rule | None:
 # ---- picking the workflows ---------------------------------------------------------------
 
 def find_workflows(spec: str) -> Selection:
-    """Import ``MODULE[:ATTR]`` and pick its workflows as ``replaygen worker`` would (SPEC section 10).
-
-    ``ATTR`` (default ``workflows``: a list or dict of workflow functions, or one) if the
-    module has it; else the functions it registered with ``@workflow`` (marked with a str
-    ``__replaygen_workflow__``); else every generator function defined in the module whose
-    body makes a replaygen command. Raises :class:`LintError` when the module cannot be
-    imported or none of these finds a workflow.
+    """Import ``MODULE[:ATTR]`` and pick its workflows as ``replaygen worker`` would
+    (``replaygen.loader``): ``ATTR`` (default ``workflows``: a list or dict of workflow
+    functions, or one) if the module has it; else the functions it registered with
+    ``@workflow``; else every generator function defined in the module whose body makes a
+    replaygen command. Raises :class:`LintError` when the module cannot be imported or none
+    of these finds a workflow.
     """
-    module_name, colon, attr = spec.partition(":")
-    if not module_name or (colon and not attr):
-        raise LintError(f"bad module argument {spec!r}: use MODULE or MODULE:ATTR")
     try:
-        module = importlib.import_module(module_name)
-    except (Exception, SystemExit) as exc:  # whatever the module raises while importing
-        hint = (" (run from the directory that holds it, or set PYTHONPATH)"
-                if isinstance(exc, ModuleNotFoundError) else "")
-        raise LintError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}{hint}") from None
-    name = attr or "workflows"
-    if hasattr(module, name):
-        found = _named(module_name, name, getattr(module, name))
-        return Selection(spec, module_name, f"from its `{name}`", found)
-    if attr:
-        raise LintError(f"module {module_name!r} has no attribute {attr!r}")
-    # The coming @workflow decorator marks each function with the name it registered. What
-    # this module registered is what is defined in it or in the submodules it imported.
-    registered: dict[str, Callable[..., Any]] = {}
-    for key, mod in list(sys.modules.items()):
-        if key == module.__name__ or key.startswith(module.__name__ + "."):
-            for v in list(vars(mod).values()):
-                mark = getattr(v, "__replaygen_workflow__", None) if inspect.isfunction(v) else None
-                if isinstance(mark, str) and v.__module__ == key:
-                    registered.setdefault(mark, v)
-    if registered:
-        return Selection(spec, module_name, "registered with @workflow", tuple(registered.items()))
-    # Neither: guess from the code. Only functions defined here, not ones it imported.
+        loaded = load(spec, _GUESS)
+    except LoadError as exc:
+        raise LintError(str(exc)) from None
+    if loaded.attr is not None:
+        found = _named(loaded.module.__name__, loaded.attr, loaded.found)
+    else:
+        found = tuple(loaded.found.items())
+    return Selection(spec, loaded.module.__name__, loaded.rule, found)
+
+
+def _guess(module: types.ModuleType) -> dict[str, Callable[..., Any]]:
+    """Every generator function defined in ``module`` (not imported into it) that makes a
+    replaygen command."""
     sources: dict[str, _Source] = {}
-    guessed = tuple((v.__qualname__, v) for v in vars(module).values()
-                    if inspect.isfunction(v) and inspect.isgeneratorfunction(v)
-                    and v.__module__ == module.__name__ and _makes_commands(v, sources))
-    if guessed:
-        return Selection(spec, module_name, "no `workflows` or @workflow here, so every generator "
-                         "function defined here that makes replaygen commands", guessed)
-    raise LintError(f"no workflows in {module_name!r}: it has no `workflows`, registers nothing with "
-                    f"@workflow, and defines no generator function that yields replaygen commands")
+    return {v.__qualname__: v for v in vars(module).values()
+            if inspect.isfunction(v) and inspect.isgeneratorfunction(v)
+            and v.__module__ == module.__name__ and _makes_commands(v, sources)}
+
+
+_GUESS = Fallback(
+    rule="no `workflows` or @workflow here, so every generator function defined here that "
+         "makes replaygen commands",
+    missing="defines no generator function that yields replaygen commands", pick=_guess)
 
 
 def _named(module: str, attr: str, obj: object) -> tuple[tuple[str, Callable[..., Any]], ...]:

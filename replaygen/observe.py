@@ -63,11 +63,18 @@ class StepInfo(NamedTuple):  # a tuple: one is built per step
     """What a running step knows about itself (see ``current_step``)."""
 
     run_id: str
+    """The id of the run the step belongs to."""
     step: str
+    """The step's name: the ``name`` given to its ``Do``."""
     position: int
+    """Where the step's command stands among the run's commands, counted from 0 (each member
+    of an ``All`` has one of its own): the POS column of ``replaygen show``."""
     attempt: int
+    """Which try this is: 1 for the first, 2 for the first retry (see ``Retry``). A step run
+    again after a crash, before its outcome was journaled, keeps the attempt it had."""
     incarnation: str = ""
-    """A random nonce stored with the run when it was started (empty for older runs)."""
+    """A random nonce stored with the run when it was started (empty for older runs); it makes
+    ``idempotency_key`` unique to this run, not just to its id."""
 
     @property
     def idempotency_key(self) -> str:

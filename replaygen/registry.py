@@ -45,10 +45,22 @@ def check(name: str, fn: Any, known: dict[str, Workflow]) -> None:
         raise UsageError(f"workflow {name!r} ({fn!r}) is not a generator function; a workflow "
                          f"must `yield` commands (Do, Sleep, Wait, Version, All)")
     old = known.get(name)
-    if old is not None and old is not fn and (old.__module__, old.__qualname__) != (
-            fn.__module__, fn.__qualname__):  # the same function again (a reload) replaces it
-        raise UsageError(f"two workflows are registered as {name!r}: {where(old)} and "
-                         f"{where(fn)}; give one another name (@workflow(name=...) or a dict)")
+    if old is None or old is fn or _reloaded(old, fn):
+        return
+    if getattr(old, "__code__", None) is getattr(fn, "__code__", None):
+        raise UsageError(f"two workflows are registered as {name!r}: {where(old)} and {where(fn)}, "
+                         f"two closures of one definition (a factory called twice?); give each "
+                         f"its own name (@workflow(name=...) or a dict)")
+    raise UsageError(f"two workflows are registered as {name!r}: {where(old)} and "
+                     f"{where(fn)}; give one another name (@workflow(name=...) or a dict)")
+
+
+def _reloaded(old: Any, new: Any) -> bool:
+    """``new`` is ``old`` after its module was reloaded: the same module and qualified name,
+    compiled again. (Two closures of one factory share their code object: not a reload.)"""
+    old_code, new_code = getattr(old, "__code__", None), getattr(new, "__code__", None)
+    return (old.__module__, old.__qualname__) == (new.__module__, new.__qualname__) and \
+        old_code is not None and new_code is not None and old_code is not new_code
 
 
 @overload

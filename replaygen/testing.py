@@ -365,31 +365,60 @@ def _runs(store: Store, states: tuple[str, ...]) -> list[RunRecord]:
 
 def census(store: Store, change: str | None = None,
            codec: Codec | None = None) -> dict[str, dict[int | None, int]]:
-    """For each Version change id, how many unfinished runs recorded each branch; the key
-    None counts those with no marker yet (they predate the change, or have not reached it).
-    A branch no unfinished run took can be deleted from the code."""
+    """For each Version change id (only ``change``, if given), how many unfinished runs
+    recorded each branch; the key None counts those with no marker yet (they predate the
+    change, or have not reached it). A branch no unfinished run took can be deleted.
+
+    Only runs of workflows that use the change are counted. The store tells which those
+    are: the workflows of which some unfinished run recorded a marker for it. (A workflow
+    none of whose unfinished runs reached the change yet is not counted.)"""
     codec = codec or JSONCodec()
-    taken: list[dict[str, int]] = []
+    taken: list[tuple[str, dict[str, int]]] = []
     for r in _runs(store, (*ACTIVE, "blocked")):
         journal = Journal(r.run_id, [], codec)
-        taken.append({e.name: int(journal.number(e)) for e in store.journal(r.run_id)
-                      if e.kind == "version" and change in (None, e.name)})
-    names = {change} if change else {name for markers in taken for name in markers}
-    counts: dict[str, dict[int | None, int]] = {name: {} for name in sorted(names)}
-    for markers in taken:
-        for name in names:
-            branch = markers.get(name)
-            counts[name][branch] = counts[name].get(branch, 0) + 1
+        taken.append((r.workflow, {e.name: int(journal.number(e)) for e in store.journal(
+            r.run_id) if e.kind == "version" and change in (None, e.name)}))
+    users: dict[str, set[str]] = {}  # change id -> the workflows that use it
+    for workflow, markers in taken:
+        for name in markers:
+            users.setdefault(name, set()).add(workflow)
+    counts: dict[str, dict[int | None, int]] = {name: {} for name in sorted(users)}
+    for workflow, markers in taken:
+        for name, branches in counts.items():
+            if workflow in users[name]:
+                branch = markers.get(name)
+                branches[branch] = branches.get(branch, 0) + 1
     return counts
 
 
 def export_run(store: Store, run_id: str) -> dict[str, Any]:
-    """A run as plain JSON data: its record and journal, values as stored (codec text)."""
+    """A run as plain data, ready for ``json.dump``, that ``load_run`` and ``replay_run`` take
+    back: ``{"format": "replaygen-run/1", "run": {...}, "journal": [...]}``.
+
+    ``run`` is the run's record as the store holds it (``RunRecord``'s fields: ``run_id``,
+    ``workflow``, ``args``, ``state``, ``created`` and ``updated`` in epoch seconds,
+    ``result`` or ``error``, ...); ``journal`` its entries in order (``Entry``'s fields:
+    ``seq``, ``slot``, ``kind``, ``name``, ``status``, ``value``, ``started``, ``ended``).
+    ``args``, ``result``, ``error`` and each ``value`` are the stored text, not decoded;
+    ``args`` holds ``{"args": [...], "kwargs": {...}}``, without the nonce the engine keeps
+    with a run to make its idempotency keys (nothing that replays it needs the nonce)."""
     r = store.get(run_id)
     if r is None:
         raise RunNotFound(f"no run {run_id!r} in this store")
-    return {"format": EXPORT_FORMAT, "run": asdict(r),
+    return {"format": EXPORT_FORMAT, "run": {**asdict(r), "args": _without_nonce(r.args)},
             "journal": [e._asdict() for e in store.journal(run_id)]}
+
+
+def _without_nonce(args: str) -> str:
+    """Stored arguments without the engine's nonce; as they are if they are not JSON (a codec
+    of another format) or hold none."""
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return args
+    if not isinstance(value, dict) or "nonce" not in value:
+        return args
+    return json.dumps({k: v for k, v in value.items() if k != "nonce"}, separators=(",", ":"))
 
 
 def load_run(source: str | os.PathLike[str] | Mapping[str, Any]) -> MemoryStore:

@@ -53,6 +53,11 @@ Schema 2 adds ``runs.parent`` (child runs), ``runs.forked_from`` (forks) and the
 ``purged`` (tombstones): a worker of schema 1 would run a child without telling its parent
 that it ended, so it must refuse the file; a schema 1 file is migrated when a worker of this
 version opens it."""
+MODES = ("rwc", "rw", "ro")
+"""How a ``SQLiteStore`` opens its file, named as SQLite's own URI modes: ``rwc`` reads and
+writes, and makes the file and the store when missing (a worker); ``rw`` and ``ro`` need a
+store that exists already, read-write or read-only, and change nothing of a file that holds
+none (another program's database, an empty file)."""
 _RUN_COLUMNS = ("run_id, workflow, args, state, owner, fence, created, updated, result, error, "
                 "wake_at, waiting_for, cancel_requested, resumes, parent, forked_from")
 _ADDED = ("parent", "forked_from")  # columns of schema 2 that a schema 1 file lacks
@@ -316,20 +321,26 @@ class SQLiteStore:
     ``synchronous`` is ``"FULL"`` (durable on power loss, the default) or ``"NORMAL"``
     (survives process crashes; power loss may drop the last commits). ``busy_timeout``
     is how long (seconds) a write waits for another process's transaction before
-    the store reports itself unavailable.
+    the store reports itself unavailable. ``mode`` (see ``MODES``) is ``"rwc"`` (the
+    default: the file and the store are made when missing), ``"rw"`` or ``"ro"`` (a store
+    must exist already; ``"ro"`` also refuses every write, as a file this process may not
+    write is).
 
     The file is made (owner-only) on the first write; an existing one is opened and its
     schema checked by the constructor. Raises ``StoreUnavailable`` for a path that cannot
     be used (no such directory, a directory, no permission) and ``ReplaygenError`` for a
-    file written by a newer replaygen or by another program.
+    file written by a newer replaygen or by another program, and, with ``"rw"`` or ``"ro"``,
+    for a missing file or one that holds no store.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
-                 busy_timeout: float = 30.0) -> None:
+                 busy_timeout: float = 30.0, mode: str = "rwc") -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ReplaygenError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if mode not in MODES:
+            raise ReplaygenError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         self.path = os.fspath(path)
-        self._synchronous, self._busy = synchronous, busy_timeout
+        self._synchronous, self._busy, self._mode = synchronous, busy_timeout, mode
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._open_lock = threading.Lock()  # guards opening: _w, _r, _uri, _readonly, _leases
         self._local = threading.local()
@@ -340,7 +351,7 @@ class SQLiteStore:
         self._columns = _RUN_COLUMNS  # as a read-only file of schema 1, without parents, has them
         # Heartbeats given before the file existed: (lease until, advertised names as JSON).
         self._leases: dict[str, tuple[float, str | None]] = {}
-        if self.path == ":memory:" or os.path.exists(self.path):
+        if self.path == ":memory:" or os.path.exists(self.path) or mode != "rwc":
             self._open()  # an existing file is checked now, not at its first use
         elif (problem := _folder_problem(self.path)) is not None:
             raise StoreUnavailable(f"cannot use SQLite store {self.path!r}: {problem}")
@@ -366,6 +377,12 @@ class SQLiteStore:
         """Create the file if missing, then open it read-write, or read-only when this
         process may not write it (called once, under _open_lock or by the constructor)."""
         memory = self.path == ":memory:"
+        if self._mode != "rwc" and memory:
+            raise ReplaygenError(f"an in-memory SQLite database holds no store to open with "
+                                 f"mode {self._mode!r}; use mode 'rwc'")
+        if self._mode != "rwc" and not os.path.exists(self.path):
+            raise ReplaygenError(f"no SQLite store at {os.path.abspath(self.path)!r}: the file "
+                                 f"does not exist (a worker creates it)")
         if not memory and not os.path.exists(self.path):
             if (problem := _folder_problem(self.path)) is not None:
                 raise StoreUnavailable(f"cannot create SQLite store {self.path!r}: {problem}")
@@ -381,7 +398,8 @@ class SQLiteStore:
                     f"choose another path") from None
         if (problem := None if memory else _open_problem(self.path)) is not None:
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {problem}")
-        why = None if memory else _write_problem(self.path)
+        why = "it was opened read-only (mode 'ro')" if self._mode == "ro" else \
+            None if memory else _write_problem(self.path)
         try:
             if why is None:
                 try:
@@ -398,6 +416,8 @@ class SQLiteStore:
     def _open_writable(self) -> None:
         w = self._connect()
         try:
+            if self._mode == "rw" and self._retry(partial(self._check, w)) is None:
+                raise self._no_store()  # looked before anything (WAL, the schema) is written
             # A new file's switch to WAL takes an exclusive lock without calling the busy
             # handler: another process opening the same new file must wait here too.
             self._retry(lambda: w.execute("PRAGMA journal_mode=WAL"))
@@ -424,7 +444,7 @@ class SQLiteStore:
         try:
             found = self._retry(partial(self._check, r))
             if found is None:
-                raise StoreUnavailable(
+                raise self._no_store() if self._mode != "rwc" else StoreUnavailable(
                     f"SQLite store {self.path!r} holds no replaygen store yet and this process "
                     f"cannot create one: {why}")
             if found < 2:  # not migrated: read as it is
@@ -434,7 +454,13 @@ class SQLiteStore:
             r.close()
             raise
         self._r, self._uri, self._readonly = r, target, why
-        log.info("SQLite store %r is open read-only: %s", self.path, why)
+        if self._mode != "ro":  # asked for, it is no news
+            log.info("SQLite store %r is open read-only: %s", self.path, why)
+
+    def _no_store(self) -> ReplaygenError:
+        what = "an empty file" if os.path.getsize(self.path) == 0 else "a database of another program"
+        return ReplaygenError(f"{self.path!r} holds no replaygen store ({what}); it was left as "
+                              f"it is: check the path (a worker creates a store)")
 
     def _connect(self, uri: str | None = None) -> sqlite3.Connection:
         return sqlite3.connect(uri or self.path, uri=uri is not None, isolation_level=None,
@@ -505,6 +531,9 @@ class SQLiteStore:
         """Run ``fn`` in one write transaction, creating the file first if need be."""
         if self._r is None:
             self._ready(create=True)
+        if self._mode == "ro":
+            raise ReplaygenError(f"SQLite store {self.path!r} was opened read-only (mode 'ro'), "
+                                 f"so it cannot be changed: open it with mode 'rw' to write")
         if self._readonly is not None:
             raise StoreUnavailable(
                 f"SQLite store {self.path!r} is open read-only, so it cannot be changed: "

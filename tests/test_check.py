@@ -1,4 +1,4 @@
-"""Deploy without fear (SPEC 11): check stored runs against new code, runs as fixtures,
+"""Deploy without fear: check stored runs against new code, runs as fixtures,
 always-replay, the Version census. On SQLite and Postgres, with real stores."""
 
 from __future__ import annotations
@@ -140,8 +140,14 @@ def test_an_exported_run_replays_with_no_store_and_gives_the_stored_result(
     assert interp.result(run, timeout=PATIENCE) == "shipped 42"
     interp.shutdown()
     fixture = tmp_path / "order.json"
-    fixture.write_text(json.dumps(export_run(store, run)))
+    exported = export_run(store, run)
+    fixture.write_text(json.dumps(exported))
     store.close()
+    assert set(exported) == {"format", "run", "journal"}
+    assert exported["run"]["workflow"] == "order"
+    assert json.loads(exported["run"]["args"]) == {"args": [21], "kwargs": {}}  # no nonce
+    assert [(e["kind"], e["name"]) for e in exported["journal"]] == [
+        ("do", "charge"), ("timer", "approved"), ("wait", "approved"), ("do", "ship")]
 
     trace = replay_run(v1, fixture)
     assert (trace.done, trace.result, trace.error) == (True, "shipped 42", None)
@@ -191,6 +197,21 @@ def test_the_census_counts_unfinished_runs_per_version_branch(
     assert census(store) == {"audit": {2: 1, None: 2}}
     assert census(store, "audit") == {"audit": {2: 1, None: 2}}
     assert len(old) == 2
+
+
+def test_the_census_counts_only_runs_of_workflows_that_use_the_change(
+        make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    _waiting_runs(store, 1)  # order, from before the change: no marker yet
+    interp = Interpreter(store, {"order": v2_versioned, "refund": v1})
+    new = interp.start("order", 9)
+    unrelated = interp.start("refund", 3)  # a workflow that never uses "audit"
+    for run in (new, unrelated):
+        _until(lambda r=run: interp.status(r).state == "waiting")  # type: ignore[misc]
+    interp.shutdown()
+    assert census(store) == {"audit": {2: 1, None: 1}}
+    assert census(store, "audit") == {"audit": {2: 1, None: 1}}
+    assert census(store, "no-such-change") == {}
 
 
 def test_always_replay_blocks_a_step_named_after_the_real_clock(interp: Any, reach: Any) -> None:

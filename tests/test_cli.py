@@ -146,6 +146,15 @@ def test_show_truncates_values_unless_full(home: Path, runs: Any) -> None:
     assert "Traceback" not in short and "Traceback" in full  # the step's stored traceback
 
 
+def test_counts_of_one_are_singular(home: Path, runs: Any) -> None:
+    shown = cli("show", "done-1", cwd=home, store="runs.db").stdout
+    assert "journal (1 entry):" in shown
+    checked = cli("check", "app", "--state", "waiting", cwd=home, store="runs.db")
+    assert checked.stdout == "1 run checked: 1 replays, 0 would block\n", checked.stderr
+    checked = cli("check", "app", "--state", "waiting,failed", cwd=home, store="runs.db")
+    assert checked.stdout == "2 runs checked: 2 replay, 0 would block\n", checked.stderr
+
+
 def test_show_json(home: Path, runs: Any) -> None:
     shown = json.loads(cli("show", "wait-1", "--json", cwd=home, store="runs.db").stdout)
     assert shown["run"]["state"] == "waiting" and shown["run"]["waiting_for"] == "go"
@@ -233,12 +242,16 @@ def test_worker_parks_runs_on_sigterm_and_the_next_worker_finishes_them(
 
 # ---- every error is one line on stderr and a non-zero exit ---------------------------
 
-@pytest.mark.parametrize("args", [
-    ("show", "nope"), ("signal", "nope", "go"), ("cancel", "nope"),
-    ("resume", "nope", "--app", "app"),
-])
-def test_no_such_run(home: Path, runs: Any, args: tuple[str, ...]) -> None:
-    fails_in_one_line(cli(*args, cwd=home, store="runs.db"), "no run 'nope'")
+NO_SUCH_RUN = [("show", "nope"), ("signal", "nope", "go"), ("cancel", "nope"),
+               ("terminate", "nope"), ("resume", "nope", "--app", "app"), ("export", "nope")]
+
+
+@pytest.mark.parametrize("args", NO_SUCH_RUN, ids=" ".join)
+def test_no_such_run_is_said_in_one_wording_by_every_command(home: Path, runs: Any,
+                                                             args: tuple[str, ...]) -> None:
+    done = cli(*args, cwd=home, store="runs.db")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "replaygen: error: no run 'nope' in this store (see: replaygen runs)\n"
 
 
 @pytest.mark.parametrize("payload", ['{"approved": tru', "NaN", "'single'"])
@@ -274,6 +287,23 @@ def test_database_from_a_newer_version(home: Path, runs: Any) -> None:  # runs: 
                                   ("resume", "wait-1", "--app", "no_such_module")])
 def test_missing_module(home: Path, runs: Any, args: tuple[str, ...]) -> None:
     fails_in_one_line(cli(*args, cwd=home, store="runs.db"), "cannot import 'no_such_module'")
+
+
+@pytest.mark.parametrize(("module", "said"), [
+    ("raises", "cannot import 'raises': RuntimeError: no config"),
+    ("exits", "cannot import 'exits': SystemExit: 3"),
+    ("needs", "cannot import 'needs': ModuleNotFoundError: No module named 'no_such_dependency'"),
+])
+def test_a_module_that_fails_at_import_gets_one_message_from_every_command(
+        home: Path, runs: Any, module: str, said: str) -> None:
+    (home / "raises.py").write_text("raise RuntimeError('no config')\n")
+    (home / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (home / "needs.py").write_text("import no_such_dependency\n")
+    for args, code in [(("worker", module), 1), (("check", module), 1),
+                       (("resume", "wait-1", "--app", module), 1), (("lint", module), 2)]:
+        done = cli(*args, cwd=home, store="runs.db")
+        assert (done.returncode, done.stdout) == (code, ""), args
+        assert done.stderr == f"replaygen: error: {said}\n", args  # no PYTHONPATH hint: found
 
 
 def test_missing_workflows_attribute(home: Path, runs: Any) -> None:

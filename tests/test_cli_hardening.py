@@ -23,14 +23,15 @@ from typing import Any
 
 import pytest
 
-from replaygen import Interpreter
+from replaygen import Do, Interpreter, Retry
 from replaygen.stores.conformance import create
 from replaygen.stores.sqlite import SQLiteStore
 
 from .pg import postgres_dsn
 # The fixtures home, db and runs come from test_cli; ruff takes their parameters for redefinitions.
 # ruff: noqa: F811
-from .test_cli import cli, db, eventually, fails_in_one_line, home, runs  # noqa: F401
+from .test_cli import (  # noqa: F401
+    NO_SUCH_RUN, cli, db, eventually, fails_in_one_line, home, runs)
 
 # Characters a terminal acts on instead of showing: C0 (but the newline that ends a line),
 # DEL, C1, the unicode line and paragraph separators, and bidi overrides.
@@ -118,9 +119,26 @@ def test_show_escapes_the_id_names_and_values(home: Path, hostile: list[str]) ->
 
 def test_show_full_keeps_tracebacks_readable_below_the_journal(home: Path, runs: Any) -> None:
     out = cli("show", "boom-1", "--full", cwd=home, store="runs.db").stdout
-    table, _, below = out.partition("traceback of #0 explode:\n")
+    table, _, below = out.partition("traceback of #0 explode, seq 0 (failed for good):\n")
     assert "ZeroDivisionError" in table and "Traceback" not in table.split("journal")[-1]
     assert below.startswith("Traceback (most recent call last):\n")
+
+
+def test_show_full_labels_each_traceback_of_a_retried_step_apart(home: Path,
+                                                                   db: SQLiteStore) -> None:
+    def flaky() -> Any:
+        def fail() -> None:
+            raise ValueError("try again")
+        yield Do("charge", fail, retry=Retry(3, backoff=0.001))
+
+    with Interpreter(db, [flaky]) as interp:
+        interp.start(flaky, run_id="flaky-1")
+        eventually(lambda: interp.status("flaky-1").state == "failed")
+    out = cli("show", "flaky-1", "--full", cwd=home, store="runs.db").stdout
+    labels = [line for line in out.splitlines() if line.startswith("traceback of ")]
+    assert labels == ["traceback of #0 charge, seq 0 (try 1, retried):",
+                      "traceback of #0 charge, seq 1 (try 2, retried):",
+                      "traceback of #0 charge, seq 2 (failed for good):"]
 
 
 def test_printable_unicode_is_shown_as_is(home: Path, hostile: list[str]) -> None:
@@ -294,6 +312,16 @@ def pg_schema() -> Iterator[tuple[str, str]]:
     finally:
         store.close()
         PostgresStore.drop_schema(dsn, schema)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", NO_SUCH_RUN, ids=" ".join)
+def test_no_such_run_in_postgres_is_said_as_in_sqlite(home: Path, pg_schema: tuple[str, str],
+                                                      args: tuple[str, ...]) -> None:
+    dsn, schema = pg_schema
+    done = cli(*args, "--schema", schema, cwd=home, store=dsn)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "replaygen: error: no run 'nope' in this store (see: replaygen runs)\n"
 
 
 def _ids(done: subprocess.CompletedProcess[str]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -129,3 +130,37 @@ def unserved() -> MemoryStore:
     store = MemoryStore()
     Client(store).start("shipping", run_id="ship-1")
     return store
+
+
+def test_a_worker_killed_on_this_machine_is_not_live_at_once(
+        backend: tuple[Store, list[str]], tmp_path: Path) -> None:
+    store, where = backend
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "REPLAYGEN_STORE"}
+    worker = subprocess.Popen([sys.executable, "-m", "replaygen", *where, "worker",
+                               "tests._billing"], cwd=root, env=env, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert worker.stderr is not None
+        assert any("serving tests._billing" in line for line in worker.stderr), "it ended"
+        Client(store).start("billing", str(tmp_path), "b", True, run_id="bill-1")
+        until(lambda: store.get("bill-1").state == "waiting",  # type: ignore[union-attr]
+              "the worker to park bill-1 on its Wait")
+        assert "live" not in _row(replaygen(*where, "runs", cwd=tmp_path).stdout, "bill-1")
+    finally:
+        worker.kill()  # SIGKILL: its lease is still valid for seconds
+        assert worker.wait(CAP) == -signal.SIGKILL
+    assert "waiting (no worker is live)" in _row(replaygen(*where, "runs", cwd=tmp_path).stdout,
+                                                 "bill-1")
+    assert "no worker is live" in replaygen(*where, "show", "bill-1", cwd=tmp_path).stdout
+    [listed] = json.loads(replaygen(*where, "runs", "--json", cwd=tmp_path).stdout)
+    assert listed["known_by_live_worker"] is False
+
+
+def test_a_worker_on_another_machine_is_live_until_its_lease_lapses(
+        unserved: MemoryStore, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    elsewhere = "other-host|another-boot-id|pid:[4026531836]|4242|123456|0123456789ab"
+    unserved.heartbeat(elsewhere, 60.0, workflows=["billing"])  # its process cannot be seen
+    assert "pending (no live worker knows workflow 'shipping')" in _row(
+        _cli(unserved, monkeypatch, capsys, "runs"), "ship-1")

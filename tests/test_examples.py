@@ -164,6 +164,21 @@ def test_saga_books_everything_when_nothing_fails(make: Callable[..., Interprete
                       "payment": "payment-2"}
 
 
+def test_saga_example_says_what_happened_on_every_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "saga.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "booked flight for ada", "booked hotel for ada", "charging ada: card 'declined' declined",
+        "compensating: cancelled hotel-1", "compensating: cancelled flight-1",
+        "rolled back: step 'charge' failed: CardDeclined: card 'declined' declined; the saga "
+        "cancelled what it had booked, in reverse"]
+    # What the engine logs is labelled as its log, not a bare line that reads like a crash.
+    assert done.stderr.splitlines() and all(
+        line.startswith("replaygen WARNING: run ") for line in done.stderr.splitlines())
+    assert "step 'charge' failed" in done.stderr
+
+
 def test_fanout_runs_every_quote_and_picks_the_cheapest(db: SQLiteStore, make: Any) -> None:
     interp = make(fanout.workflows)
     run_id = interp.start(fanout.best_quote, "widgets", 0.2)

@@ -172,13 +172,13 @@ def test_the_workflows_attribute_wins_as_list_dict_or_one_function() -> None:
 def test_without_workflows_the_functions_marked_by_workflow_are_picked() -> None:
     selection = find_workflows("tests.lint_cases.registered")
     assert selection.rule == "registered with @workflow"
-    assert [n for n, _ in selection.workflows] == ["marked"]
+    assert [n for n, _ in selection.workflows] == ["lint_cases.marked"]
 
 
 def test_without_either_generators_that_make_commands_are_picked() -> None:
     selection = find_workflows("tests.lint_cases.bare")
     assert selection.rule.startswith("no `workflows` or @workflow here")
-    # Not `numbers` (no command), `plain` (no generator) nor the imported `marked`.
+    # Not `numbers` (no command), `plain` (no generator) nor the imported `clock`.
     assert [n for n, _ in selection.workflows] == ["first", "second"]
 
 
@@ -235,7 +235,7 @@ def test_cli_lint_exits_1_and_prints_one_line_per_finding(
     assert main(["lint", "tests.lint_cases.helpers", "tests.lint_cases.registered"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "tests.lint_cases.helpers: flow (from its `workflows`)"
-    assert lines[1] == "tests.lint_cases.registered: marked (registered with @workflow)"
+    assert lines[1] == "tests.lint_cases.registered: lint_cases.marked (registered with @workflow)"
     assert [re.match(r"tests/lint_cases/\w+\.py:\d+:\d+: RG\d{3} .* \(fix: .*\)$", line) is not None
             for line in lines[2:-1]] == [True] * 3
     assert lines[-1] == "replaygen lint: 3 findings in 2 workflows from 2 modules"

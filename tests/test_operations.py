@@ -315,13 +315,14 @@ def test_a_limit_holds_the_runs_of_a_workflow_inside_steps_at_once(
     assert most[0] == 2
 
 
-def test_a_sleeping_run_holds_no_slot(interp: Make, clock: Any, reach: Any) -> None:
-    @workflow(name="naps", limit=1)
-    def naps(tag: str) -> Any:
-        yield Do("before", note, tag)
-        yield Sleep(60)
-        return (yield Do("after", note, tag))
+@workflow(name="naps", limit=1)
+def naps(tag: str) -> Any:
+    yield Do("before", note, tag)
+    yield Sleep(60)
+    return (yield Do("after", note, tag))
 
+
+def test_a_sleeping_run_holds_no_slot(interp: Make, clock: Any, reach: Any) -> None:
     i = interp([naps])
     first = i.start(naps, "first")
     reach(i, first, "sleeping")

@@ -7,9 +7,16 @@ directory, as a reader pastes them. A block that uses ``PostgresStore(...)`` run
 test server (``tests/pg.py``) in a schema of its own: the README's example DSN is the only
 thing replaced. The block that serves forever is stopped with SIGTERM once it has served.
 
-The shell walk-throughs ("Kill it, look at it, finish it" and the approval signal) run
-command by command, after the README's first command, as a reader follows them; the pip
-installs are left to CI, and the checkout's 60-second "day" is shortened.
+The shell walk-throughs ("Kill it, look at it, finish it", the approval signal, the
+OpenTelemetry worker, the lint example) run command by command, after the README's first
+command, as a reader follows them, and what they print is compared with what README says;
+the pip installs are left to CI, and the checkout's 60-second "day" is shortened.
+
+To extend: a new ```python block runs by itself (give it a ``# name.py`` first line if later
+blocks import it). A new ```sh block must be named in ``SH_BLOCKS`` with the test that runs
+it, or the reason none does; ``test_every_sh_block_is_run_or_says_why_not`` fails until it
+is. ``sh_block``, ``without_install``, ``command``, ``run`` and the ``background`` fixture
+are the pieces a walk-through test is made of.
 """
 
 from __future__ import annotations
@@ -75,6 +82,23 @@ def readme_blocks() -> list[Block]:
 PYTHON = [b for b in readme_blocks() if b.lang == "python"]
 FILES = [b for b in PYTHON if b.file]
 
+SH_BLOCKS = {
+    # A piece of text found in exactly one ```sh block of README.md -> the test of this file
+    # that runs that block as pasted, or why none does. A new block fails
+    # test_every_sh_block_is_run_or_says_why_not until it is added here.
+    "examples/checkout.py --sleep 3": "checkout_dir",
+    "python -m pytest -n 2": "not run here: it is this suite (.ci/run runs the line verbatim)",
+    "replaygen --store runs.db ui": "not run here: tests/test_ui.py serves every page over HTTP "
+                                    "and tests/test_ui_browser.py in headless Chromium",
+    "python -m tests.bench --quick": "not run here: benchmarks take minutes (run by hand)",
+    "python -m tests.bench.ab": "not run here: it compares two builds in two environments",
+    "python -m crash --quick": "not run here: tests/test_crash.py runs `python -m crash --quick`",
+    "replaygen worker examples.checkout": "test_kill_it_look_at_it_finish_it",
+    "examples/approval.py": "test_the_approval_walk_through_takes_the_signal",
+    "examples/otel.py": "test_the_otel_walk_through_serves_its_worker_factory",
+    "$ replaygen lint greetings": "test_the_python_blocks_run_in_order_on_sqlite",
+}
+
 
 def sh_block(containing: str) -> list[list[str]]:
     """The commands of the one ```sh block holding ``containing``, comments dropped."""
@@ -83,19 +107,23 @@ def sh_block(containing: str) -> list[list[str]]:
     return [argv for line in found[0].code.splitlines() if (argv := shlex.split(line, comments=True))]
 
 
+INSTALLS = (["python3", "-m", "venv", ".venv"], [".", ".venv/bin/activate"], ["pip", "install"])
+"""How the installing parts of a command line begin (``pip install`` with any argument)."""
+
+
 def without_install(argv: list[str]) -> list[str]:
-    """A ``venv && activate && pip install -e . && rest`` line's rest: the install is left to CI."""
+    """A ``venv && activate && pip install ... && rest`` line's rest (any of the installing
+    parts, in that order): installing is left to CI."""
     parts: list[list[str]] = [[]]
     for word in argv:
         if word == "&&":
             parts.append([])
         else:
             parts[-1].append(word)
-    install, rest = parts[:3], parts[3:]
-    assert install == [["python3", "-m", "venv", ".venv"], [".", ".venv/bin/activate"],
-                       ["pip", "install", "-e", "."]], argv
-    assert len(rest) <= 1, argv
-    return rest[0] if rest else []
+    while parts and any(parts[0][:len(start)] == start for start in INSTALLS):
+        parts.pop(0)
+    assert len(parts) <= 1, argv
+    return parts[0] if parts else []
 
 
 def command(argv: list[str]) -> list[str]:
@@ -218,6 +246,18 @@ def run_block(block: Block, directory: Path, code: str | None = None) -> str:
                           timeout=PATIENCE)
     assert done.returncode == 0, f"the block at {block} failed:\n{done.stdout}{done.stderr}"
     return done.stdout
+
+
+def test_every_sh_block_is_run_or_says_why_not() -> None:
+    blocks = [b for b in readme_blocks() if b.lang == "sh"]
+    for block in blocks:
+        keys = [key for key in SH_BLOCKS if key in block.code]
+        assert len(keys) == 1, f"the sh block at {block} matches {keys} of SH_BLOCKS: add it " \
+                               f"there, with the test that runs it or why none does"
+    for key, runner in SH_BLOCKS.items():
+        assert sum(key in b.code for b in blocks) == 1, f"SH_BLOCKS: {key!r} is in no sh block"
+        if not runner.startswith("not run here"):
+            assert callable(globals().get(runner)), f"SH_BLOCKS: no test or fixture {runner!r}"
 
 
 def test_the_readme_has_the_blocks_this_file_runs() -> None:
@@ -345,7 +385,9 @@ def test_kill_it_look_at_it_finish_it(checkout_dir: Path, background: Callable[.
     assert first.output().count("charging") == 1
 
     listed = run(command(runs), checkout_dir, env)
-    assert re.search(r"^order-43\s+sleeping\s+checkout .* until ", listed, re.M), listed
+    # Killed on this machine: not live any more, at once.
+    assert re.search(r"^order-43\s+sleeping \(no worker is live\)\s+checkout .* until ", listed,
+                     re.M), listed
     shown = run(command(show), checkout_dir, env)
     assert re.search(r"^state:\s+sleeping$", shown, re.M), shown
     assert re.search(r"^0 .* do\s+charge\s+ok", shown, re.M), shown
@@ -371,3 +413,18 @@ def test_the_approval_walk_through_takes_the_signal(examples_dir: Path,
     assert "queued" in run(command(send), examples_dir, env)
     approval.wait_for("approved by ann")
     assert approval.proc.wait(PATIENCE) == 0, approval.output()
+
+
+@pytest.mark.slow
+def test_the_otel_walk_through_serves_its_worker_factory(examples_dir: Path,
+                                                         background: Callable[..., Process]
+                                                         ) -> None:
+    example, serve = sh_block("examples/otel.py")
+    assert without_install(example) == ["python", "examples/otel.py"]
+    printed = run(command(without_install(example)), examples_dir)
+    # With the SDK installed it runs a traced workflow; without, it says what to install.
+    assert "result: ada@example.com" in printed or "pip install opentelemetry-sdk" in printed
+    assert serve[:3] == ["replaygen", "--store", "otel.db"]
+    worker = background(command(serve), examples_dir)
+    worker.wait_for("serving examples.otel:make_interpreter")
+    assert worker.stop(signal.SIGINT) == 0, worker.output()

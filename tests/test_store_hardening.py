@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from replaygen import Do, Interpreter, RunNotFound, StoreUnavailable, UsageError
+from replaygen import Do, Interpreter, ReplaygenError, RunNotFound, StoreUnavailable, UsageError
 from replaygen.store import Entry, Write
 import replaygen.stores.sqlite as sqlite_store
 from replaygen.stores.conformance import create
@@ -150,6 +150,71 @@ def test_a_file_that_is_not_a_database_is_refused_as_unavailable(tmp_path: Path)
     (tmp_path / "notes.db").write_text("not sqlite at all, just some text " * 100)
     with pytest.raises(StoreUnavailable, match="not a database"):
         SQLiteStore(tmp_path / "notes.db")
+
+
+# ---- mode: an existing store only ------------------------------------------------------
+
+
+def _state_of(path: Path) -> tuple[bytes, int, list[str]]:
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(p.name for p in path.parent.iterdir())
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+def test_an_existing_store_only_mode_refuses_a_missing_file_and_makes_none(
+        tmp_path: Path, mode: str) -> None:
+    with pytest.raises(ReplaygenError, match="the file does not exist"):
+        SQLiteStore(tmp_path / "runs.db", mode=mode)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+@pytest.mark.parametrize("kind", ["empty", "foreign"])
+def test_an_existing_store_only_mode_leaves_a_file_without_a_store_as_it_was(
+        tmp_path: Path, mode: str, kind: str) -> None:
+    db = tmp_path / "app.db"
+    db.touch()
+    if kind == "foreign":
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # another program's WAL database
+            conn.execute("CREATE TABLE users (name TEXT)")
+        conn.close()
+    before = _state_of(db)
+    with pytest.raises(ReplaygenError, match="holds no replaygen store"):
+        SQLiteStore(db, mode=mode)
+    assert _state_of(db) == before
+
+
+def test_mode_ro_reads_a_store_and_refuses_every_write_changing_no_byte(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    filled(db)
+    before = _state_of(db)
+    store = SQLiteStore(db, mode="ro")
+    run = store.get("r")
+    assert [run.state if run else None, [e.value for e in store.journal("r")],
+            [r.run_id for r in store.runs()], [s.payload for s in store.signals("r")]] == READ
+    for write in (lambda: create(store, "r2", "wf", "{}", "B"),
+                  lambda: store.deliver("r", "go", "1"), lambda: store.cancel("r"),
+                  lambda: store.heartbeat("B", 10.0, workflows=[]), lambda: store.claim("B")):
+        with pytest.raises(ReplaygenError, match="opened read-only .mode 'ro'"):
+            write()
+    store.close()
+    assert _state_of(db) == before
+
+
+def test_mode_rw_writes_to_an_existing_store(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    filled(db)
+    store = SQLiteStore(db, mode="rw")
+    store.deliver("r", "go", "2")
+    assert [s.payload for s in store.signals("r")] == ['"p"', "2"]
+    store.close()
+
+
+def test_an_unknown_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ReplaygenError, match="mode must be one of 'rwc', 'rw', 'ro'"):
+        SQLiteStore(tmp_path / "runs.db", mode="w")
+    with pytest.raises(ReplaygenError, match="in-memory SQLite database holds no store"):
+        SQLiteStore(":memory:", mode="ro")
 
 
 # ---- permissions -----------------------------------------------------------------------

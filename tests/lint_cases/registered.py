@@ -1,21 +1,15 @@
-"""No ``workflows``: the functions marked by the (coming) ``@workflow`` decorator are linted."""
+"""No ``workflows``: the functions registered with ``@workflow`` are linted."""
 
 import time
 
-from replaygen import Do
-
-
-def workflow(fn):
-    # Stands in for replaygen.workflow, which marks each function with the name it registered.
-    fn.__replaygen_workflow__ = fn.__name__
-    return fn
+from replaygen import Do, workflow
 
 
 def step(x):
     return x
 
 
-@workflow
+@workflow(name="lint_cases.marked")
 def marked():
     yield Do("t", step, time.time())  # expect: RG101
 
