@@ -24,6 +24,7 @@ from .registry import Workflow, registered, table
 from .effects import CANCEL, UNREAD
 from .replay import Life, Settings
 from .runtime import Clock, Runtime, SystemClock
+from .schedules import Schedule, Scheduler
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Spawn, Store, Write
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
@@ -45,6 +46,7 @@ class Interpreter(Client):
     ``always_replay`` (for tests) replays each run from the top after every step and blocks
     it at once where its code disagrees with its journal: non-determinism found on the first
     run, not after a crash. It costs a replay per step (quadratic in a run's length).
+    ``schedules`` (``Schedule``s, checked here) start runs at their ticks (``schedules.py``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Interpreter(Client):
         *, clock: Clock | None = None, codec: Codec | None = None, concurrency: int = 64,
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
         observer: Observer | None = None, always_replay: bool = False,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         self._fixed = None if workflows is None else table(workflows)
         if concurrency < 1 or lease <= 0 or max_resumes < 0 or max_payload < 1:
@@ -62,6 +65,7 @@ class Interpreter(Client):
             raise UsageError(f"{store!r} cannot execute runs (it has no claim()); pass e.g. "
                              f"SQLiteStore('runs.db') or MemoryStore()")
         self._clock = clock or SystemClock()
+        self._scheduler = Scheduler(schedules, self._known(), store, self.start, self._clock)
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
         self._settings = Settings(self._codec, max_payload, now=self._clock.now,
                                   max_resumes=max_resumes, observed=observer is not None,
@@ -282,6 +286,8 @@ class Interpreter(Client):
                 if now >= beat:
                     self._heartbeat()
                     beat = now + self._lease / 3
+                if not self._closed:  # at least once a second: a tick fires within about 1s
+                    self._scheduler.fire_due()
                 if new != token or now >= sweep:  # the timed sweep is a safety net
                     token, sweep = new, now + 5.0
                     for run_id, cancel in self._store.wakeups(self.worker_id):
