@@ -543,10 +543,14 @@ class Scheduler:
     def _decide(self, plan: _Plan, p: _Progress, now: float) -> None:
         """Which ticks in (since, now] to fire: the on-time ones, and missed ones as the
         schedule's catchup says. On a worker's first look ``since`` is the last fired tick
-        found in the store (nothing was missed by a schedule with none)."""
-        if p.since is None:
+        found in the store; a schedule with none is new (nothing was missed) and starts from
+        its newest tick, if that is on time."""
+        since = p.since
+        if since is None:
             p.last = last_fired(plan, self._store, now)
-        since = p.since if p.since is not None else p.last if p.last is not None else now - LATE
+            newest = plan.timing.prev_tick(now)
+            since = p.last if p.last is not None else newest - 1 if newest is not None \
+                and newest > now - LATE else now
         on_time = self._ticks(plan, max(since, now - LATE), now, CAP)
         p.ahead = deque(sorted({*on_time, *self._missed(plan, since, now, bool(on_time))}))
         nxt = plan.timing.next_tick(now)
