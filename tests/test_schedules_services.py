@@ -172,3 +172,18 @@ def test_a_worker_killed_right_before_and_right_after_starting_a_tick_fires_it_o
     w.stop()
     assert w.ticks() == [run_id]
     assert w.notes() == {run_id: 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_crash_harness_schedule_scenario_passes(store: str) -> None:
+    """``python -m crash --only schedule``: the same boundary, checked by the harness's
+    invariants (the tick's run completes with the uncrashed result, no step re-executed)."""
+    dsn = ["--dsn", postgres_dsn()] if store == "postgres" else []
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "crash", "--only", "schedule", "--store", store,
+                        *dsn], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    [row] = [line for line in p.stdout.splitlines() if line.rstrip().endswith(("PASS", "FAIL"))]
+    assert row.startswith("between a tick's computation and its start") and row.split()[-4:-2] == [
+        "2", "2"] and row.endswith("PASS")  # two kills, two restarts
