@@ -55,9 +55,11 @@ HORIZON = timedelta(days=9 * 366)  # Feb 29 may be 8 years away (2096, then 2104
 
 @dataclass(frozen=True, init=False)
 class Schedule:
-    """Start ``workflow(*args, **kwargs)`` at each tick: ``cron`` (5 fields, in the wall-clock
-    time of ``tz``) or ``every`` (whole seconds or a ``timedelta``, on a grid anchored at the
-    Unix epoch). Each tick starts run ``sched:<name>:<tick>``, the tick in UTC as
+    """``Schedule(name, workflow, *args, cron=None, every=None, tz="UTC", catchup="skip",
+    overlap="skip", **kwargs)``: start ``workflow(*args, **kwargs)`` (a registered workflow
+    function, or its name) at each tick of ``cron`` (5 fields, in the wall-clock time of
+    ``tz``) or of ``every`` (whole seconds or a ``timedelta``, on a grid anchored at the Unix
+    epoch). Each tick starts run ``sched:<name>:<tick>``, the tick in UTC as
     ``2026-12-05T13:00:00Z``.
 
     ``catchup`` says what a worker does with ticks missed while no worker ran: ``"skip"``
@@ -77,11 +79,23 @@ class Schedule:
     catchup: str
     overlap: str
 
-    def __init__(self, name: str, workflow: Any, /, *args: Any, cron: str | None = None,
-                 every: float | timedelta | None = None, tz: str = "UTC", catchup: str = "skip",
-                 overlap: str = "skip", **kwargs: Any) -> None:
-        values = {"name": name, "workflow": workflow, "args": args, "kwargs": kwargs,
-                  "cron": cron, "every": every, "tz": tz, "catchup": catchup, "overlap": overlap}
+    def __init__(self, *args: Any, cron: str | None = None, every: float | timedelta | None = None,
+                 tz: str = "UTC", catchup: str = "skip", overlap: str = "skip",
+                 **kwargs: Any) -> None:
+        # Schedule(name, workflow, *args, ..., **kwargs): name and workflow are the first two
+        # positional arguments, or keywords when not given so (then the workflow's own
+        # arguments cannot be called name or workflow; positionally, they can).
+        head = {}
+        for i, key in enumerate(("name", "workflow")):
+            if len(args) > i:
+                head[key] = args[i]
+            elif key in kwargs:
+                head[key] = kwargs.pop(key)
+            else:
+                raise UsageError(f"Schedule needs a name and a workflow, e.g. Schedule('nightly', "
+                                 f"report, cron='0 3 * * *'); {key} is missing")
+        values = {**head, "args": args[2:], "kwargs": kwargs, "cron": cron, "every": every,
+                  "tz": tz, "catchup": catchup, "overlap": overlap}
         for key, value in values.items():
             object.__setattr__(self, key, value)  # frozen: set once, here
 
@@ -547,10 +561,10 @@ class Scheduler:
         its newest tick, if that is on time."""
         since = p.since
         if since is None:
-            p.last = last_fired(plan, self._store, now)
+            p.last = since = last_fired(plan, self._store, now)
+        if since is None:
             newest = plan.timing.prev_tick(now)
-            since = p.last if p.last is not None else newest - 1 if newest is not None \
-                and newest > now - LATE else now
+            since = newest - 1 if newest is not None and newest > now - LATE else now
         on_time = self._ticks(plan, max(since, now - LATE), now, CAP)
         p.ahead = deque(sorted({*on_time, *self._missed(plan, since, now, bool(on_time))}))
         nxt = plan.timing.next_tick(now)

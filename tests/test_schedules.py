@@ -469,6 +469,15 @@ def test_a_workflow_given_by_name_or_registered_under_another_name_is_found(
                                           Schedule("b", job, every=60)])
 
 
+def test_name_and_workflow_may_be_keywords_and_the_workflows_arguments_may_share_their_names(
+        ) -> None:
+    assert Schedule(name="s", workflow=job, every=60) == Schedule("s", job, every=60)
+    named = Schedule("s", job, "x", name="bob", every=60)
+    assert (named.name, named.args, named.kwargs) == ("s", ("x",), {"name": "bob"})
+    with pytest.raises(UsageError, match="Schedule needs a name and a workflow.*workflow is missing"):
+        Schedule("s", every=60)
+
+
 def test_next_ticks_wants_an_aware_datetime() -> None:
     with pytest.raises(UsageError, match="after must be an aware datetime"):
         Schedule("s", job, every=60).next_ticks(datetime(2026, 1, 1))
