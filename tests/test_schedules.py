@@ -3,7 +3,8 @@
 Most tests drive the scheduler an Interpreter's watcher calls (``Scheduler.fire_due``) by
 hand with a ``FakeClock``: time passes only when the test says so, and nothing waits. The
 runs are started by a ``Client`` (they stay pending: unfinished) unless a test needs them
-executed. Tests that go through an Interpreter's own watcher wait for events (``eventually``).
+executed. Every test that takes the ``store`` fixture runs on memory, SQLite and Postgres.
+Tests that go through an Interpreter's own watcher wait for events (``eventually``).
 The multi-process and SIGKILL tests are in tests/test_schedules_services.py.
 """
 
@@ -16,16 +17,47 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from replaygen import (
-    Client, Do, Interpreter, MemoryStore, Schedule, StoreUnavailable, UsageError, Wait,
+    Client, Do, Interpreter, MemoryStore, Schedule, Store, StoreUnavailable, UsageError, Wait,
 )
 from replaygen.schedules import CAP, Scheduler, tick_text
 from replaygen.store import RunRecord
 from replaygen.testing import FakeClock
 
 UTC = timezone.utc
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """This module's store (it replaces conftest's): a MemoryStore, a fresh SQLite file, or a
+    fresh schema in the test PostgreSQL database."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        from replaygen.stores.sqlite import SQLiteStore
+
+        sqlite = SQLiteStore(str(tmp_path / "runs.db"))
+        yield sqlite
+        sqlite.close()
+        return
+    from replaygen.stores.postgres import PostgresStore
+
+    from .pg import postgres_dsn
+
+    dsn, schema = postgres_dsn(), f"rgsched_{uuid.uuid4().hex[:12]}"
+    postgres = PostgresStore(dsn, schema=schema)
+    try:
+        yield postgres
+    finally:
+        postgres.close()
+        PostgresStore.drop_schema(dsn, schema)
 
 
 def at(text: str) -> float:
@@ -53,7 +85,7 @@ class Worker:
     """What one worker's watcher does for its schedules, turned by the test (no thread, no
     real time): ``turn()`` is one turn of the watcher."""
 
-    def __init__(self, store: MemoryStore, clock: FakeClock, *schedules: Schedule,
+    def __init__(self, store: Store, clock: FakeClock, *schedules: Schedule,
                  start: Callable[..., str] | None = None) -> None:
         self.scheduler = Scheduler(schedules, WORKFLOWS, store, start or Client(store).start, clock)
 
@@ -62,7 +94,7 @@ class Worker:
             self.scheduler.fire_due()
 
 
-def fired(store: MemoryStore, name: str = "s") -> list[str]:
+def fired(store: Store, name: str = "s") -> list[str]:
     """The ticks of schedule ``name`` whose runs exist, oldest first."""
     head = f"sched:{name}:"
     return sorted(r.run_id[len(head):] for r in store.runs(limit=100_000)
@@ -79,7 +111,7 @@ def sweep(worker: Worker, clock: FakeClock, until: float, step: float = 60.0) ->
 # ---- the tick and its run ------------------------------------------------------------------
 
 
-def test_a_tick_starts_run_sched_name_tick_with_the_tick_in_utc_iso_form(store: MemoryStore) -> None:
+def test_a_tick_starts_run_sched_name_tick_with_the_tick_in_utc_iso_form(store: Store) -> None:
     clock = FakeClock(at("2026-12-05T13:59:59.5Z"))
     worker = Worker(store, clock, Schedule("report", "job", "r", cron="0 15 * * *",
                                            tz="Europe/Berlin"))
@@ -102,7 +134,7 @@ def test_every_ticks_on_a_grid_anchored_at_the_unix_epoch() -> None:
 
 
 def test_an_interpreter_fires_due_ticks_without_recover_and_passes_the_arguments(
-        interp: Callable[..., Interpreter], store: MemoryStore, clock: FakeClock,
+        interp: Callable[..., Interpreter], store: Store, clock: FakeClock,
         eventually: Callable[..., Any]) -> None:
     tick = clock.now() // 60 * 60  # the conftest clock starts 20 s after a tick: on time
     worker = interp([job], schedules=[Schedule("s", job, "a", key=3, every=60)])
@@ -114,7 +146,7 @@ def test_an_interpreter_fires_due_ticks_without_recover_and_passes_the_arguments
 
 
 def test_three_interpreters_on_one_store_fire_each_tick_exactly_once(
-        interp: Callable[..., Interpreter], store: MemoryStore, clock: FakeClock,
+        interp: Callable[..., Interpreter], store: Store, clock: FakeClock,
         eventually: Callable[..., Any]) -> None:
     seen: list[str] = []
     lock = threading.Lock()
@@ -205,7 +237,7 @@ BAD_CRONS = [
 
 @pytest.mark.parametrize("cron, problem", BAD_CRONS)
 def test_a_bad_cron_is_refused_when_the_interpreter_is_built(
-        store: MemoryStore, cron: str, problem: str) -> None:
+        store: Store, cron: str, problem: str) -> None:
     with pytest.raises(UsageError, match=problem) as caught:
         Interpreter(store, [job], schedules=[Schedule("nightly", job, cron=cron)])
     assert "schedule 'nightly': bad cron" in str(caught.value)
@@ -215,7 +247,7 @@ def test_a_bad_cron_is_refused_when_the_interpreter_is_built(
 # ---- daylight saving -----------------------------------------------------------------------
 
 def test_a_cron_in_berlin_fires_once_per_wall_clock_tick_across_both_daylight_saving_changes(
-        store: MemoryStore) -> None:
+        store: Store) -> None:
     berlin = [Schedule("hourly", "job", "h", cron="30 * * * *", tz="Europe/Berlin",
                        overlap="allow"),
               Schedule("daily", "job", "d", cron="0 2 * * *", tz="Europe/Berlin", overlap="allow")]
@@ -258,7 +290,7 @@ def test_a_cron_in_berlin_fires_once_per_wall_clock_tick_across_both_daylight_sa
     ("latest", ["10", "13", "14"]),
     ("all", ["10", "11", "12", "13", "14"]),
 ])
-def test_catchup_after_downtime(store: MemoryStore, catchup: str, expected: list[str],
+def test_catchup_after_downtime(store: Store, catchup: str, expected: list[str],
                                 caplog: pytest.LogCaptureFixture) -> None:
     hourly = Schedule("s", "job", "x", every=3600, catchup=catchup, overlap="allow")
     clock = FakeClock(at("2026-12-05T10:00:00Z"))
@@ -273,7 +305,7 @@ def test_catchup_after_downtime(store: MemoryStore, catchup: str, expected: list
     assert [t[11:13] for t in fired(store)] == expected
 
 
-def test_catchup_all_fires_at_most_the_cap_and_says_so(store: MemoryStore,
+def test_catchup_all_fires_at_most_the_cap_and_says_so(store: Store,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     minutely = Schedule("s", "job", "x", every=60, catchup="all", overlap="allow")
     start = at("2026-12-05T00:00:00Z")
@@ -289,7 +321,7 @@ def test_catchup_all_fires_at_most_the_cap_and_says_so(store: MemoryStore,
     assert ticks[1] == start + 1000 * 60 and ticks[-1] == start + 2000 * 60  # the newest
 
 
-def test_a_new_schedule_starts_from_its_newest_tick(store: MemoryStore) -> None:
+def test_a_new_schedule_starts_from_its_newest_tick(store: Store) -> None:
     clock = FakeClock(at("2026-12-05T13:00:05Z"))
     worker = Worker(store, clock, Schedule("s", "job", "x", every=10, overlap="allow"))
     worker.turn()
@@ -299,7 +331,7 @@ def test_a_new_schedule_starts_from_its_newest_tick(store: MemoryStore) -> None:
                             "2026-12-05T13:00:20Z", "2026-12-05T13:00:30Z"]
 
 
-def test_a_worker_that_boots_within_a_minute_of_a_tick_fires_it(store: MemoryStore) -> None:
+def test_a_worker_that_boots_within_a_minute_of_a_tick_fires_it(store: Store) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     hourly = Schedule("s", "job", "x", every=3600, overlap="allow")
     Worker(store, clock, hourly).turn()
@@ -308,7 +340,7 @@ def test_a_worker_that_boots_within_a_minute_of_a_tick_fires_it(store: MemorySto
     assert fired(store) == ["2026-12-05T12:00:00Z", "2026-12-05T13:00:00Z"]
 
 
-def test_a_suspended_worker_does_not_fire_a_burst_with_catchup_skip(store: MemoryStore) -> None:
+def test_a_suspended_worker_does_not_fire_a_burst_with_catchup_skip(store: Store) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     worker = Worker(store, clock, Schedule("s", "job", "x", every=60, overlap="allow"))
     worker.turn()
@@ -324,7 +356,7 @@ def _minutely(overlap: str) -> Schedule:
 
 
 def test_overlap_skip_drops_ticks_while_the_previous_run_is_unfinished(
-        store: MemoryStore, caplog: pytest.LogCaptureFixture) -> None:
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     worker = Worker(store, clock, _minutely("skip"))
     worker.turn()
@@ -338,7 +370,7 @@ def test_overlap_skip_drops_ticks_while_the_previous_run_is_unfinished(
     assert fired(store) == ["2026-12-05T12:00:00Z", "2026-12-05T12:03:00Z"]
 
 
-def test_overlap_allow_starts_every_tick(store: MemoryStore) -> None:
+def test_overlap_allow_starts_every_tick(store: Store) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     worker = Worker(store, clock, _minutely("allow"))
     worker.turn()
@@ -348,7 +380,7 @@ def test_overlap_allow_starts_every_tick(store: MemoryStore) -> None:
 
 
 def test_overlap_skip_waits_for_an_executed_run_to_complete(
-        interp: Callable[..., Interpreter], store: MemoryStore,
+        interp: Callable[..., Interpreter], store: Store,
         reach: Callable[..., Any]) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     executing = interp([job, gated], clock=clock)
@@ -365,7 +397,7 @@ def test_overlap_skip_waits_for_an_executed_run_to_complete(
 
 
 def test_overlap_is_judged_by_the_store_so_a_worker_booted_later_drops_too(
-        store: MemoryStore) -> None:
+        store: Store) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     Worker(store, clock, _minutely("skip")).turn()  # worker A fires 12:00 (still pending)
     clock.advance(60)
@@ -373,7 +405,7 @@ def test_overlap_is_judged_by_the_store_so_a_worker_booted_later_drops_too(
     assert fired(store) == ["2026-12-05T12:00:00Z"]
 
 
-def test_two_workers_at_one_tick_start_one_run(store: MemoryStore) -> None:
+def test_two_workers_at_one_tick_start_one_run(store: Store) -> None:
     clock = FakeClock(at("2026-12-05T12:00:00Z"))
     a, b = Worker(store, clock, _minutely("allow")), Worker(store, clock, _minutely("allow"))
     a.turn()
@@ -456,7 +488,7 @@ REFUSED: list[tuple[Any, str]] = [
 
 
 @pytest.mark.parametrize("schedules, message", REFUSED)
-def test_refusals_when_the_interpreter_is_built(store: MemoryStore, schedules: Any,
+def test_refusals_when_the_interpreter_is_built(store: Store, schedules: Any,
                                                 message: str) -> None:
     with pytest.raises(UsageError, match=message):
         Interpreter(store, [job], schedules=schedules())
