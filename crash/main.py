@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from . import check as inv
@@ -60,6 +61,10 @@ class Runner:
         self.kill_at: float | None = None
         self.reported = False
         self.needs_signals = any(plans.deliveries(r, ops) for r, ops in sc.runs)
+        # A schedule's workers read the time shifted so that its tick is due now: by one offset
+        # for every process, so their journals and side-effect lines stay comparable.
+        self.schedule = sc.schedule and {**sc.schedule, "offset": time.time() - datetime.fromisoformat(
+            sc.schedule["at"].replace("Z", "+00:00")).timestamp()}
 
     # ---- processes ----------------------------------------------------------------
 
@@ -85,6 +90,8 @@ class Runner:
                 args += ["--shutdown-after", str(sc.shutdown_after[life])]
             if self.broken:
                 args += ["--break", self.broken]
+            if self.schedule:
+                args += ["--schedule", json.dumps(self.schedule)]
         args += extra or []
         if kill and "--kill" not in args:
             args += ["--kill", json.dumps(kill)]
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills-per-boundary", type=int, help="default 3; quick 1")
     ap.add_argument("--only", help="comma-separated scenario names (before_step, in_step, "
                                    "after_return, after_commit, sleeping, waiting, signal, recover, "
-                                   "shutdown, fanout, stall, random)")
+                                   "shutdown, fanout, stall, schedule, random)")
     ap.add_argument("--break", dest="broken", choices=("early-commit", "no-fence"),
                     help="deliberately break the engine inside the workers (the harness must fail)")
     ap.add_argument("--seed", type=int, default=1)

@@ -43,6 +43,7 @@ _effects_fd: int | None = None
 _in_step_kill: dict[str, Any] | None = None
 _in_step_lock = threading.Lock()
 _in_step_seen = 0
+offset = 0.0  # seconds the workers' clock is behind the real one (a schedule's scenario)
 
 
 def configure(effects_path: str | None, in_step_kill: dict[str, Any] | None = None) -> None:
@@ -69,7 +70,7 @@ def _record() -> None:
         return
     info = current_step()
     line = json.dumps({"run": info.run_id, "step": info.step, "pos": info.position,
-                       "attempt": info.attempt, "pid": os.getpid(), "t": time.time()})
+                       "attempt": info.attempt, "pid": os.getpid(), "t": time.time() - offset})
     os.write(_effects_fd, (line + "\n").encode())
     os.fsync(_effects_fd)
     spec = _in_step_kill

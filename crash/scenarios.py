@@ -47,6 +47,15 @@ class Scenario:
     random_kills: int = 0                    # > 0: the random mode, this many kills
     seed: int = 0
     expect_kill: bool = True                 # the kill point must be reached
+    schedule: dict[str, Any] | None = None   # the runs are a schedule's ticks: see SCHEDULED
+
+
+# A schedule's tick: the workers' clocks start at TICK (every life again), so the one tick due
+# is TICK's; the run's arguments are its own plan, as for the other runs. No sleep, timeout or
+# retry: their deadlines would be read on the workers' clock, the checker's on the real one.
+TICK = "2026-12-05T13:00:00Z"
+SCHEDULED: list[Any] = [["do", "a", 5], ["async", "b", 5],
+                        ["all", [["fan_0", 5, True], ["fan_1", 20, False]]], ["do", "z", 5]]
 
 
 def _runs(prefix: str, n: int = 3, ops: list[Any] | None = None) -> list[tuple[str, list[Any]]]:
@@ -87,6 +96,13 @@ def boundaries(k: int) -> list[Scenario]:
             ["do", "a", 5], ["do", "slow", 600], ["do", "y", 5], ["sleep", 0.1], ["do", "z", 5]]),
                  stall={"event": "step_returned", "step": "slow", "n": 1, "action": "hold"},
                  lease=1.0),
+        # Killed between a tick's computation and its start(), then right after the start():
+        # the tick must fire once. One tick, so one kill of each kind, whatever k is.
+        Scenario("schedule", "between a tick's computation and its start",
+                 [(f"sched:tick:{TICK}", SCHEDULED)],
+                 [{"event": "tick_start", "when": "before"},
+                  {"event": "tick_start", "when": "after"}],
+                 schedule={"name": "tick", "at": TICK, "every": 3600}),
     ]
     return out
 

@@ -85,6 +85,38 @@ class Killer:
             os.kill(os.getpid(), sig)
 
 
+def kill_at_tick_start(when: str) -> None:
+    """SIGKILL this process at the ``start()`` of a schedule's tick: ``before`` it (the tick is
+    computed as due, its run not stored) or ``after`` it (stored, nothing else done). The
+    scheduler calls the Interpreter's ``start``, so the seam is that method, patched here."""
+    from replaygen import Interpreter
+    original = Interpreter.start
+
+    def start(self: Any, workflow: Any, *args: Any, run_id: str | None = None, **kwargs: Any) -> str:
+        tick = run_id is not None and run_id.startswith("sched:")
+        if tick and when == "before":
+            note_kill("tick_start", run_id, when=when)
+            os.kill(os.getpid(), signal.SIGKILL)
+        done = original(self, workflow, *args, run_id=run_id, **kwargs)
+        if tick and when == "after":
+            note_kill("tick_start", run_id, when=when)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return done
+
+    Interpreter.start = start  # type: ignore[method-assign]
+
+
+class ShiftedClock:
+    """The time ``offset`` seconds ago: the harness picks the offset that makes a schedule's
+    tick due when the scenario starts, and gives every worker the same one."""
+
+    def __init__(self, offset: float) -> None:
+        self._offset = offset
+
+    def now(self) -> float:
+        return time.time() - self._offset
+
+
 def apply_break(mode: str | None, store: Any) -> Any:
     """Deliberately break the engine inside this process (never the real code on disk)."""
     if not mode:
@@ -132,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--break", dest="broken", default="")
     ap.add_argument("--lease", type=float, default=10.0)
     ap.add_argument("--shutdown-after", type=int, default=0)
+    ap.add_argument("--schedule", default="", help="JSON {name, at, every}: the runs are the "
+                    "ticks of this schedule (the clock starts at `at`), not started here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
                         format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
 
-    from replaygen import Interpreter
+    from replaygen import Interpreter, Schedule
     from . import plans
     from .stores import open_store
 
@@ -145,16 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     plans.configure(os.path.join(args.dir, "effects.log"),
                     spec if spec.get("event") == "in_step" else None)
     store = apply_break(args.broken, open_store(args.store))
-    killer = Killer({} if spec.get("event") == "in_step" else spec)
+    killer = Killer({} if spec.get("event") in ("in_step", "tick_start") else spec)
     if args.shutdown_after:
         killer.shutdown_after = args.shutdown_after
-    interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease)
-    interp.recover()
+    if spec.get("event") == "tick_start":
+        kill_at_tick_start(spec["when"])
     runs = plans.load_runs(os.path.join(args.dir, "plan.json"))
-    for run_id, ops in runs:
+    sched, timing = json.loads(args.schedule) if args.schedule else None, {}
+    if sched:  # each run is a tick: its id sched:<name>:<tick>, its arguments its plan
+        plans.offset = sched["offset"]
+        timing = {"clock": ShiftedClock(sched["offset"]), "schedules": [
+            Schedule(sched["name"], plans.WORKFLOW, run_id, ops, every=sched["every"])
+            for run_id, ops in runs]}
+    interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease,
+                         **timing)
+    interp.recover()
+    for run_id, ops in [] if sched else runs:
         interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)
     while True:
-        states = [store.get(run_id).state for run_id, _ in runs]
+        states = [getattr(store.get(run_id), "state", "not fired") for run_id, _ in runs]
         if all(s in ("completed", "failed", "cancelled") for s in states):
             interp.shutdown(timeout=10)
             return 0

@@ -17,6 +17,7 @@ from .client import Client
 from .interpreter import DEFAULT_MAX_PAYLOAD, Clock, Interpreter, RunStatus, SystemClock
 from .observe import Event, Observer, StepInfo, current_step
 from .registry import workflow
+from .schedules import Schedule
 from .store import MemoryStore, Store
 
 __all__ = [
@@ -24,7 +25,7 @@ __all__ = [
     "Codec", "Command", "CorruptRecord", "Deadline", "DeadlineExceeded", "Do", "Event",
     "Interpreter", "JSONCodec", "MemoryStore",
     "NonDeterminismError", "Observer", "ReplaygenError", "ResultTimeout", "Retry", "RunBlocked",
-    "RunFinished", "RunNotFound", "RunStatus", "Sleep", "StepFailed", "StepInfo", "Store",
+    "RunFinished", "RunNotFound", "RunStatus", "Schedule", "Sleep", "StepFailed", "StepInfo", "Store",
     "StoreUnavailable", "SystemClock", "UsageError", "Version", "Wait", "WaitTimeout",
     "WorkflowFailed", "current_step", "workflow",
 ]

@@ -738,6 +738,38 @@ def cmd_ui(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedules(store: Store, a: argparse.Namespace) -> int:
+    """The schedules of MODULE[:ATTR] (ATTR default: ``schedules``, a list of ``Schedule``):
+    settings, next tick, and the last tick fired in the store. Never builds a worker (it would
+    fire ticks). Without MODULE: the schedules whose runs are among the store's newest runs."""
+    from . import schedules  # only this command needs it by name
+
+    if a.module is None:
+        rows = schedules.seen(store)
+        head = ["SCHEDULE", "WORKFLOW", "RUNS SEEN", "LAST TICK", "ITS RUN"]
+        cells = [[r["name"], r["workflow"], str(r["runs"]), r["last"], r["last_state"]] for r in rows]
+        none = "no runs of a schedule among the newest runs (name a module: schedules MODULE)"
+    else:
+        spec = a.module if ":" in a.module else a.module + ":schedules"
+        found = load_workflows(spec)
+        if not isinstance(found, (list, tuple)):
+            raise CLIError(f"{spec} must be a list of Schedule(...), found {type(found).__name__} "
+                           f"(this command never builds a worker: it would fire ticks); keep the "
+                           f"list in a module attribute and pass it to Interpreter(schedules=...)")
+        rows = schedules.describe(found, store, time.time())
+        head = ["SCHEDULE", "WORKFLOW", "WHEN", "TZ", "CATCHUP", "OVERLAP", "NEXT (UTC)",
+                "NEXT (LOCAL)", "LAST FIRED", "ITS RUN"]
+        cells = [[r["name"], r["workflow"], r["when"], r["tz"], r["catchup"], r["overlap"],
+                  r["next"] or "never", r["next_local"] or "-", r["last"] or "-",
+                  r["last_state"] or "-"] for r in rows]
+        none = f"{spec} holds no schedules"
+    if a.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        print(_table(head, cells) if cells else none)
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------
 
 def _add_ui_command(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
@@ -833,6 +865,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
     _add_service_commands(add)
     _add_ui_command(add)
+    sp = add("schedules", cmd_schedules, "list schedules: settings, next tick, last tick fired")
+    sp.add_argument("module", nargs="?", metavar="MODULE[:ATTR]", help="ATTR (default: "
+                    "schedules) is a list of Schedule; without it, schedules seen in the store")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     text = "report calls in workflow bodies that differ between runs (needs no store)"
     sp = sub.add_parser("lint", help=text, description=text)  # not add(): no --store
     sp.set_defaults(func=cmd_lint)

@@ -162,16 +162,14 @@ class Client:
         state ``purged``: a later ``start()`` of its id with the same workflow and arguments
         returns the id and starts nothing; ``result()`` says it was purged. Never touches an
         unfinished or blocked run."""
-        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise UsageError(f"older_than must be seconds >= 0 or a timedelta, got {older_than!r}")
+        age = seconds("older_than", older_than)
         chosen = (states,) if isinstance(states, str) else tuple(states)
         if not chosen or any(s not in FINISHED for s in chosen):
             raise UsageError(f"states must be finished states ({', '.join(FINISHED)}), got "
                              f"{states!r}: an unfinished or blocked run is never purged")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise UsageError(f"limit must be an int >= 0 or None, got {limit!r}")
-        before, total = time.time() - seconds, 0
+        before, total = time.time() - age, 0
         while limit is None or total < limit:
             size = PURGE_BATCH if limit is None else min(PURGE_BATCH, limit - total)
             done = len(self._store.purge(before, states=chosen, limit=size,
@@ -311,6 +309,15 @@ class Client:
         if record is None:
             raise RunNotFound(f"no run {run_id!r} in this store")
         return record
+
+
+def seconds(what: str, value: float | timedelta, least: float = 0.0) -> float:
+    """A duration given as seconds or a ``timedelta``, checked to be at least ``least``."""
+    n = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not n >= least:
+        raise UsageError(f"{what} must be seconds {'> 0' if least else '>= 0'} or a timedelta, "
+                         f"got {value!r}")
+    return float(n)
 
 
 def _digest(canonical: str) -> str:

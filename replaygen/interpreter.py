@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._identity import is_dead, new_owner_id
-from .client import DEFAULT_MAX_PAYLOAD, PURGE_BATCH, Client, RunStatus
+from .client import DEFAULT_MAX_PAYLOAD, PURGE_BATCH, Client, RunStatus, seconds
 from .codec import Codec
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
 from .journal import Entry, Journal, read_error
@@ -25,6 +25,7 @@ from .registry import Workflow, check_limits, limits_of, registered, table
 from .effects import CANCEL, UNREAD
 from .replay import Life, Settings
 from .runtime import Clock, Runtime, SystemClock
+from .schedules import Schedule, Scheduler
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
@@ -50,6 +51,7 @@ class Interpreter(Client):
     workflow execute steps at once across the workers sharing the store; the others wait,
     ``pending``, in the store. ``retention`` (seconds or a timedelta): finished runs older
     than that are purged in the background, a short batch at a time (see ``purge``).
+    ``schedules`` (``Schedule``s, checked here) start runs at their ticks (``schedules.py``).
     """
 
     def __init__(
@@ -58,17 +60,11 @@ class Interpreter(Client):
         lease: float = 10.0, max_resumes: int = 100, max_payload: int = DEFAULT_MAX_PAYLOAD,
         observer: Observer | None = None, always_replay: bool = False,
         limits: Mapping[str, int] | None = None, retention: float | timedelta | None = None,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         self._fixed = None if workflows is None else table(workflows)
-        self._limits = check_limits(limits)
-        if self._fixed is not None and (unknown := sorted(set(self._limits) - set(self._fixed))):
-            raise UsageError(f"limits name {unknown[0]!r}, which this Interpreter does not serve "
-                             f"(it serves {sorted(self._fixed)})")
-        keep = retention.total_seconds() if isinstance(retention, timedelta) else retention
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
-                                 or keep <= 0):
-            raise UsageError(f"retention must be seconds > 0, a timedelta or None, got {retention!r}")
-        self._retention = keep
+        self._limits = check_limits(limits, self._fixed)
+        self._retention = None if retention is None else seconds("retention", retention, 1e-9)
         if concurrency < 1 or lease <= 0 or max_resumes < 0 or max_payload < 1:
             raise UsageError(f"need concurrency >= 1, lease > 0, max_resumes >= 0, max_payload >= 1; "
                              f"got {concurrency}, {lease}, {max_resumes}, {max_payload}")
@@ -77,6 +73,7 @@ class Interpreter(Client):
             raise UsageError(f"{store!r} cannot execute runs (it has no claim()); pass e.g. "
                              f"SQLiteStore('runs.db') or MemoryStore()")
         self._clock = clock or SystemClock()
+        self._scheduler = Scheduler(schedules, self._known(), store, self.start, self._clock)
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
         self._settings = Settings(self._codec, max_payload, now=self._clock.now,
                                   max_resumes=max_resumes, observed=observer is not None,
@@ -312,6 +309,8 @@ class Interpreter(Client):
                 if now >= beat:
                     self._heartbeat()
                     beat = now + self._lease / 3
+                if not self._closed:  # at least once a second: a tick fires within about 1s
+                    self._scheduler.fire_due()
                 if new != token or now >= sweep:  # the timed sweep is a safety net
                     token, sweep = new, now + 5.0
                     for run_id, cancel in self._store.wakeups(self.worker_id):

@@ -101,8 +101,10 @@ def table(workflows: Iterable[Workflow] | Mapping[str, Workflow]) -> dict[str, W
     return known
 
 
-def check_limits(limits: Mapping[str, int] | None) -> dict[str, int]:
-    """``limits`` ({workflow name: slots}) checked: each an int >= 1."""
+def check_limits(limits: Mapping[str, int] | None,
+                 known: Mapping[str, Workflow] | None = None) -> dict[str, int]:
+    """``limits`` ({workflow name: slots}) checked: each an int >= 1, each a workflow of
+    ``known`` (when given)."""
     if limits is None:
         return {}
     if not isinstance(limits, Mapping):
@@ -111,6 +113,9 @@ def check_limits(limits: Mapping[str, int] | None) -> dict[str, int]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise UsageError(f"the limit of workflow {name!r} must be an int >= 1 (runs working "
                              f"at once), got {n!r}")
+        if known is not None and name not in known:
+            raise UsageError(f"limits name {name!r}, which this Interpreter does not serve (it "
+                             f"serves {sorted(known)})")
     return dict(limits)
 
 

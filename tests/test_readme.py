@@ -261,7 +261,7 @@ def test_every_sh_block_is_run_or_says_why_not() -> None:
 
 
 def test_the_readme_has_the_blocks_this_file_runs() -> None:
-    assert [b.file for b in FILES] == ["shop.py", "greetings.py", "myapp/flows.py"]
+    assert [b.file for b in FILES] == ["shop.py", "greetings.py", "jobs.py", "myapp/flows.py"]
     assert PYTHON[0].file == "shop.py"  # "A workflow" starts with it; the rest import it
     assert len([b for b in PYTHON if "sigwait" in b.code]) == 1
 
@@ -274,6 +274,9 @@ def test_the_python_blocks_run_in_order_on_sqlite(tmp_path: Path, background: Ca
     assert outputs[worker_block.line].strip() in ("pending", "running", "sleeping")
     check_block = next(b for b in PYTHON if "check(store" in b.code)
     assert outputs[check_block.line] == "order-42 ok\n"  # the run the worker block started
+    schedules_block = next(b for b in PYTHON if "jobs.schedules" in b.code)
+    assert re.search(r"^\[(datetime\.datetime\(\d{4}, \d+, \d+, [45], 0, tzinfo=datetime\.timezone"
+                     r"\.utc\)(, )?){2}\]$", outputs[schedules_block.line], re.M)  # 06:00 Berlin
 
     # The worker factory of myapp/flows.py, as its comment says to run it.
     flows = next(b for b in FILES if b.file == "myapp/flows.py")
