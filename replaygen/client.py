@@ -22,9 +22,10 @@ from ._identity import new_owner_id
 from .codec import Codec, JSONCodec, Payloads
 from .commands import check_name, check_signal
 from .errors import (
-    CorruptRecord, ReplaygenError, ResultTimeout, RunNotFound, UsageError,
+    CorruptRecord, ReplaygenError, ResultTimeout, RunNotFound, UsageError, describe_error,
+    read_error, stored_error,
 )
-from .journal import Entry, Notice, describe_error, read_error, stored_error
+from .journal import Entry, Notice
 from .registry import name_of
 from .effects import CANCEL, STOP, Signals
 from .replay import CHILD_SIGNAL

@@ -1,10 +1,22 @@
-"""The error hierarchy. Every error replaygen raises is a ReplaygenError.
+"""The error hierarchy, and the stored form of errors (the error record). Every error
+replaygen raises is a ReplaygenError.
 
 Messages are written for the person on call: they name the run, the step or
 position, what was expected, what was found, and what to do about it.
 """
 
 from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .codec import Codec
+
+TRACEBACK_LIMIT = 50_000
+"""Characters of a traceback kept in an error record (its end: where it was raised)."""
+MESSAGE_LIMIT = 10_000
+"""Characters of an error message kept in an error record."""
 
 
 class ReplaygenError(Exception):
@@ -113,3 +125,42 @@ class WorkflowFailed(ReplaygenError):
         self.error_type = error_type
         self.error_message = error_message
         self.traceback = traceback
+
+
+# ---- the error record: how an error is stored, and read back -------------------------------
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """The stored form of an error (cut further by the engine when it does not fit)."""
+    return {"type": type(exc).__name__, "message": str(exc)[:MESSAGE_LIMIT],
+            "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]}
+
+
+def read_error(text: str | None, codec: Codec) -> dict[str, Any]:
+    """An error record back from its text; a damaged one still gives a readable message."""
+    try:
+        info = codec.decode(text or "{}")
+        return info if isinstance(info, dict) else {"message": str(info)}
+    except Exception:
+        return {"type": "Error", "message": str(text)}
+
+
+def stored_error(info: Any, *, step: str | None = None, child: str | None = None,
+                 run: str | None = None) -> Exception:
+    """The exception a stored error record stands for: a step's (``StepFailed``), a child's
+    (``ChildFailed``; ``Cancelled`` for a cancelled child), a failed run's (``WorkflowFailed``),
+    else a cancel (``DeadlineExceeded`` for a deadline). The one decoder of error records."""
+    info = info if isinstance(info, dict) else {"message": str(info)}
+    kind, message = str(info.get("type", "Error")), str(info.get("message", ""))
+    if step is not None:
+        return StepFailed(step, kind, message, info.get("traceback"))
+    if child is not None:
+        if kind in ("Cancelled", "DeadlineExceeded", "Terminated"):
+            return Cancelled(f"child run {child!r} was cancelled: {message}")
+        return ChildFailed(child, kind, message, info.get("traceback"))
+    if run is not None:
+        return WorkflowFailed(run, kind, message, info.get("traceback"))
+    return (DeadlineExceeded if kind == "DeadlineExceeded" else Cancelled)(message)
+
+
+def describe_error(info: dict[str, Any]) -> str:
+    return f"{info.get('type', 'Error')}: {info.get('message', '')}"

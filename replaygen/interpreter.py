@@ -18,14 +18,15 @@ from typing import Any
 from ._identity import is_dead, new_owner_id
 from .client import DEFAULT_MAX_PAYLOAD, PURGE_BATCH, Client, RunStatus, seconds
 from .codec import Codec
-from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError
-from .journal import Entry, Journal, read_error
+from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError, read_error
+from .journal import Entry, Journal
 from .observe import Event, Observer, notify
 from .registry import Workflow, check_limits, limits_of, registered, table
 from .effects import CANCEL, UNREAD
 from .replay import Life, Settings
 from .runtime import Clock, Runtime, SystemClock
 from .schedules import Schedule, Scheduler
+from .shadow import compare
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
@@ -77,7 +78,7 @@ class Interpreter(Client):
         self._lease, self._observer, self._concurrency = lease, observer, concurrency
         self._settings = Settings(self._codec, max_payload, now=self._clock.now,
                                   max_resumes=max_resumes, observed=observer is not None,
-                                  always_replay=always_replay,
+                                  verify=compare if always_replay else None,
                                   limits=limits_of(self._known(), self._limits))
         self.worker_id = new_owner_id()
         self._start_lock = threading.Lock()  # orders start() against shutdown()

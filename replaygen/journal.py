@@ -1,25 +1,15 @@
 """The stored format of a run's journal: entries, their kinds (ARCHITECTURE.md lists them),
-the error record, and the index the replay rules read. Every value is text written by the
-codec, the engine's own deadlines and versions included (rows written before that by
-``repr()`` still read). It builds and reads entries; it never touches a store."""
+and the index the replay rules read (error records are in ``errors``). Every value is text
+written by the codec, the engine's own deadlines and versions included (rows written before
+that by ``repr()`` still read). It builds and reads entries; it never touches a store."""
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .codec import Codec
-from .errors import (
-    Cancelled, ChildFailed, CorruptRecord, DeadlineExceeded, NonDeterminismError, StepFailed,
-    WorkflowFailed,
-)
-
-TRACEBACK_LIMIT = 50_000
-"""Characters of a traceback kept in an error record (its end: where it was raised)."""
-MESSAGE_LIMIT = 10_000
-"""Characters of an error message kept in an error record."""
-
+from .errors import CorruptRecord, NonDeterminismError
 
 _NO_VALUE = frozenset({"cancel", "woke"})
 """Entry kinds that hold no value (and a Wait's timeout); every other entry holds text."""
@@ -54,43 +44,6 @@ class Notice(NamedTuple):
     run_id: str
     name: str
     payload: str
-
-
-def error_record(exc: BaseException) -> dict[str, Any]:
-    """The stored form of an error (cut further by the engine when it does not fit)."""
-    return {"type": type(exc).__name__, "message": str(exc)[:MESSAGE_LIMIT],
-            "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]}
-
-
-def read_error(text: str | None, codec: Codec) -> dict[str, Any]:
-    """An error record back from its text; a damaged one still gives a readable message."""
-    try:
-        info = codec.decode(text or "{}")
-        return info if isinstance(info, dict) else {"message": str(info)}
-    except Exception:
-        return {"type": "Error", "message": str(text)}
-
-
-def stored_error(info: Any, *, step: str | None = None, child: str | None = None,
-                 run: str | None = None) -> Exception:
-    """The exception a stored error record stands for: a step's (``StepFailed``), a child's
-    (``ChildFailed``; ``Cancelled`` for a cancelled child), a failed run's (``WorkflowFailed``),
-    else a cancel (``DeadlineExceeded`` for a deadline). The one decoder of error records."""
-    info = info if isinstance(info, dict) else {"message": str(info)}
-    kind, message = str(info.get("type", "Error")), str(info.get("message", ""))
-    if step is not None:
-        return StepFailed(step, kind, message, info.get("traceback"))
-    if child is not None:
-        if kind in ("Cancelled", "DeadlineExceeded", "Terminated"):
-            return Cancelled(f"child run {child!r} was cancelled: {message}")
-        return ChildFailed(child, kind, message, info.get("traceback"))
-    if run is not None:
-        return WorkflowFailed(run, kind, message, info.get("traceback"))
-    return (DeadlineExceeded if kind == "DeadlineExceeded" else Cancelled)(message)
-
-
-def describe_error(info: dict[str, Any]) -> str:
-    return f"{info.get('type', 'Error')}: {info.get('message', '')}"
 
 
 class Journal:

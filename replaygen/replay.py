@@ -31,13 +31,13 @@ from .commands import MAX_NAME, RESERVED, All, Child, Command, Deadline, Do, Sle
 from .commands import Any as AnyOf
 from .errors import (
     Cancelled, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError, RunBlocked,
-    UsageError, WaitTimeout,
+    UsageError, WaitTimeout, error_record, stored_error,
 )
 from .effects import (
-    IDLE, INBOX, WITHDRAW, Acquire, Alarm, Call, Cancel, Done, Effect, Emit, Granted, Idle, Inbox,
-    Lookup, Outcome, Ring, Save, Signals, Stop,
+    IDLE, INBOX, WITHDRAW, Acquire, Alarm, Call, Cancel, Done, Effect, Emit, Granted, Lookup,
+    Outcome, Ring, Save, Signals, Stop,
 )
-from .journal import Entry, Journal, Notice, Spawn, error_record, stored_error
+from .journal import Entry, Journal, Notice, Spawn
 from .observe import Event, StepInfo
 
 log = logging.getLogger("replaygen")
@@ -68,7 +68,7 @@ class Settings(Payloads):
     max_resumes: int
     observed: bool = False
     closing: bool = False  # shutting down: no new live work
-    always_replay: bool = False  # replay each run from the top after each step, and compare
+    verify: Callable[[Any], None] | None = None  # always_replay: shadow.compare after a step
     limits: Mapping[str, int] = field(default_factory=dict)  # slots per workflow, store-wide
 
 
@@ -799,8 +799,8 @@ class Life:
         self.written = (state, wake_at, waiting_for)
         if entries:
             self.resumes = 0
-            if self.settings.always_replay and any(e.kind == "do" for e in entries):
-                compare(self)
+            if self.settings.verify is not None and any(e.kind == "do" for e in entries):
+                self.settings.verify(self)
         if self.after:
             after, self.after = self.after, []
             for event in after:
@@ -860,40 +860,6 @@ class Life:
 
 def _nonce(parent: str, child: str) -> str:
     return hashlib.blake2b(f"{parent}\x00{child}".encode(), digest_size=16).hexdigest()
-
-
-def compare(life: Life) -> None:
-    """Replay the run from the top against its journal, as a recovery would, and raise
-    where the code first disagrees (``always_replay``: non-determinism found at once)."""
-    entries = [e for at in life.journal.at.values() for e in at]
-    entries += life.journal.versions.values()
-    shadow = Life(life.settings, life.id, life.workflow, life.fn, life.args, Journal(
-        life.id, sorted(entries, key=lambda e: e.seq), life.settings.codec), parent=life.parent)
-    if dry_run(shadow)[0] == "blocked" and isinstance(shadow.ended, NonDeterminismError):
-        raise shadow.ended
-
-
-def dry_run(life: Life) -> tuple[str | None, list[Entry]]:
-    """Replay ``life`` from its journal alone, performing nothing and writing nothing, until
-    it needs live work (a step, a wait) or ends. Returns the state it would end in (None: it
-    goes on live; ``life.ended`` says why it would fail or block) and the version markers it
-    would record."""
-    gen, reply = life.life(), None  # type: tuple[_Gen, Any]
-    markers: list[Entry] = []
-    try:
-        while True:
-            effect = gen.send(reply)
-            if type(effect) is Save:
-                markers += [e for e in effect.entries if e.kind == "version"]
-                if effect.release:
-                    return effect.state, markers  # ``ended`` is set before the last write
-            elif type(effect) in (Acquire, Call, Idle, Lookup):
-                return None, markers + [e for e in life.staged if e.kind == "version"]
-            reply = [] if type(effect) is Inbox else None
-    except StopIteration:
-        return None, markers
-    finally:
-        gen.close()
 
 
 # ---- the one table of commands --------------------------------------------------------------

@@ -29,7 +29,8 @@ from .interpreter import DEFAULT_MAX_PAYLOAD
 from .journal import Entry, Journal
 from .registry import registered, table
 from .effects import CANCEL, RING, Acquire, Alarm, Call, Idle, Inbox, Outcome, Save, Signals
-from .replay import CHILD_SIGNAL, RULES, Life, Settings, dry_run
+from .replay import CHILD_SIGNAL, RULES, Life, Settings
+from .shadow import dry_run
 from .store import ACTIVE, MemoryStore, RunRecord, Store
 
 _NONE = object()
