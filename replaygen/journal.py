@@ -57,7 +57,7 @@ class Journal:
         self.end = 0  # the first position past every positional entry
         self.cancelled = False  # a cancel request has been journaled (and so consumed)
         self.interrupts: dict[int, Entry] = {}  # cancel (or deadline) entries, by position
-        self.groups: set[int] = set()  # where an All or Any of 2+ members began (for fork)
+        self.groups: dict[int, Entry] = {}  # where an All or Any of 2+ members began (fork)
         for e in entries:
             if e.seq != self.next_seq:
                 raise CorruptRecord(
@@ -76,7 +76,7 @@ class Journal:
         if e.kind == "version":
             self.versions[e.name] = e
         elif e.kind == "group":
-            self.groups.add(e.position)
+            self.groups[e.position] = e
         else:
             self.at.setdefault(e.position, []).append(e)
             self.end = max(self.end, e.position + 1)

@@ -271,9 +271,10 @@ class Life:
         self.kind, self.live = kind, False
         if len(cmds) > 1 and self.position >= self.journal.end and \
                 self.position not in self.journal.groups:  # a new group's extent, for fork()
-            self.journal.groups.add(self.position)
-            self.staged.append(self._entry(self.position, "group", "any" if kind == ANY else "all",
-                                           "ok", self.settings.codec.encode(len(cmds))))
+            group = self._entry(self.position, "group", "any" if kind == ANY else "all", "ok",
+                                self.settings.codec.encode(len(cmds)))
+            self.journal.groups[self.position] = group
+            self.staged.append(group)
         if began is not _NOT_BEGUN:
             self.live, m = True, self.members[0]
             if type(began) is Outcome:

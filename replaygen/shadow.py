@@ -16,7 +16,7 @@ def compare(life: Life) -> None:
     """Replay the run from the top against its journal, as a recovery would, and raise
     where the code first disagrees (``always_replay``: non-determinism found at once)."""
     entries = [e for at in life.journal.at.values() for e in at]
-    entries += life.journal.versions.values()
+    entries += [*life.journal.versions.values(), *life.journal.groups.values()]
     shadow = Life(life.settings, life.id, life.workflow, life.fn, life.args, Journal(
         life.id, sorted(entries, key=lambda e: e.seq), life.settings.codec), parent=life.parent)
     if dry_run(shadow)[0] == "blocked" and isinstance(shadow.ended, NonDeterminismError):
