@@ -87,8 +87,9 @@ class Interpreter(Client):
         self._starting = 0
         self._heartbeat()
         self._unclaimed: dict[str, str] = {}  # run id -> workflow: made here, to claim
+        self._look = False  # a slot of a limited workflow came free here: claim at once
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer,
-                                self._waits)
+                                self._waits, self._freed)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
 
@@ -274,6 +275,12 @@ class Interpreter(Client):
         known = self._known()
         with self._start_lock:
             self._unclaimed.update((r, w) for r, w in runs if not w or w in known)
+        self._look = True  # the commit that left them may have woken the watcher already
+
+    def _freed(self) -> None:
+        """A run of a limited workflow held here stopped working (it finished, parked or
+        blocked): its slot is free, and no store event says so; the watcher claims now."""
+        self._look = True
 
     def _adopt(self, claim: Claim) -> None:
         record, broken = claim.run, None
@@ -289,7 +296,8 @@ class Interpreter(Client):
                     written=(record.state, record.wake_at, record.waiting_for),
                     resumes=record.resumes, cancel=record.cancel_requested,
                     parent=record.parent, broken=broken)
-        self._runtime.adopt(record.run_id, life.life(), record.fence, record.state)
+        self._runtime.adopt(record.run_id, life.life(), record.fence, record.state,
+                            limited=record.workflow in self._settings.limits)
 
     # ---- the watcher ----------------------------------------------------------
 
@@ -302,8 +310,10 @@ class Interpreter(Client):
         while not self._runtime.stopped:
             try:
                 # With runs left unclaimed for want of room, look for room often: a slot a
-                # finished run frees wakes no watcher.
-                new = self._store.watch(token, 0.05 if backlog else min(1.0, self._lease / 3))
+                # finished run frees wakes no watcher. With limits, look often for a slot a
+                # run here freed (_freed).
+                new = self._store.watch(token, 0.05 if backlog or self._settings.limits
+                                        else min(1.0, self._lease / 3))
                 if self._runtime.stopped:
                     return
                 now = time.monotonic()
@@ -316,8 +326,7 @@ class Interpreter(Client):
                     token, sweep = new, now + 5.0
                     for run_id, cancel in self._store.wakeups(self.worker_id):
                         self._runtime.tell(run_id, *((CANCEL, UNREAD) if cancel else (UNREAD,)))
-                    if self._adopting:
-                        adopt = 0.0
+                    adopt = 0.0
                 if self._strangers is not None and now >= self._strangers:
                     self._strangers = None
                     _log_strangers(self._store, self._known())
@@ -326,8 +335,9 @@ class Interpreter(Client):
                     wanted = None if self._adopting else dict(self._unclaimed)
                     if self._adopting:
                         self._unclaimed.clear()
-                if (wanted or self._adopting and now >= adopt) and not self._closed and (
-                        room := self._room()):
+                if (wanted or self._adopting) and (self._look or now >= adopt) \
+                        and not self._closed and (room := self._room()):
+                    self._look = False  # before the claim, which sees every slot freed so far
                     backlog = self._take(wanted, room)
                     adopt = now + (0.05 if backlog else min(1.0, self._lease / 4))
                 if self._retention is not None and now >= tidy and not self._closed:

@@ -104,6 +104,7 @@ _Gen = Generator[Effect, Any, Any]
 LONE, ALL, ANY = 0, 1, 2  # how a yield's members make its answer
 _NONE: list[Member] = []  # the members between yields (never changed)
 _RUNNING = ("running", None, None)  # the run row of a run taking steps
+_WORKING = ("pending", "running")  # store.WORKING: a run in these states holds a slot
 _NOT_BEGUN = object()
 
 
@@ -532,9 +533,8 @@ class Life:
                     return
             if self._halted():
                 return
-            if self.written[0] not in ("pending", "running") and (  # not working (store.WORKING)
-                    limit := self.settings.limits.get(self.workflow)):
-                yield from self._save("running", admit=limit)  # a slot, or wait for a claim
+            if self.written[0] not in _WORKING and self.workflow in self.settings.limits:
+                yield from self._save("running")  # a slot, or wait for a claim (see _save)
             final = yield from self._start(m, len(entries) + 1)
             if final is None:
                 return None if m.running or m.queued else (yield from self.resolve_do(m))
@@ -778,9 +778,13 @@ class Life:
     def _save(self, state: str, entries: tuple[Entry, ...] = (), *, wake_at: float | None = None,
               waiting_for: str | None = None, result: str | None = None,
               error: str | None = None, cancel_seen: bool = False, release: bool = False,
-              notify: Notice | None = None, admit: int = 0) -> _Gen:
+              notify: Notice | None = None) -> _Gen:
         """Write what is staged and ``entries``, with the run row; take in the events its
-        answer brings."""
+        answer brings. A write that puts a parked (or blocked) run of a limited workflow
+        back to work admits it: whatever woke it (a signal, a child's end, a cancel) journals
+        with it, and without a free slot it waits, pending, for a claim (the life ends here)."""
+        admit = self.settings.limits.get(self.workflow, 0) \
+            if state in _WORKING and self.written[0] not in _WORKING else 0
         if self.staged:
             entries = tuple(self.staged) + entries if entries else tuple(self.staged)
             self.staged.clear()

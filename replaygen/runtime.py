@@ -37,7 +37,7 @@ from .effects import (
     GRANTED, RING, UNREAD, Acquire, Alarm, Call, Done, Effect, Emit, Idle, Inbox, Lookup,
     Outcome, Save, Withdraw,
 )
-from .store import Store, Write
+from .store import WORKING, Store, Write
 
 log = logging.getLogger("replaygen")
 _INLINE = 0.001
@@ -192,12 +192,13 @@ class Actor:
     (mailbox, flags) and the steps' lock (slots)."""
 
     __slots__ = ("id", "fence", "gen", "state", "mailbox", "reply", "scheduled", "gone", "held",
-                 "queued", "running", "alarm", "left")
+                 "queued", "running", "alarm", "left", "limited")
 
     def __init__(self, run_id: str, gen: Generator[Effect, Any, Any], fence: int,
-                 state: str) -> None:
+                 state: str, limited: bool = False) -> None:
         self.id, self.gen, self.fence = run_id, gen, fence
         self.state = state              # as its last write said (or the claim)
+        self.limited = limited          # its workflow has store-wide slots (limits)
         self.mailbox: deque[Any] = deque()
         self.reply: Any = None          # the answer to the effect the life waits on
         self.scheduled = self.gone = False
@@ -381,9 +382,11 @@ class Runtime:
 
     def __init__(self, store: Store, owner: str, clock: Clock, concurrency: int,
                  observer: Observer | None,
-                 unclaimed: Callable[[list[tuple[str, str]]], None]) -> None:
+                 unclaimed: Callable[[list[tuple[str, str]]], None],
+                 freed: Callable[[], None] = lambda: None) -> None:
         self.store, self.owner, self.clock, self.observer = store, owner, clock, observer
         self._unclaimed = unclaimed  # told of runs left for a claim: (id, workflow or "")
+        self._freed = freed  # told when a limited run stops working here: its slot is free
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
@@ -419,9 +422,10 @@ class Runtime:
     # ---- runs --------------------------------------------------------------------------------
 
     def adopt(self, run_id: str, life: Generator[Effect, Any, Any], fence: int,
-              state: str) -> Actor:
-        """Hold the run (claimed at ``fence``, in ``state``) and start its life."""
-        actor = Actor(run_id, life, fence, state)
+              state: str, limited: bool = False) -> Actor:
+        """Hold the run (claimed at ``fence``, in ``state``; of a workflow with ``limits`` if
+        ``limited``) and start its life."""
+        actor = Actor(run_id, life, fence, state, limited)
         with self.lock:
             old = self.actors.get(actor.id)
             self.actors[actor.id] = actor
@@ -563,6 +567,8 @@ class Runtime:
         """Give a life its write's outcome (with the events that came meanwhile); False if
         the run is let go instead."""
         if result is True:
+            if actor.limited and actor.state not in WORKING:  # it finished, parked or blocked
+                self._freed()
             if actor.mailbox:
                 with self.lock:
                     actor.reply = tuple(actor.mailbox)

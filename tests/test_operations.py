@@ -4,6 +4,7 @@ per-workflow limits, through Interpreter and Client on memory, SQLite and Postgr
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -341,3 +342,49 @@ def test_limits_are_checked_when_the_interpreter_is_built(interp: Make) -> None:
         workflow(limit=0)
     with pytest.raises(UsageError, match="'shrot', which this Interpreter does not serve"):
         interp([short], limits={"shrot": 2})
+
+
+def test_a_run_woken_by_a_signal_takes_a_slot_before_its_next_step(
+        interp: Make, gate: Any, eventually: Any, reach: Any) -> None:
+    # The signal's journal entry is written as the run goes back to work: that write must
+    # be an admitting one, or the step after the Wait runs without a slot.
+    inside: set[str] = set()
+    most, lock, opened = [0], threading.Lock(), gate()
+
+    def busy(tag: str) -> str:
+        with lock:
+            inside.add(tag)
+            most[0] = max(most[0], len(inside))
+        opened.wait(PATIENCE)
+        with lock:
+            inside.discard(tag)
+        return tag
+
+    def woken(tag: str) -> Any:
+        got = yield Wait("go")
+        return [got, (yield Do("work", busy, tag))]
+
+    i = interp({"woken": woken}, limits={"woken": 1}, concurrency=16)
+    first, second = i.start(woken, "a"), i.start(woken, "b")
+    reach(i, first, "waiting")
+    reach(i, second, "waiting")
+    i.deliver(first, "go", 1)
+    eventually(lambda: inside == {"a"}, "the first run inside its step")
+    i.deliver(second, "go", 2)
+    eventually(lambda: "b" in inside or i.status(second).state == "pending",
+               "the second run to enter its step or wait for the slot")
+    assert inside == {"a"}  # the slot is the first run's
+    opened.set()
+    assert i.result(first, timeout=PATIENCE) == [1, "a"]
+    assert i.result(second, timeout=PATIENCE) == [2, "b"]
+    assert most[0] == 1
+
+
+def test_a_slot_a_finished_run_frees_is_taken_at_once(interp: Make) -> None:
+    # No store event tells of a slot freed by a run's end: the worker where it ended claims
+    # the next run at once, not at its next sweep (up to a second, run after run).
+    i = interp([short], limits={"short": 1})
+    runs = [i.start(short, n) for n in range(20)]
+    end = time.monotonic() + PATIENCE  # a second per run would be four times as long
+    for n, rid in enumerate(runs):
+        assert i.result(rid, timeout=max(0.0, end - time.monotonic())) == f"short {n}"
