@@ -92,6 +92,9 @@ def test_checker_flags_an_execution_after_commit() -> None:
         def signals(self, run_id: str) -> list[Any]:
             return []
 
+        def runs(self, **where: Any) -> list[Any]:
+            return []  # no children
+
     effects = [{"run": "r", "step": "a", "pos": 0, "attempt": 1, "pid": 1, "t": 10.5},
                {"run": "r", "step": "a", "pos": 0, "attempt": 1, "pid": 2, "t": 12.0}]
     rep = check.check(Fake(), [("r", [["do", "a", 0]])], effects, crashed={1}, stalled=set(),
