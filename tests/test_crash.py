@@ -18,6 +18,8 @@ BOUNDARIES = [
     "before a step starts", "inside a step", "step returned, entry not committed",
     "right after the commit", "while sleeping", "while waiting", "during signal delivery",
     "during recover()", "during graceful shutdown", "inside a fan-out", "lease lost",
+    "a child just created", "inside a child", "parent waiting for its children",
+    "a child ended, its parent not yet resumed", "a deadline passes while no worker runs",
     "random kills",
 ]
 
