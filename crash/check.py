@@ -80,7 +80,7 @@ class Checker:
     def __init__(self, store: Any, runs: list[tuple[str, list[Any]]],
                  effects: list[dict[str, Any]], crashed: set[int], stalled: set[int],
                  final: bool) -> None:
-        self.store, self.runs, self.crashed, self.stalled, self.final = (
+        self.store, self.top, self.crashed, self.stalled, self.final = (
             store, runs, crashed, stalled, final)
         self.rep = Report(executions=len(effects))
         self.bad = self.rep.violations
@@ -119,7 +119,7 @@ class Checker:
 
     def family(self) -> list[str]:
         """The top-level runs and all their descendants, parents first."""
-        order = [run_id for run_id, _ in self.runs]
+        order = [run_id for run_id, _ in self.top]
         for run_id in order:  # grows as children are found
             if run_id not in self.records:
                 self.records[run_id] = self.store.get(run_id)

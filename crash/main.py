@@ -316,7 +316,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join([line(head), sep, *map(line, body), sep])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m crash",
         description="Kill replaygen workers with SIGKILL at every boundary of a run's life and "
@@ -338,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep every scenario's temp dir")
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     k = args.kills_per_boundary or (1 if args.quick else 3)
     n_random = args.random_kills if args.random_kills is not None else (30 if args.quick else 200)
     only = set(args.only.split(",")) if args.only else None
