@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from replaygen.store import ACTIVE
+
 from . import check as inv
 from . import plans
 from .scenarios import Scenario, boundaries, random_round
@@ -139,7 +141,7 @@ class Runner:
         """Every run of the plan exists, and no run in the store (children too) is unfinished."""
         return all((r := self.store.get(run_id)) is not None and r.state in inv.FINISHED
                    for run_id, _ in self.sc.runs) and not self.store.runs(
-            states=("pending", "running", "sleeping", "waiting", "blocked"), limit=1)
+            states=(*ACTIVE, "blocked"), limit=1)
 
     def states(self) -> str:
         """The runs of the plan and their children, by state (for a report)."""
