@@ -25,6 +25,7 @@ from replaygen.store import Write
 from replaygen.testing import FakeClock
 
 from .conftest import PATIENCE
+from .test_deadlines import sleeps_past
 
 Make = Callable[..., Interpreter]
 
@@ -32,15 +33,6 @@ SLEEP_RESUMED = (
     "engine bug: a run resumed into a journaled Sleep is not 'live' (Life.resolve_sleep sets "
     "live only for a Sleep with no entry), so its deadline gets no alarm and never strikes "
     "there: it sleeps the whole Sleep out and returns as if no deadline had passed")
-
-
-def sleeps_past(deadline: float, sleep: float) -> Any:
-    yield Deadline(deadline)
-    try:
-        yield Sleep(sleep)
-    except DeadlineExceeded:
-        return "deadline"
-    return "slept"
 
 
 def waits_past(deadline: float) -> Any:
