@@ -17,7 +17,7 @@ from typing import Any
 
 from . import plans
 
-RESULT = "every run completes with the uncrashed result"
+RESULT = "every run ends as an uncrashed run does (its result, or cancelled)"
 COMMITTED = "a committed step is never executed again"
 RAN_FIRST = "an entry is committed only after its step ran"
 REEXEC = "a step is re-executed only when a kill landed between its start and its commit"
@@ -25,8 +25,16 @@ FENCE = "one owner at a time: a worker that lost the run never commits"
 SIGNAL = "no signal is lost or consumed twice"
 SLEEP = "no sleep or wait timeout ends before its deadline"
 SEQ = "the journal has no gaps or duplicates"
+CHILDREN = "every parent has exactly its expected children, by derived id"
+SPAWN = "a child position has one spawn entry and at most one child entry"
+TREE = "no descendant of a finished run is left unfinished"
+DEADLINE = "a deadline is inherited, only brought closer, and strikes once, never early"
 
 FINISHED = ("completed", "failed", "cancelled")
+CHILD_NOTICE = "replaygen:child:"
+"""A child's end reaches its parent as a signal of this name + its id (SPEC section 12)."""
+EPSILON = 1e-6
+"""Deadlines are compared as stored (JSON floats of one reading): equal, up to this."""
 
 
 @dataclass
@@ -62,32 +70,92 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
           crashed: set[int], stalled: set[int], final: bool) -> Report:
     """``crashed``: pids that died by SIGKILL or lost their lease while stopped (``stalled``,
     a subset). ``final``: every process is done, so every run must be complete."""
-    rep = Report()
-    bad = rep.violations
-    execs: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
-    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for x in effects:
-        execs[(x["run"], x["pos"], x["attempt"])].append(x)
-        by_run[x["run"]].append(x)
-    rep.executions = len(effects)
-    consumed: Counter[str] = Counter()
-    wanted = {p for r, ops in runs for _, _, p in plans.deliveries(r, ops)}
+    return Checker(store, runs, effects, crashed, stalled, final).run()
 
-    for run_id, ops in runs:
-        journal = store.journal(run_id)
-        # -- seq: dense, unique; one final entry per slot
+
+class Checker:
+    """One look at a store: every top-level run of the plan and every run it started
+    (found through ``store.runs(parent=...)``, recursively), each checked alike."""
+
+    def __init__(self, store: Any, runs: list[tuple[str, list[Any]]],
+                 effects: list[dict[str, Any]], crashed: set[int], stalled: set[int],
+                 final: bool) -> None:
+        self.store, self.top, self.crashed, self.stalled, self.final = (
+            store, runs, crashed, stalled, final)
+        self.rep = Report(executions=len(effects))
+        self.bad = self.rep.violations
+        self.expect: dict[str, plans.Expect] = {}
+        for run_id, ops in runs:
+            self.expect.update(plans.tree(run_id, ops))
+        # run -> (position, attempt) -> executions; run -> executions
+        self.execs: dict[str, dict[tuple[int, int], list[dict[str, Any]]]] = defaultdict(
+            lambda: defaultdict(list))
+        self.by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for x in effects:
+            self.execs[x["run"]][(x["pos"], x["attempt"])].append(x)
+            self.by_run[x["run"]].append(x)
+        self.consumed: Counter[str] = Counter()
+        self.wanted = {p for r, ops in runs for _, _, p in plans.deliveries(r, ops)}
+        self.records: dict[str, Any] = {}     # run id -> its record (None: not created yet)
+        self.kids: dict[str, list[str]] = {}  # run id -> its children's ids, as the store says
+
+    def run(self) -> Report:
+        for run_id in self.family():
+            journal = self.store.journal(run_id)
+            self.check_seq(run_id, journal)
+            slots: dict[int, list[Any]] = defaultdict(list)
+            for e in journal:
+                slots[e.position].append(e)
+            self.check_steps(run_id, slots)
+            self.check_sleeps(run_id, journal, slots)
+            self.check_signals(run_id, journal)
+            self.check_children(run_id, journal)
+            self.check_deadlines(run_id, journal)
+            if self.final:
+                self.check_result(run_id)
+        self.check_tree()
+        self.check_signal_totals()
+        return self.rep
+
+    def family(self) -> list[str]:
+        """The top-level runs and all their descendants, parents first."""
+        order = [run_id for run_id, _ in self.top]
+        for run_id in order:  # grows as children are found
+            if run_id not in self.records:
+                self.records[run_id] = self.store.get(run_id)
+            kids = self.store.runs(parent=run_id, limit=100_000)
+            self.records.update((k.run_id, k) for k in kids)
+            self.kids[run_id] = [k.run_id for k in kids]
+            order += self.kids[run_id]
+        strays = sorted(set(self.by_run) - set(order))
+        for run_id in strays:
+            self.bad.append(Violation(CHILDREN, run_id, None, None,
+                                      "steps of this run were executed, but it is no "
+                                      "top-level run of the plan nor found as a child"))
+        return order
+
+    # ---- the journal itself ------------------------------------------------------------------
+
+    def check_seq(self, run_id: str, journal: list[Any]) -> None:
+        """Dense seqs from 0; one final entry per command and position."""
         seqs = [e.seq for e in journal]
         if seqs != list(range(len(journal))):
-            bad.append(Violation(SEQ, run_id, None, None, f"journal seqs are {seqs}"))
-        finals = Counter(e.position for e in journal if e.kind in ("do", "sleep", "wait"))
-        for slot, n in finals.items():
+            self.bad.append(Violation(SEQ, run_id, None, None, f"journal seqs are {seqs}"))
+        finals = Counter((e.position, e.kind) for e in journal
+                         if e.kind in ("do", "sleep", "wait", "deadline", "cancel"))
+        for (slot, kind), n in finals.items():
             if n > 1:
-                e = next(e for e in journal if e.position == slot)
-                bad.append(Violation(SEQ, run_id, e.name, slot,
-                                     f"{n} final entries for one command at position {slot}"))
-        slots: dict[int, list[Any]] = defaultdict(list)
-        for e in journal:
-            slots[e.position].append(e)
+                e = next(e for e in journal if e.position == slot and e.kind == kind)
+                self.bad.append(Violation(SEQ, run_id, e.name, slot,
+                                          f"{n} final {kind!r} entries for one command at "
+                                          f"position {slot}"))
+
+    # ---- steps against the side-effect log ---------------------------------------------------
+
+    def check_steps(self, run_id: str, slots: dict[int, list[Any]]) -> None:
+        """Each committed attempt ran exactly once in its window; every other execution is
+        explained by a kill."""
+        execs = self.execs.get(run_id, {})
         committed: set[tuple[int, int]] = set()
         for slot, entries in sorted(slots.items()):
             attempt = 1
@@ -96,14 +164,26 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
                     continue
                 if e.kind == "retry":
                     attempt = json.loads(e.value).get("attempt", attempt)
-                key = (run_id, slot, attempt)
                 if (slot, attempt) in committed:
                     attempt += 1
                     continue
                 committed.add((slot, attempt))
-                rep_attempt(rep, key, e, execs.get(key, []), crashed, stalled)
+                rep_attempt(self.rep, (run_id, slot, attempt), e, execs.get((slot, attempt), []),
+                            self.crashed, self.stalled)
                 attempt += 1
-            # -- deadlines
+        # -- executions that never got an entry: only a crash may explain them
+        for (pos, attempt), xs in execs.items():
+            if (pos, attempt) not in committed:
+                self.rep.reexecutions += max(0, len(xs) - 1)
+                explain_lost(self.rep, (run_id, pos, attempt), xs, self.crashed, self.final, None)
+
+    def check_sleeps(self, run_id: str, journal: list[Any], slots: dict[int, list[Any]]) -> None:
+        """Nothing after a sleep or a timed-out wait starts before its journaled deadline. A
+        sleep ended by a cancel or a deadline strike (a ``cancel`` entry at its position)
+        rightly ends early."""
+        for slot, entries in sorted(slots.items()):
+            if any(e.kind == "cancel" for e in entries):
+                continue
             for e in entries:
                 deadline = None
                 if e.kind == "sleep":
@@ -113,69 +193,173 @@ def check(store: Any, runs: list[tuple[str, list[Any]]], effects: list[dict[str,
                     deadline = float(json.loads(e.value))
                     w = next(w for w in entries if w.kind == "wait")
                     if w.started < deadline:
-                        bad.append(Violation(SLEEP, run_id, e.name, slot,
-                                             f"Wait timed out at {w.started:.6f}, before its "
-                                             f"journaled deadline {deadline:.6f}"))
-                if deadline is None:
-                    continue
-                early = [x for x in by_run[run_id] if x["pos"] > slot and x["t"] < deadline]
-                early_e = [f for f in journal if f.position > slot and f.started < deadline
-                           and f.kind not in ("version", "cancel")]
-                for x in early[:1]:
-                    bad.append(Violation(SLEEP, run_id, x["step"], x["pos"],
-                                         f"step ran at {x['t']:.6f} (pid {x['pid']}), before the "
-                                         f"deadline {deadline:.6f} of the {e.kind} at position "
-                                         f"{slot}"))
-                for f in early_e[:1]:
-                    bad.append(Violation(SLEEP, run_id, f.name, f.position,
-                                         f"entry {f.seq} ({f.kind}) started at {f.started:.6f}, "
-                                         f"before the deadline {deadline:.6f} of the {e.kind} at "
-                                         f"position {slot}"))
-        # -- executions that never got an entry: only a crash may explain them
-        for (r, pos, attempt), xs in execs.items():
-            if r == run_id and (pos, attempt) not in committed:
-                rep.reexecutions += max(0, len(xs) - 1)
-                explain_lost(rep, (r, pos, attempt), xs, crashed, final, None)
-        # -- signals: FIFO per name, each payload to its own run, once
+                        self.bad.append(Violation(SLEEP, run_id, e.name, slot,
+                                                  f"Wait timed out at {w.started:.6f}, before "
+                                                  f"its journaled deadline {deadline:.6f}"))
+                if deadline is not None:
+                    self.early(run_id, journal, slot, e.kind, deadline)
+
+    def early(self, run_id: str, journal: list[Any], slot: int, kind: str,
+              deadline: float) -> None:
+        xs = [x for x in self.by_run.get(run_id, ()) if x["pos"] > slot and x["t"] < deadline]
+        es = [f for f in journal if f.position > slot and f.started < deadline
+              and f.kind not in ("version", "cancel")]
+        for x in xs[:1]:
+            self.bad.append(Violation(SLEEP, run_id, x["step"], x["pos"],
+                                      f"step ran at {x['t']:.6f} (pid {x['pid']}), before the "
+                                      f"deadline {deadline:.6f} of the {kind} at position {slot}"))
+        for f in es[:1]:
+            self.bad.append(Violation(SLEEP, run_id, f.name, f.position,
+                                      f"entry {f.seq} ({f.kind}) started at {f.started:.6f}, "
+                                      f"before the deadline {deadline:.6f} of the {kind} at "
+                                      f"position {slot}"))
+
+    # ---- signals -----------------------------------------------------------------------------
+
+    def check_signals(self, run_id: str, journal: list[Any]) -> None:
+        """FIFO per name, each payload to its own run; none left queued at the end (but the
+        end notice of a child its parent no longer awaited: it left that yield by a strike)."""
         seen: dict[str, int] = defaultdict(int)
         for e in journal:
             if e.kind == "wait" and e.status == "ok":
                 p = json.loads(e.value)
-                consumed[p] += 1
+                self.consumed[p] += 1
                 want = plans.payload(run_id, e.name, seen[e.name])
                 seen[e.name] += 1
                 if p != want:
-                    bad.append(Violation(SIGNAL, run_id, e.name, e.position,
-                                         f"Wait consumed {p!r}, expected {want!r} (FIFO per name)"))
-        # -- the result
-        if final:
-            rec = store.get(run_id)
-            want_result = plans.expected(run_id, ops)
-            if rec is None:
-                bad.append(Violation(RESULT, run_id, None, None, "the run is not in the store"))
-            elif rec.state != "completed":
-                bad.append(Violation(RESULT, run_id, None, None,
-                                     f"run ended {rec.state!r}, not completed: {rec.error}"))
-            elif json.loads(rec.result) != want_result:
-                bad.append(Violation(RESULT, run_id, None, None,
-                                     f"result {rec.result} != uncrashed result "
-                                     f"{json.dumps(want_result)}"))
-            left = store.signals(run_id)
+                    self.bad.append(Violation(SIGNAL, run_id, e.name, e.position,
+                                              f"Wait consumed {p!r}, expected {want!r} (FIFO "
+                                              f"per name)"))
+        if self.final:
+            left = [s for s in self.store.signals(run_id) if not s.name.startswith(CHILD_NOTICE)]
             if left:
-                bad.append(Violation(SIGNAL, run_id, left[0].name, None,
-                                     f"{len(left)} signals left unconsumed: "
-                                     f"{[s.payload for s in left]}"))
-    for p, n in consumed.items():
-        if n > 1:
-            bad.append(Violation(SIGNAL, p.split("|")[0], p.split("|")[1], None,
-                                 f"payload {p!r} consumed {n} times"))
-        if p not in wanted:
-            bad.append(Violation(SIGNAL, p.split("|")[0], None, None, f"unknown payload {p!r}"))
-    if final:
-        for p in sorted(wanted - set(consumed)):
-            bad.append(Violation(SIGNAL, p.split("|")[0], p.split("|")[1], None,
-                                 f"payload {p!r} was never consumed (lost)"))
-    return rep
+                self.bad.append(Violation(SIGNAL, run_id, left[0].name, None,
+                                          f"{len(left)} signals left unconsumed: "
+                                          f"{[s.payload for s in left]}"))
+
+    def check_signal_totals(self) -> None:
+        for p, n in self.consumed.items():
+            if n > 1:
+                self.bad.append(Violation(SIGNAL, p.split("|")[0], p.split("|")[1], None,
+                                          f"payload {p!r} consumed {n} times"))
+            if p not in self.wanted:
+                self.bad.append(Violation(SIGNAL, p.split("|")[0], None, None,
+                                          f"unknown payload {p!r}"))
+        if self.final:
+            for p in sorted(self.wanted - set(self.consumed)):
+                self.bad.append(Violation(SIGNAL, p.split("|")[0], p.split("|")[1], None,
+                                          f"payload {p!r} was never consumed (lost)"))
+
+    # ---- children and deadlines --------------------------------------------------------------
+
+    def check_children(self, run_id: str, journal: list[Any]) -> None:
+        """One spawn entry per child position (naming the derived id) and at most one end
+        entry; the children in the store are exactly those spawn entries name (creation and
+        entry commit together) and, at the end, exactly those the plan starts."""
+        spawned: dict[str, Any] = {}
+        for kind in ("spawn", "child"):
+            for pos, n in Counter(e.position for e in journal if e.kind == kind).items():
+                if n > 1:
+                    self.bad.append(Violation(SPAWN, run_id, None, pos,
+                                              f"{n} {kind!r} entries at position {pos}"))
+        for e in journal:
+            if e.kind != "spawn":
+                continue
+            kid = json.loads(e.value)
+            spawned[kid] = e
+            if kid != plans.child_id(run_id, e.position):
+                self.bad.append(Violation(CHILDREN, run_id, e.name, e.position,
+                                          f"the spawn entry names {kid!r}, not the derived id "
+                                          f"{plans.child_id(run_id, e.position)!r}"))
+        actual = set(self.kids.get(run_id, ()))
+        want = {k for k, x in self.expect.items() if x.parent == run_id}
+        wrong = [(k, "is no child the plan starts") for k in actual - want]
+        wrong += [(k, "has a spawn entry but no run (creation and entry commit together)")
+                  for k in set(spawned) - actual]
+        wrong += [(k, "exists without a spawn entry in its parent's journal")
+                  for k in actual - set(spawned)]
+        if self.final:
+            wrong += [(k, "was never created") for k in want - actual]
+        for kid in sorted(actual & want):
+            args = _stored(self.records[kid]).get("args")
+            if args != [kid, self.expect[kid].ops]:
+                wrong.append((kid, f"has the arguments {json.dumps(args)[:200]}, not its plan"))
+        for kid, what in sorted(wrong):
+            e = spawned.get(kid)
+            self.bad.append(Violation(CHILDREN, run_id, None, e.position if e else None,
+                                      f"child {kid!r} {what}"))
+
+    def check_deadlines(self, run_id: str, journal: list[Any]) -> None:
+        """A later Deadline only brings the deadline closer; a strike lands once, never before
+        the deadline in force; a child inherits the deadline its parent had at its spawn."""
+        rec = self.records.get(run_id)
+        if rec is None:
+            return
+        at = _stored(rec).get("deadline")
+        for e in journal:
+            what = None
+            if e.kind == "deadline":
+                new = float(json.loads(e.value))
+                if at is not None and new > at + EPSILON:
+                    what = f"a Deadline moved the deadline away, from {at:.6f} to {new:.6f}"
+                at = new
+            elif e.kind == "cancel" and e.status == "deadline":
+                if at is None:
+                    what = "DeadlineExceeded was journaled with no deadline in force"
+                elif e.started < at:
+                    what = f"DeadlineExceeded at {e.started:.6f}, before the deadline {at:.6f}"
+                at = None  # it strikes once
+            elif e.kind == "spawn" and (kid := self.records.get(json.loads(e.value))):
+                got = _stored(kid).get("deadline")
+                if (got is None) != (at is None) or (got is not None and abs(got - at) > EPSILON):
+                    what = (f"child {kid.run_id!r} inherited the deadline {got}, but its parent's "
+                            f"was {at} when it was spawned")
+            if what is not None:
+                self.bad.append(Violation(DEADLINE, run_id, e.name, e.position, what))
+
+    def check_result(self, run_id: str) -> None:
+        exp, rec = self.expect.get(run_id), self.records.get(run_id)
+        if exp is None:
+            return  # a child the plan does not start: check_children says so
+        if rec is None:
+            self.bad.append(Violation(RESULT, run_id, None, None, "the run is not in the store"))
+        elif rec.state != exp.state:
+            self.bad.append(Violation(RESULT, run_id, None, None,
+                                      f"run ended {rec.state!r}, not {exp.state}: {rec.error}"))
+        elif exp.state == "completed" and json.loads(rec.result) != exp.result:
+            self.bad.append(Violation(RESULT, run_id, None, None,
+                                      f"result {rec.result} != uncrashed result "
+                                      f"{json.dumps(exp.result)}"))
+
+    def check_tree(self) -> None:
+        """A finished run leaves no descendant unfinished: at the end none at all, before it
+        none whose cancel was not requested (a parent struck by its deadline cancels its
+        children in the same commit, and may end before they do)."""
+        for run_id, rec in self.records.items():
+            if rec is None or rec.state not in FINISHED:
+                continue
+            below, at = list(self.kids.get(run_id, ())), 0
+            while at < len(below):
+                kid = self.records.get(below[at])
+                below += self.kids.get(below[at], [])
+                at += 1
+                if kid is None or kid.state in FINISHED or (
+                        kid.cancel_requested and not self.final):
+                    continue
+                self.bad.append(Violation(TREE, kid.run_id, None, None,
+                                          f"run {run_id!r} ended {rec.state}, yet its "
+                                          f"descendant {kid.run_id!r} is {kid.state}"
+                                          + ("" if kid.cancel_requested else
+                                             " with no cancel requested")))
+
+
+def _stored(rec: Any) -> dict[str, Any]:
+    """A run's stored arguments: ``{"args": [...], "kwargs": {...}, "deadline": ...}``."""
+    try:
+        found = json.loads(rec.args)
+    except (TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _fmt(xs: list[dict[str, Any]]) -> str:

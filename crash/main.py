@@ -12,9 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from replaygen.store import ACTIVE
 
 from . import check as inv
 from . import plans
@@ -86,6 +89,8 @@ class Runner:
         else:
             kill = sc.worker_kills[life] if life < len(sc.worker_kills) else None
             args += ["--lease", str(sc.lease)]
+            if life > 0 and sc.boot_delay:
+                args += ["--boot-delay", str(sc.boot_delay)]
             if life < len(sc.shutdown_after):
                 args += ["--shutdown-after", str(sc.shutdown_after[life])]
             if self.broken:
@@ -140,8 +145,16 @@ class Runner:
     # ---- the loop -----------------------------------------------------------------
 
     def all_finished(self) -> bool:
+        """Every run of the plan exists, and no run in the store (children too) is unfinished."""
         return all((r := self.store.get(run_id)) is not None and r.state in inv.FINISHED
-                   for run_id, _ in self.sc.runs)
+                   for run_id, _ in self.sc.runs) and not self.store.runs(
+            states=(*ACTIVE, "blocked"), limit=1)
+
+    def states(self) -> str:
+        """The runs of the plan and their children, by state (for a report)."""
+        counts = Counter(r.state for r in self.store.runs(limit=100_000))
+        top = ", ".join(f"{r}={self.store.get(r).state}" for r, _ in self.sc.runs[:8])
+        return f"{top}; all runs: {dict(counts)}"
 
     def run(self) -> Row:
         t0 = time.monotonic()
@@ -186,7 +199,7 @@ class Runner:
                 self.problem(f"not finished after {SCENARIO_TIMEOUT:.0f}s (live: "
                              + ", ".join(f"{r} pid {p.pid} state {_proc_state(p.pid)}"
                                          for r, p in self.procs.items()) + "); runs: "
-                             + ", ".join(f"{r}={self.store.get(r).state}" for r, _ in sc.runs))
+                             + self.states())
                 return
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 self.kill_at = None
@@ -212,8 +225,7 @@ class Runner:
                 elif role == "worker" and (rc != 0 or not self.all_finished()):
                     if self.lives["worker"] >= max_lives:
                         self.problem(f"runs still unfinished after {self.lives['worker']} worker "
-                                     f"lives: " + ", ".join(
-                                         f"{r}={self.store.get(r).state}" for r, _ in sc.runs))
+                                     f"lives: " + self.states())
                         return
                     self.row.restarts += 1
                     self.procs["worker"] = self.spawn("worker")
@@ -313,7 +325,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join([line(head), sep, *map(line, body), sep])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m crash",
         description="Kill replaygen workers with SIGKILL at every boundary of a run's life and "
@@ -327,18 +339,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills-per-boundary", type=int, help="default 3; quick 1")
     ap.add_argument("--only", help="comma-separated scenario names (before_step, in_step, "
                                    "after_return, after_commit, sleeping, waiting, signal, recover, "
-                                   "shutdown, fanout, stall, schedule, random)")
+                                   "shutdown, fanout, stall, schedule, child_start, child_step, "
+                                   "parent_parked, child_end, deadline, strike_sleep, random)")
     ap.add_argument("--break", dest="broken", choices=("early-commit", "no-fence"),
                     help="deliberately break the engine inside the workers (the harness must fail)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep every scenario's temp dir")
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     k = args.kills_per_boundary or (1 if args.quick else 3)
     n_random = args.random_kills if args.random_kills is not None else (30 if args.quick else 200)
     only = set(args.only.split(",")) if args.only else None
-    scenarios = [s for s in boundaries(k) if only is None or s.name in only]
+    scenarios = [s for s in boundaries(k) if (s.default and only is None) or (only and s.name in only)]
     do_random = (only is None or "random" in only) and n_random > 0
     per_round = 15 if args.quick else 25
     stores = args.store or ["sqlite"]

@@ -2,20 +2,42 @@
 
 A run's arguments are a *plan*: a list of operations the ``plan`` workflow
 interprets in order. Being data, a plan makes any mix of steps, sleeps,
-waits, fan-outs, timeouts and retries from one registered workflow, and its
-uncrashed result is computed here without any engine (``expected``).
+waits, fan-outs, timeouts, retries, child runs and deadlines from one registered
+workflow, and its uncrashed outcome (and its children's) is computed here without
+any engine (``expected``, ``tree``).
 
 Operations (JSON lists):
 
-=========================================  =============================================
-``["do", name, work_ms]``                  a synchronous step
-``["async", name, work_ms]``               an ``async def`` step
-``["retry", name, work_ms]``               a step that fails its first try; Retry(3)
-``["sleep", seconds]``                     a durable Sleep
-``["wait", signal]``                       Wait for a signal (sent by the signaler)
-``["timeout", signal, seconds]``           Wait that always times out (nobody sends it)
-``["all", [[name, work_ms, sync?], ...]]`` fan-out of steps (``sync?`` false: async step)
-=========================================  =============================================
+===============================================  ===============================================
+``["do", name, work_ms]``                        a synchronous step
+``["async", name, work_ms]``                     an ``async def`` step
+``["retry", name, work_ms]``                     a step that fails its first try; Retry(3)
+``["sleep", seconds]``                           a durable Sleep
+``["wait", signal]``                             Wait for a signal (sent by the signaler)
+``["timeout", signal, seconds]``                 Wait that always times out (nobody sends it)
+``["all", [[name, work_ms, sync?], ...]]``       fan-out of steps (``sync?`` false: async step)
+``["child", name, ops]``                         a child run of the plan ``ops``; awaits it
+``["children", [[name, ops], ...]]``             an ``All`` of child runs
+``["deadline", seconds]``                        ``Deadline``, far off: journaled and inherited,
+                                                 it never strikes in a scenario
+``["strike", seconds, park]``                    ``Deadline`` (near), then a *hold*: a park that
+                                                 only the deadline ends, ``DeadlineExceeded``
+                                                 caught
+``["hold", park]``                               a hold struck by a deadline already in force
+                                                 (a child's: the one it inherited)
+``["park"]``                                     waits for good (uncaught): a child ended only
+                                                 by its parent's cancel
+``["strike_child", seconds, name, ops]``         ``Deadline`` (near), then a child of ``ops``
+                                                 (which begin with a hold and end with a park);
+                                                 the parent catches its own ``DeadlineExceeded``
+===============================================  ===============================================
+
+``park`` is ``"wait"`` (a Wait on ``HOLD_SIGNAL``, which nobody sends) or ``"sleep"`` (a Sleep
+of ``HOLD_SLEEP`` seconds, far longer than any near deadline).
+
+A child's plan gets its derived id (``<parent>/<position>``, as the engine derives it) as its
+first argument, so its steps' values are its own; the workflow counts positions itself. A
+child never waits for a signal (the signaler addresses top-level runs only).
 
 Every step appends one line to the side-effect log, fsynced, *before* it does its
 work: ``{"run", "step", "pos", "attempt", "pid", "t"}`` with ``t`` the wall time
@@ -32,11 +54,21 @@ import signal
 import threading
 import time
 import zlib
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any
 
-from replaygen import All, Do, Retry, Sleep, Wait, WaitTimeout, current_step
+from replaygen import (
+    All, Child, Deadline, DeadlineExceeded, Do, Retry, Sleep, Wait, WaitTimeout, current_step,
+)
 
 WORKFLOW = "crash.plan"
+HOLD_SIGNAL = "forever"
+"""The signal a hold or a park waits for: nobody ever sends it."""
+HOLD_SLEEP = 60.0
+"""A hold's Sleep: much longer than any near deadline (only the deadline ends it)."""
+NEAR = 30.0
+"""A Deadline shorter than this strikes at the next hold; a longer one never strikes."""
 
 # Set in worker processes only (see crash.worker); in the harness parent every step is pure.
 _effects_fd: int | None = None
@@ -61,6 +93,12 @@ def value(name: str, acc: Any) -> int:
 def payload(run_id: str, signal_name: str, k: int) -> str:
     """The unique payload of the k-th signal ``signal_name`` sent to ``run_id``."""
     return f"{run_id}|{signal_name}|{k}"
+
+
+def child_id(parent: str, position: int) -> str:
+    """The id the engine derives for a child started at ``position`` (SPEC section 12); the
+    harness keeps ids short, so the engine's hashing of over-long ids never applies."""
+    return f"{parent}/{position}"
 
 
 def _record() -> None:
@@ -115,39 +153,147 @@ def flaky(name: str, acc: Any, work_ms: float) -> int:
 RETRY = Retry(3, backoff=0.05, max_backoff=0.1, jitter=0.0)
 
 
+# ---- the workflow -------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """What the plan workflow keeps as it goes: its id, accumulator, the outcomes of its
+    waits and holds, and the journal position of its next command (for child ids)."""
+
+    run_id: str
+    acc: Any
+    got: list[Any] = field(default_factory=list)
+    pos: int = 0
+
+
+_Op = Generator[Any, Any, None]
+
+
+def _steps(r: _Run, op: list[Any]) -> _Op:
+    kind = op[0]
+    if kind == "all":
+        r.acc = yield All(*[Do(n, step if sync else astep, n, r.acc, ms) for n, ms, sync in op[1]])
+        r.pos += len(op[1])
+        return
+    fn, retry = {"do": (step, None), "async": (astep, None), "retry": (flaky, RETRY)}[kind]
+    r.acc = yield Do(op[1], fn, op[1], r.acc, op[2], retry=retry)
+    r.pos += 1
+
+
+def _waits(r: _Run, op: list[Any]) -> _Op:
+    kind = op[0]
+    r.pos += 1
+    if kind == "sleep":
+        yield Sleep(op[1])
+    elif kind == "wait":
+        p = yield Wait(op[1])
+        r.got.append(p)
+        r.acc = value(p, r.acc)
+    elif kind == "timeout":
+        try:
+            p = yield Wait(op[1], timeout=op[2])
+            r.got.append(["unexpected", p])
+        except WaitTimeout:
+            r.got.append("timeout")
+    else:  # park: only a cancel ends it, and it is not caught
+        yield Wait(HOLD_SIGNAL)
+
+
+def _hold(r: _Run, park: str) -> _Op:
+    """Park until the deadline in force strikes; note how the park ended."""
+    r.pos += 1
+    try:
+        got = yield (Sleep(HOLD_SLEEP) if park == "sleep" else Wait(HOLD_SIGNAL))
+        r.got.append(["unexpected", park, got])
+    except DeadlineExceeded:
+        r.got.append("deadline")
+
+
+def _children(r: _Run, op: list[Any]) -> _Op:
+    kind = op[0]
+    if kind == "child":
+        result = yield Child(WORKFLOW, child_id(r.run_id, r.pos), op[2])
+        r.acc, r.pos = value(op[1], [r.acc, result]), r.pos + 1
+    else:
+        kids = [Child(WORKFLOW, child_id(r.run_id, r.pos + i), ops) for i, (_, ops) in
+                enumerate(op[1])]
+        results = yield All(*kids)
+        r.acc, r.pos = value("children", [r.acc, [n for n, _ in op[1]], results]), r.pos + len(kids)
+
+
+def _deadlines(r: _Run, op: list[Any]) -> _Op:
+    kind = op[0]
+    if kind == "hold":
+        yield from _hold(r, op[1])
+        return
+    yield Deadline(op[1])
+    r.pos += 1
+    if kind == "strike":
+        yield from _hold(r, op[2])
+    elif kind == "strike_child":
+        try:
+            result = yield Child(WORKFLOW, child_id(r.run_id, r.pos), op[3])
+            r.got.append(["unexpected", op[2], result])
+        except DeadlineExceeded:
+            r.got.append("deadline")
+        r.pos += 1
+
+
+OPS: dict[str, Callable[[_Run, list[Any]], _Op]] = {
+    "do": _steps, "async": _steps, "retry": _steps, "all": _steps,
+    "sleep": _waits, "wait": _waits, "timeout": _waits, "park": _waits,
+    "child": _children, "children": _children,
+    "deadline": _deadlines, "strike": _deadlines, "hold": _deadlines, "strike_child": _deadlines,
+}
+
+
 def plan(run_id: str, ops: list[Any]) -> Any:
     """The one workflow of the harness: interpret ``ops`` (see the module docstring)."""
-    acc: Any = run_id
-    got: list[Any] = []
+    r = _Run(run_id, run_id)
     for op in ops:
-        kind = op[0]
-        if kind == "do":
-            acc = yield Do(op[1], step, op[1], acc, op[2])
-        elif kind == "async":
-            acc = yield Do(op[1], astep, op[1], acc, op[2])
-        elif kind == "retry":
-            acc = yield Do(op[1], flaky, op[1], acc, op[2], retry=RETRY)
-        elif kind == "sleep":
-            yield Sleep(op[1])
-        elif kind == "wait":
-            p = yield Wait(op[1])
-            got.append(p)
-            acc = value(p, acc)
-        elif kind == "timeout":
-            try:
-                p = yield Wait(op[1], timeout=op[2])
-                got.append(["unexpected", p])
-            except WaitTimeout:
-                got.append("timeout")
-        elif kind == "all":
-            acc = yield All(*[Do(n, step if sync else astep, n, acc, ms) for n, ms, sync in op[1]])
-        else:
+        handler = OPS.get(op[0])
+        if handler is None:
             raise ValueError(f"unknown op {op!r}")
-    return {"acc": acc, "signals": got}
+        yield from handler(r, op)
+    return {"acc": r.acc, "signals": r.got}
 
 
-def expected(run_id: str, ops: list[Any]) -> Any:
-    """The result an uncrashed run gives: drive the workflow with pure answers, no engine."""
+# ---- the uncrashed outcome, without any engine ------------------------------------------------
+
+@dataclass
+class Expect:
+    """How an uncrashed run of a plan ends: ``completed`` with ``result``, or ``cancelled``
+    (a child parked for good, cancelled when its parent's deadline struck)."""
+
+    run_id: str
+    ops: list[Any]
+    parent: str | None
+    state: str = "completed"
+    result: Any = None
+
+
+def _roundtrip(x: Any) -> Any:
+    return json.loads(json.dumps(x))  # what the engine hands back: decoded from its stored form
+
+
+def _is_hold(cmd: Any) -> bool:
+    return (isinstance(cmd, Wait) and cmd.signal == HOLD_SIGNAL) or (
+        isinstance(cmd, Sleep) and cmd.seconds >= HOLD_SLEEP)
+
+
+def _cancel(run_id: str, out: dict[str, Expect]) -> None:
+    """A struck parent cancels its parked child, and the cancel reaches that child's own."""
+    for e in out.values():
+        if e.state == "parked" and (e.run_id == run_id or e.run_id.startswith(run_id + "/")):
+            e.state = "cancelled"
+
+
+def _drive(run_id: str, ops: list[Any], parent: str | None, deadline: str | None,
+           out: dict[str, Expect]) -> Expect:
+    """Drive the workflow with pure answers. Time is modelled by one rule: a near deadline
+    strikes at the next hold, and nothing else may come between (else the plan races the
+    clock, and is refused). ``deadline``: None, ``far`` or ``near`` (inherited)."""
+    exp = out[run_id] = Expect(run_id, ops, parent)
     gen = plan(run_id, ops)
     sent: dict[str, int] = {}
     answer: Any = None
@@ -156,20 +302,68 @@ def expected(run_id: str, ops: list[Any]) -> Any:
         try:
             cmd = gen.throw(error) if error is not None else gen.send(answer)
         except StopIteration as stop:
-            return json.loads(json.dumps(stop.value))
+            exp.result = _roundtrip(stop.value)
+            return exp
         answer, error = None, None
-        if isinstance(cmd, Do):
-            answer = value(cmd.args[0], cmd.args[1])
-        elif isinstance(cmd, All):
-            answer = [value(c.args[0], c.args[1]) for c in cmd.commands]
-        elif isinstance(cmd, Wait):
-            if cmd.timeout is not None:
-                error = WaitTimeout(cmd.signal)
+        if deadline == "near" and not (_is_hold(cmd) or isinstance(cmd, (Child, Deadline))):
+            raise ValueError(f"plan of {run_id!r}: {cmd!r} comes between a near deadline and "
+                             f"the hold it strikes")
+        if isinstance(cmd, Deadline):
+            deadline = "near" if cmd.seconds < NEAR else deadline or "far"
+        elif _is_hold(cmd):
+            if deadline != "near":
+                exp.state = "parked"  # for good: only its parent's cancel ends it
+                return exp
+            error, deadline = DeadlineExceeded(f"run {run_id!r} passed its deadline"), None
+        elif isinstance(cmd, Child):
+            kid = _drive(cmd.args[0], cmd.args[1], run_id, deadline, out)
+            if kid.state == "completed" and deadline != "near":
+                answer = kid.result
+            elif kid.state == "parked" and deadline == "near":
+                _cancel(kid.run_id, out)  # the parent's strike cancels it
+                error, deadline = DeadlineExceeded(f"run {run_id!r} passed its deadline"), None
             else:
-                k = sent.get(cmd.signal, 0)
-                sent[cmd.signal] = k + 1
-                answer = payload(run_id, cmd.signal, k)
-        answer = json.loads(json.dumps(answer))
+                raise ValueError(f"plan of {run_id!r}: child {kid.run_id!r} ends "
+                                 f"{kid.state} under a {deadline} deadline: it races the clock")
+        elif isinstance(cmd, All):
+            answer = [_member(c, run_id, deadline, out) for c in cmd.commands]
+        elif isinstance(cmd, Do):
+            answer = value(cmd.args[0], cmd.args[1])
+        elif isinstance(cmd, Wait) and cmd.timeout is not None:
+            error = WaitTimeout(cmd.signal)
+        elif isinstance(cmd, Wait):
+            if parent is not None:
+                raise ValueError(f"plan of child {run_id!r} waits for signal {cmd.signal!r}: "
+                                 f"the signaler addresses top-level runs only")
+            k = sent.get(cmd.signal, 0)
+            sent[cmd.signal] = k + 1
+            answer = payload(run_id, cmd.signal, k)
+        answer = _roundtrip(answer)
+
+
+def _member(cmd: Any, run_id: str, deadline: str | None, out: dict[str, Expect]) -> Any:
+    """The answer of one member of an ``All``: a step's value or a child's result."""
+    if isinstance(cmd, Do):
+        return value(cmd.args[0], cmd.args[1])
+    kid = _drive(cmd.args[0], cmd.args[1], run_id, deadline, out)
+    if kid.state != "completed" or deadline == "near":
+        raise ValueError(f"plan of {run_id!r}: child {kid.run_id!r} in an All must complete, "
+                         f"with no near deadline in force")
+    return kid.result
+
+
+def tree(run_id: str, ops: list[Any]) -> dict[str, Expect]:
+    """The uncrashed outcome of a top-level run and of every run it starts, by run id."""
+    out: dict[str, Expect] = {}
+    top = _drive(run_id, ops, None, None, out)
+    if top.state != "completed":
+        raise ValueError(f"plan of {run_id!r} parks for good: nothing would end it")
+    return out
+
+
+def expected(run_id: str, ops: list[Any]) -> Any:
+    """The result an uncrashed top-level run gives: drive the workflow with pure answers."""
+    return tree(run_id, ops)[run_id].result
 
 
 def deliveries(run_id: str, ops: list[Any]) -> list[tuple[str, str, str]]:

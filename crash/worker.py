@@ -2,10 +2,11 @@
 
 Boots like a real service (``recover()`` first), starts every run of the
 scenario's plan (``start`` is idempotent, so a restarted worker just resumes),
-and exits 0 once every run is finished. ``--kill`` installs an observer that
-SIGKILLs this very process at the n-th matching engine event: a real kill at an
-exact, named point. ``--break`` deliberately breaks the engine, in this process
-only, to prove that the harness notices.
+and exits 0 once every run in the store (the plan's and their children) is
+finished. ``--kill`` installs an observer that SIGKILLs this very process at the
+n-th matching engine event: a real kill at an exact, named point. ``--break``
+deliberately breaks the engine, in this process only, to prove that the harness
+notices.
 
 Exit codes: 0 every run finished; 3 shut down gracefully (``--shutdown-after``);
 4 every run finished or blocked, some blocked; 2 harness error.
@@ -43,13 +44,28 @@ def note_kill(what: str, run: str | None = None, step: str | None = None,
 
 
 class Killer:
-    """Observer: at the n-th event matching (kind, step, state), SIGKILL (or SIGSTOP) this process."""
+    """Observer: at the n-th event matching the spec, SIGKILL (or SIGSTOP) this process.
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec, self.seen, self.lock = spec, 0, threading.Lock()
+    The spec matches an event's ``kind`` (``event``), ``step`` and ``state``; ``child``
+    (true or false) whether the run is a child (its id is derived: ``parent/position``), and
+    ``fresh`` (with ``run_started``) that the run has no journal yet: a child right after the
+    commit that created it, not one resumed."""
+
+    def __init__(self, spec: dict[str, Any], store: Any = None) -> None:
+        self.spec, self.store, self.seen, self.lock = spec, store, 0, threading.Lock()
         self.commits = 0
         self.commit_event = threading.Event()
         self.shutdown_after: int | None = None
+
+    def matches(self, ev: Any) -> bool:
+        s = self.spec
+        if not s or ev.kind != s.get("event"):
+            return False
+        if s.get("step") not in (None, ev.step) or s.get("state") not in (None, ev.state):
+            return False
+        if "child" in s and ("/" in (ev.run_id or "")) != s["child"]:
+            return False
+        return not s.get("fresh") or not self.store.journal(ev.run_id)
 
     def __call__(self, ev: Any) -> None:
         if ev.kind == "step_committed" and self.shutdown_after is not None:
@@ -57,11 +73,9 @@ class Killer:
                 self.commits += 1
                 if self.commits >= self.shutdown_after:
                     self.commit_event.set()
+        if not self.matches(ev):
+            return
         s = self.spec
-        if not s or ev.kind != s.get("event"):
-            return
-        if s.get("step") not in (None, ev.step) or s.get("state") not in (None, ev.state):
-            return
         with self.lock:
             self.seen += 1
             hit = self.seen == s.get("n", 1)
@@ -166,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shutdown-after", type=int, default=0)
     ap.add_argument("--schedule", default="", help="JSON {name, at, every}: the runs are the "
                     "ticks of this schedule (the clock starts at `at`), not started here")
+    ap.add_argument("--boot-delay", type=float, default=0.0,
+                    help="seconds of downtime before booting (a deadline may pass meanwhile)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
                         format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
 
+    time.sleep(args.boot_delay)
     from replaygen import Interpreter, Schedule
+    from replaygen.store import ACTIVE
     from . import plans
     from .stores import open_store
 
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     plans.configure(os.path.join(args.dir, "effects.log"),
                     spec if spec.get("event") == "in_step" else None)
     store = apply_break(args.broken, open_store(args.store))
-    killer = Killer({} if spec.get("event") in ("in_step", "tick_start") else spec)
+    killer = Killer({} if spec.get("event") in ("in_step", "tick_start") else spec, store)
     if args.shutdown_after:
         killer.shutdown_after = args.shutdown_after
     if spec.get("event") == "tick_start":
@@ -197,13 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     for run_id, ops in [] if sched else runs:
         interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)
     while True:
+        # Every run: the plan's (a schedule's may not have fired yet), and their children.
         states = [getattr(store.get(run_id), "state", "not fired") for run_id, _ in runs]
-        if all(s in ("completed", "failed", "cancelled") for s in states):
+        if all(s in ("completed", "failed", "cancelled") for s in states) \
+                and not store.runs(states=ACTIVE, limit=1):
             interp.shutdown(timeout=10)
-            return 0
-        if all(s in ("completed", "failed", "cancelled", "blocked") for s in states):
-            interp.shutdown(timeout=10)
-            return 4
+            return 4 if store.runs(states=("blocked",), limit=1) else 0
         if args.shutdown_after and killer.commit_event.is_set():
             interp.shutdown(timeout=30)
             return 3

@@ -18,6 +18,8 @@ BOUNDARIES = [
     "before a step starts", "inside a step", "step returned, entry not committed",
     "right after the commit", "while sleeping", "while waiting", "during signal delivery",
     "during recover()", "during graceful shutdown", "inside a fan-out", "lease lost",
+    "a child just created", "inside a child", "parent waiting for its children",
+    "a child ended, its parent not yet resumed", "a deadline passes while no worker runs",
     "random kills",
 ]
 
@@ -91,6 +93,9 @@ def test_checker_flags_an_execution_after_commit() -> None:
 
         def signals(self, run_id: str) -> list[Any]:
             return []
+
+        def runs(self, **where: Any) -> list[Any]:
+            return []  # no children
 
     effects = [{"run": "r", "step": "a", "pos": 0, "attempt": 1, "pid": 1, "t": 10.5},
                {"run": "r", "step": "a", "pos": 0, "attempt": 1, "pid": 2, "t": 12.0}]
