@@ -55,7 +55,7 @@ class Journal:
         self.versions: dict[str, Entry] = {}
         self.next_seq = 0
         self.end = 0  # the first position past every positional entry
-        self.cancelled = False  # a cancel request has been journaled (and so consumed)
+        self.cancelled = False  # a cancel or a deadline's strike journaled: requests are spent
         self.interrupts: dict[int, Entry] = {}  # cancel (or deadline) entries, by position
         self.groups: dict[int, Entry] = {}  # where an All or Any of 2+ members began (fork)
         for e in entries:
@@ -82,8 +82,9 @@ class Journal:
             self.end = max(self.end, e.position + 1)
             if e.kind == "cancel":
                 self.interrupts[e.position] = e
-                # A cancel (not a deadline) journaled: the run's cancel request is consumed.
-                self.cancelled = self.cancelled or e.status != "deadline"
+                # Cancelled is raised once: a cancel, or the deadline's strike, spends every
+                # cancel request (a parent's strike cascading to a child that struck too).
+                self.cancelled = True
 
     def match(self, position: int, kinds: tuple[str, ...], name: str, cmd: Any) -> list[Entry]:
         """The entries at ``position`` of command ``cmd``, owning ``kinds`` and named ``name``;

@@ -130,7 +130,7 @@ class Life:
         self.busy = False                   # steps of it still run
         self.alarm: float | None = None
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
-        self.inherited: dict[str, float] = {}  # the deadline each child was given
+        self.passed: float | None = None    # the deadline that struck, once it has
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
         self.taken: set[int] = set()        # signals consumed by this incarnation
         self.mail: list[Done] = []          # steps that ended, to journal
@@ -376,21 +376,19 @@ class Life:
         return at is not None and self.settings.now() >= at
 
     def _interrupt(self, entry: Entry) -> Cancelled:
+        self.cancel = False  # a strike spends the cancel requests too (raised once)
         if entry.status == "deadline":
-            self.deadline_at = None  # it strikes once
+            self.passed, self.deadline_at = self.deadline_at, None  # it strikes once
             return DeadlineExceeded(f"run {self.id!r} passed its deadline")
-        self.cancel = False
         return Cancelled(f"run {self.id!r} was cancelled")
 
     def _raise(self, deadline: bool) -> _Gen:
         """Journal a cancel (or a passed deadline) at this yield, to be raised here."""
         entry = self._entry(self.position, "cancel", "", "deadline" if deadline else "", None)
-        if deadline:  # its children are cancelled with it, but for those it gave this very
-            # deadline: they strike on their own, and a cancel would interrupt their handlers
-            self.cancels += [c for c in self.journal.open_children() + [
+        if deadline:  # its children are cancelled with it (one that struck too absorbs it)
+            self.cancels += self.journal.open_children() + [
                 m.child for m in self.members if m.child and not m.done]
-                if self.inherited.get(c) != self.deadline_at]
-        yield from self._save("running", (entry,), cancel_seen=not deadline)
+        yield from self._save("running", (entry,), cancel_seen=True)
         return self._interrupt(entry)
 
     def _set_alarm(self) -> _Gen:
@@ -549,13 +547,15 @@ class Life:
         entries = self._match(m)
         if entries and entries[-1].kind == "woke":  # it won an Any
             return m.settle()
-        self.live = self.live or not entries
         if not entries and self._halted():
             return
         now = self.settings.now()
-        if entries:
+        if entries:  # live again (the run's deadline may strike in it) unless it ended before
             deadline = self.journal.number(entries[0])
+            self.live = self.live or now < deadline or (
+                self.deadline_at is not None and self.deadline_at <= deadline)
         else:
+            self.live = True
             deadline = now + cmd.seconds
             self.staged.append(self._entry(m.position, "sleep", "", "ok",
                                            self.settings.codec.encode(deadline), now))
@@ -604,8 +604,6 @@ class Life:
         entries = self._match(m)
         m.child = str(self.journal.decode(entries[0])) if entries and entries[0].kind == "spawn" \
             else cmd.run_id or child_id(self.id, m.position)
-        if self.deadline_at is not None:  # the child's own deadline
-            self.inherited[m.child] = self.deadline_at
         if entries and entries[-1].kind == "child":
             return self._child_ended(m, entries[-1].status, self.journal.decode(entries[-1]))
         self.live = True
@@ -675,7 +673,7 @@ class Life:
         if state == "completed":
             told["result"] = outcome
         else:
-            told["error"], told["deadline"] = error_record(outcome), self.deadline_at
+            told["error"], told["deadline"] = error_record(outcome), self.deadline_at or self.passed
         return Notice(self.parent, CHILD_SIGNAL + self.id, self.settings.encode_error(told))
 
     # ---- steps ------------------------------------------------------------------------------

@@ -5,17 +5,17 @@ shut down, or a commit that never lands), lets the deadline pass or not, and res
 A run must then take the path an uncrashed run takes (SPEC section 12: the deadline strikes
 at the yield where the run stands, "durable across restarts").
 
-The tests marked ``xfail(strict=True)`` fail on the engine of today; each reason says why.
-The crash harness keeps its default scenarios off these paths (crash/README.md, "Known
-engine bugs"); when the engine is fixed the marks turn into XPASS failures: remove them.
+Three of them were engine bugs the crash harness found: a run resumed into its Sleep was
+never struck there, and a child struck by the deadline it inherited told its parent no
+deadline, so a kill between two of the parent's commits replayed the wrong exception.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytest
 
 from replaygen import (
     Cancelled, Child, Deadline, DeadlineExceeded, Interpreter, MemoryStore, Sleep, StoreUnavailable,
@@ -29,12 +29,6 @@ from .test_deadlines import sleeps_past
 
 Make = Callable[..., Interpreter]
 
-SLEEP_RESUMED = (
-    "engine bug: a run resumed into a journaled Sleep is not 'live' (Life.resolve_sleep sets "
-    "live only for a Sleep with no entry), so its deadline gets no alarm and never strikes "
-    "there: it sleeps the whole Sleep out and returns as if no deadline had passed")
-
-
 def waits_past(deadline: float) -> Any:
     yield Deadline(deadline)
     try:
@@ -43,7 +37,6 @@ def waits_past(deadline: float) -> Any:
         return "deadline"
 
 
-@pytest.mark.xfail(strict=True, reason=SLEEP_RESUMED)
 def test_a_deadline_strikes_a_run_resumed_into_its_sleep(
         interp: Make, restart: Any, clock: FakeClock, reach: Any) -> None:
     first = interp([sleeps_past])
@@ -55,7 +48,6 @@ def test_a_deadline_strikes_a_run_resumed_into_its_sleep(
     assert again.result(run, timeout=2) == "deadline"
 
 
-@pytest.mark.xfail(strict=True, reason=SLEEP_RESUMED)
 def test_a_deadline_that_passed_while_no_worker_ran_strikes_a_run_resumed_into_its_sleep(
         interp: Make, restart: Any, clock: FakeClock, reach: Any) -> None:
     first = interp([sleeps_past])
@@ -97,23 +89,18 @@ class DiesBeforeTheStrike:
     a strike or a cancel: what a SIGKILL between two commits leaves behind."""
 
     def __init__(self, inner: MemoryStore) -> None:
-        self.inner = inner
+        self.inner, self.died = inner, threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def commit(self, writes: Sequence[Write]) -> list[bool]:
         if any(e.kind == "cancel" for w in writes for e in w.entries):
+            self.died.set()
             raise StoreUnavailable("the worker is killed before this commit")
         return self.inner.commit(writes)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a child struck by the deadline it inherited tells its parent "
-    "'deadline': None (Life._interrupt clears deadline_at before Life._notice reads it), so "
-    "Life._same_deadline never holds: the parent journals the child's end ('child', "
-    "cancelled) in one commit and its own DeadlineExceeded in the next; a kill between the "
-    "two replays the child's Cancelled instead of the parent's DeadlineExceeded"))
 def test_a_parent_killed_before_journaling_its_strike_still_gets_its_own_deadline_exceeded(
         interp: Make, store: MemoryStore, clock: FakeClock, reach: Any,
         eventually: Any) -> None:
@@ -126,11 +113,12 @@ def test_a_parent_killed_before_journaling_its_strike_still_gets_its_own_deadlin
     parents.shutdown()
     clock.advance(11)  # the child strikes and ends first, while the parent's worker is down
     reach(children, "p/1", "cancelled")
-    dying = interp([parent_catches_its_own], store=DiesBeforeTheStrike(store))
+    doomed = DiesBeforeTheStrike(store)
+    dying = interp([parent_catches_its_own], store=doomed)
     dying.recover()
-    eventually(lambda: any(e.kind == "child" for e in store.journal("p")),
-               "the parent to journal its child's end")
+    eventually(doomed.died.is_set, "the parent's worker to die at its strike's commit")
     dying.shutdown(timeout=0.5)
+    assert not any(e.kind == "child" for e in store.journal("p"))  # its own strike comes first
     again = interp([parent_catches_its_own])
     again.recover()
     assert again.result(run, timeout=PATIENCE) == "parent's own deadline"
