@@ -13,21 +13,22 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._identity import new_owner_id
 from .codec import Codec, JSONCodec, Payloads
+from .commit import GroupCommit
 from .commands import check_name, check_signal
 from .errors import (
     CorruptRecord, ReplaygenError, ResultTimeout, RunNotFound, UsageError, describe_error,
     read_error, stored_error,
 )
-from .journal import Entry, Notice
+from .journal import Entry
 from .registry import name_of
-from .effects import CANCEL, STOP, Signals
+from .effects import CANCEL, STOP, Notice, Signals
 from .replay import CHILD_SIGNAL
 from .store import FINISHED, PURGED, RunRecord, Signal, Store, Write
 
@@ -35,6 +36,24 @@ DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
 """The largest encoded step result, argument list or signal payload, in bytes."""
 PURGE_BATCH = 500
 """Runs purged per transaction: each batch is short, so no worker waits long for its locks."""
+START_BATCH = 1000
+"""Runs ``start_many`` creates per commit."""
+
+
+class NewRun(NamedTuple):
+    """A run to create: its id, workflow, encoded arguments, and a fork's prefix and source."""
+
+    run_id: str
+    workflow: str
+    args: str
+    entries: tuple[Entry, ...] = ()
+    source: str | None = None
+
+    def write(self, owner: str, release: bool) -> Write:
+        create = (self.workflow, self.args) if self.source is None else (
+            self.workflow, self.args, self.source)
+        return Write(self.run_id, owner, 1, "pending", self.entries, release=release,
+                     create=create)
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,7 @@ class Client:
         self._payloads = Payloads(self._codec, max_payload)
         self.client_id = new_owner_id()
         self._id_key, self._ids = os.urandom(32), itertools.count()
+        self._group = GroupCommit(store)  # starts from many threads share commits
 
     def start(self, workflow: Any, *args: Any, run_id: str | None = None, **kwargs: Any) -> str:
         """Start a run of ``workflow`` and return its id once it is durable. A ``Client`` queues
@@ -80,10 +100,35 @@ class Client:
         same workflow and arguments returns it and starts nothing; with others it raises."""
         name = self._workflow_name(workflow)
         run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
-        args_text = self._args(name, args, kwargs)
-        if not self._create(run_id, name, args_text):
-            self._existing(run_id, name, args_text)
+        self._start([NewRun(run_id, name, self._args(name, args, kwargs))])
         return run_id
+
+    def start_many(self, workflow: Any, calls: Iterable[tuple[Any, ...] | dict[str, Any]],
+                   run_ids: Sequence[str] | None = None) -> list[str]:
+        """Start one run of ``workflow`` per item of ``calls`` (a tuple of positional
+        arguments, or a dict of keyword arguments) and return their ids, in order, once all
+        are durable: they share commits (``START_BATCH`` runs each), so starting many costs
+        little more than starting one. ``run_ids`` (one per call) work as in ``start()``: an
+        existing run with the same workflow and arguments is returned and started again
+        nowhere; one with others raises, after the runs in its commit were started."""
+        name = self._workflow_name(workflow)
+        items = list(calls)
+        ids = [self._new_run_id() for _ in items] if run_ids is None else [
+            check_name("run_id", r) for r in run_ids]
+        if len(ids) != len(items) or len(set(ids)) != len(ids):
+            raise UsageError(f"run_ids must be {len(items)} distinct ids, one per call; got "
+                             f"{len(ids)} ({len(set(ids))} distinct)")
+        new = [NewRun(run_id, name, self._args(name, *_call_args(call)))
+               for run_id, call in zip(ids, items, strict=True)]
+        for at in range(0, len(new), START_BATCH):
+            self._start(new[at:at + START_BATCH])
+        return ids
+
+    def _start(self, new: list[NewRun]) -> None:
+        """Create the runs; one found existing must be this start's (else a UsageError)."""
+        for run, made in zip(new, self._create(new), strict=True):
+            if not made:
+                self._existing(run.run_id, run.workflow, run.args)
 
     def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result; raise WorkflowFailed or Cancelled
@@ -204,7 +249,7 @@ class Client:
             raise CorruptRecord(f"cannot fork run {source!r}: its stored arguments cannot be "
                                 f"decoded: {exc}") from None
         run_id = self._new_run_id() if run_id is None else check_name("run_id", run_id)
-        if not self._create(run_id, old.workflow, args, prefix, source):
+        if not self._create([NewRun(run_id, old.workflow, args, tuple(prefix), source)])[0]:
             raise UsageError(f"cannot fork run {source!r} as {run_id!r}: a run with that id "
                              f"exists; choose another run_id")
         return run_id
@@ -225,14 +270,15 @@ class Client:
         return hashlib.blake2b(b"%d:%d" % (os.getpid(), next(self._ids)), key=self._id_key,
                                digest_size=16).hexdigest()
 
-    def _create(self, run_id: str, name: str, args_text: str, entries: Sequence[Entry] = (),
-                source: str | None = None) -> bool:
-        """Store the new run (with a fork's ``entries`` and ``source``); False if ``run_id``
-        is taken. A client's is released at once (no lease backs it), and the release wakes
-        the workers."""
-        write = Write(run_id, self.client_id, 1, "pending", tuple(entries), release=True,
-                      create=(name, args_text) if source is None else (name, args_text, source))
-        return bool(self._store.commit([write])[0])
+    def _create(self, new: list[NewRun]) -> list[bool]:
+        """Store the new runs in one commit, shared with other threads' starts; for each,
+        False if its id is taken. A client's are released at once (no lease backs them), and
+        the release wakes the workers."""
+        done = self._group.grouped([run.write(self.client_id, release=True) for run in new])
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+        return [bool(result) for result in done]
 
     def _tell(self, run_id: str, *events: Any) -> None:
         """Give a run held by this process events (a Client holds none)."""
@@ -321,6 +367,16 @@ def seconds(what: str, value: float | timedelta, least: float = 0.0) -> float:
     return float(n)
 
 
+def _call_args(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A ``start_many`` call's (args, kwargs): a tuple is positional, a dict is keywords."""
+    if isinstance(call, tuple):
+        return call, {}
+    if isinstance(call, dict) and all(isinstance(k, str) for k in call):
+        return (), call
+    raise UsageError(f"each call of start_many must be a tuple of positional arguments or a "
+                     f"dict of keyword arguments, got {call!r} (one argument x is (x,))")
+
+
 def _digest(canonical: str) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -358,4 +414,5 @@ def _fork_prefix(source: str, journal: list[Entry], from_step: str | int,
     return [e._replace(seq=i) for i, e in enumerate(kept)]
 
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "Client", "FINISHED", "PURGE_BATCH", "RunStatus"]
+__all__ = ["DEFAULT_MAX_PAYLOAD", "Client", "FINISHED", "NewRun", "PURGE_BATCH", "RunStatus",
+           "START_BATCH"]

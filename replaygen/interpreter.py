@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from ._identity import is_dead, new_owner_id
-from .client import DEFAULT_MAX_PAYLOAD, PURGE_BATCH, Client, RunStatus, seconds
+from .client import DEFAULT_MAX_PAYLOAD, PURGE_BATCH, Client, NewRun, RunStatus, seconds
 from .codec import Codec
 from .errors import CorruptRecord, ReplaygenError, RunBlocked, UsageError, read_error
-from .journal import Entry, Journal
+from .journal import Journal
 from .observe import Event, Observer, notify
 from .registry import Workflow, check_limits, limits_of, registered, table
 from .effects import CANCEL, UNREAD
@@ -27,7 +27,7 @@ from .replay import Life, Settings
 from .runtime import Clock, Runtime, SystemClock
 from .schedules import Schedule, Scheduler
 from .shadow import compare
-from .store import ACTIVE, FINISHED, Claim, RunRecord, Store, Write
+from .store import ACTIVE, FINISHED, Claim, RunRecord, Store
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
 
@@ -89,7 +89,7 @@ class Interpreter(Client):
         self._unclaimed: dict[str, str] = {}  # run id -> workflow: made here, to claim
         self._look = False  # a slot of a limited workflow came free here: claim at once
         self._runtime = Runtime(store, self.worker_id, self._clock, concurrency, observer,
-                                self._waits, self._freed)
+                                self._waits, self._freed, self._group)
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="replaygen-watch")
         self._watcher.start()
 
@@ -195,33 +195,35 @@ class Interpreter(Client):
                          f"{sorted(known) or 'none'} (decorate it with @workflow or pass it "
                          f"in workflows=)")
 
-    def _create(self, run_id: str, name: str, args_text: str, entries: Sequence[Entry] = (),
-                source: str | None = None) -> bool:
+    def _create(self, new: list[NewRun]) -> list[bool]:
         with self._start_lock:
             if self._closed:
                 raise ReplaygenError("this Interpreter is shut down; start runs on a new one")
             self._starting += 1  # shutdown() waits for starts in flight
-            limited = name in self._settings.limits  # it waits in the store for a free slot
-            if limited:  # to be claimed here when one is free
-                self._unclaimed[run_id] = name
-        done: Any = None
-        try:  # the insert shares the group commit of other runs' steps
-            [done] = self._runtime.group.commit([Write(
-                run_id, self.worker_id, 1, "pending", tuple(entries), release=limited,
-                create=(name, args_text) if source is None else (name, args_text, source))])
+            # A run of a limited workflow waits in the store for a free slot, to be claimed
+            # here when one is free.
+            limited = {r.run_id: r.workflow for r in new if r.workflow in self._settings.limits}
+            self._unclaimed.update(limited)
+        done: list[Any] = []
+        try:  # the inserts share the group commit of other runs' steps
+            done = self._group.commit([r.write(self.worker_id, r.run_id in limited) for r in new])
         finally:
             with self._start_lock:
                 self._starting -= 1
-                if limited and done is not True:
+                made = {r.run_id for r, d in zip(new, done, strict=False) if d is True}
+                for run_id in limited.keys() - made:
                     self._unclaimed.pop(run_id, None)
-        if isinstance(done, BaseException):
-            raise done
-        if done and not limited:
-            now = time.time()
-            self._adopt(Claim(RunRecord(run_id, name, args_text, "pending", self.worker_id, 1,
-                                        now, now, forked_from=source), list(entries)))
-            log.info("run %s started (workflow %s)", run_id, name)
-        return bool(done)
+        now = time.time()
+        for run, made in zip(new, done, strict=True):
+            if made is True and run.run_id not in limited:
+                self._adopt(Claim(RunRecord(run.run_id, run.workflow, run.args, "pending",
+                                            self.worker_id, 1, now, now,
+                                            forked_from=run.source), list(run.entries)))
+                log.info("run %s started (workflow %s)", run.run_id, run.workflow)
+        failed = next((d for d in done if isinstance(d, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return [bool(d) for d in done]
 
     def _existing(self, run_id: str, name: str, args_text: str) -> RunRecord:
         old = super()._existing(run_id, name, args_text)

@@ -1,17 +1,12 @@
 """The runtime: performs what the replay rules ask, with threads, commits and timers.
 
-It drives every run's life (a generator of the effects of ``effects.py``) and never knows
-what a command means, nor imports the rules. Threads (this module owns them all):
-
-- one driver turns every ready life until it asks for a write, then commits all pending
-  writes in one group commit and goes on (alone with one run, it commits and goes on in
-  place). No life goes past a write before it is durable, and a quick step runs inline;
-- a watchdog hands the driver role to a new thread when a turn runs long (a step slow for
-  the first time, heavy workflow code): the old thread finishes that turn and leaves;
-- a bounded pool runs slow steps and the members of an ``All``; an event loop thread runs
-  ``async def`` steps. ``concurrency`` slots bound them all together;
-- the driver also sends the alarms lives ask for, when they are due.
-Parked runs (sleeping, waiting) hold no thread.
+It drives every run's life (a generator of the effects of ``effects.py``), never knows what a
+command means, nor imports the rules; and it owns every thread that runs them. One driver
+turns ready lives until each asks for a write, then commits their writes in one group commit
+(alone with one run, it commits and goes on in place): no life goes past a write before it
+is durable. A watchdog hands the driver role to a new thread when a turn runs long (a slow
+step). A pool and an event loop run slow and ``async`` steps, all within ``concurrency``
+slots. The driver rings the alarms lives ask for. Parked runs hold no thread.
 """
 
 from __future__ import annotations
@@ -31,6 +26,7 @@ from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
 
+from .commit import Abandoned, GroupCommit
 from .errors import StoreUnavailable
 from .observe import Observer, _current, notify
 from .effects import (
@@ -58,10 +54,6 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> float:
         return time.time()
-
-
-class _Abandon(Exception):
-    """Shutdown gave up on a write during a store outage."""
 
 
 class _Pool:
@@ -93,97 +85,6 @@ class _Pool:
     def stop(self) -> None:
         for _ in range(self._threads):
             self._tasks.put(None)
-
-
-class _Pending:
-    """Writes waiting in the group-commit queue; ``wake`` is released when they are done."""
-
-    __slots__ = ("writes", "results", "wake")
-
-    def __init__(self, writes: list[Write]) -> None:
-        self.writes, self.wake = writes, threading.Lock()
-        self.results: Any = None
-        self.wake.acquire()
-
-
-_LEAD = object()  # a follower woken to lead the next group commit
-
-
-class GroupCommit:
-    """The one way writes reach the store: whoever has writes (the driver, a ``start()``)
-    commits them together with everything else being written at that moment. While the
-    store is unavailable it retries with backoff; nothing is failed or lost."""
-
-    def __init__(self, store: Store, stopped: threading.Event) -> None:
-        self._store, self._stopped = store, stopped  # set: give up retrying, shutdown is due
-        self._lock = threading.Lock()  # guards the queue and the leader flag
-        self._queue: list[_Pending] = []
-        self._committing = False
-        self._outage_since: float | None = None
-
-    def commit(self, writes: list[Write]) -> list[Any]:
-        """Each write's outcome: True, False (fence lost), None (applied unadmitted), or the
-        error it met."""
-        results = self._grouped(writes)
-        delay = 0.05
-        while again := [i for i, r in enumerate(results) if isinstance(r, StoreUnavailable)]:
-            if self._stopped.is_set():
-                return [_Abandon() if isinstance(r, StoreUnavailable) else r for r in results]
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                log.error("store unavailable (%s); runs wait and retry until it is back",
-                          results[again[0]])
-            if self._stopped.wait(delay):  # a shutdown need not wait out the backoff
-                continue
-            delay = min(delay * 2, 5.0)
-            for i, result in zip(again, self._grouped([writes[i] for i in again]), strict=True):
-                results[i] = result
-        if self._outage_since is not None:
-            self._outage_since = None
-            log.warning("store available again; runs resume")
-        return results
-
-    def _grouped(self, writes: list[Write]) -> list[Any]:
-        # Leader-follower: a writer that finds no commit in progress commits at once; the
-        # others queue and sleep on their own lock (no thundering herd), and when a commit
-        # ends the first of them is woken to lead the next, taking all queued by then.
-        with self._lock:
-            me = _Pending(writes) if self._committing else None
-            if me is not None:
-                self._queue.append(me)
-            self._committing = True
-        batch: list[_Pending] = []
-        if me is not None:
-            me.wake.acquire()
-            if me.results is not _LEAD:
-                return me.results  # type: ignore[no-any-return]
-            with self._lock:
-                batch, self._queue = self._queue, []
-        results = self._apply([w for p in batch for w in p.writes] if batch else writes)
-        at = 0
-        for item in batch:
-            item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
-        with self._lock:
-            if self._queue:
-                self._queue[0].results = _LEAD
-                self._queue[0].wake.release()
-            else:
-                self._committing = False
-        for item in batch:
-            if item is not me:
-                item.wake.release()
-        return results if me is None else me.results
-
-    def _apply(self, writes: list[Write]) -> list[Any]:
-        try:
-            return list(self._store.commit(writes))
-        except StoreUnavailable as exc:
-            return [exc] * len(writes)
-        except Exception as exc:
-            if len(writes) == 1:
-                return [exc]
-            # One bad write must not sink the others grouped with it: commit them one by one.
-            return [self._apply([w])[0] for w in writes]
 
 
 class Actor:
@@ -228,12 +129,10 @@ class Steps:
         self._pool = _Pool(concurrency)
         self._aloop: asyncio.AbstractEventLoop | None = None
 
-    def acquire(self, actor: Actor, effect: Acquire) -> bool:
-        return self._slot(actor, effect.position, keep=True)
-
-    def _slot(self, actor: Actor, position: int, keep: bool) -> bool:
-        """Take a slot for the step at ``position`` (kept for its next call if ``keep``; else
-        the one kept for it is used), or queue it for one: False."""
+    def acquire(self, actor: Actor, effect: Acquire | Call, keep: bool = True) -> bool:
+        """Take a slot for the step at ``effect.position`` (kept for its next call if ``keep``;
+        else the one kept for it is used), or queue it for one: False."""
+        position = effect.position
         with self._lock:
             if position in actor.held:
                 if not keep:
@@ -278,7 +177,7 @@ class Steps:
         """Run a step in a slot (the one kept for it, or a free one): inline if it is alone
         and has been quick, else on the pool or the event loop (a ``Done`` follows). With no
         slot free it is queued instead: False, and a ``Granted`` once one is kept for it."""
-        if not self._slot(actor, effect.position, keep=False):
+        if not self.acquire(actor, effect, keep=False):
             return False
         done = partial(self._done, actor, effect.position, effect.attempt)
         if _is_async(effect.fn):
@@ -383,15 +282,14 @@ class Runtime:
     def __init__(self, store: Store, owner: str, clock: Clock, concurrency: int,
                  observer: Observer | None,
                  unclaimed: Callable[[list[tuple[str, str]]], None],
-                 freed: Callable[[], None] = lambda: None) -> None:
+                 freed: Callable[[], None] = lambda: None, group: GroupCommit | None = None) -> None:
         self.store, self.owner, self.clock, self.observer = store, owner, clock, observer
         self._unclaimed = unclaimed  # told of runs left for a claim: (id, workflow or "")
         self._freed = freed  # told when a limited run stops working here: its slot is free
         self.actors: dict[str, Actor] = {}
         self.lock = threading.Lock()  # guards actors, _ready, _pending and mailboxes
         self.stopped = False
-        self._halt = threading.Event()  # set with ``stopped``: ends a commit's outage retries
-        self.group = GroupCommit(store, self._halt)
+        self.group = group or GroupCommit(store)  # shared with start(); stopped with this
         self._wake = threading.Condition(self.lock)          # the driver waits for work
         self._watchdog_cv = threading.Condition(self.lock)   # the watchdog waits for a turn
         self._ready: deque[Actor] = deque()                  # lives with work to do
@@ -581,7 +479,7 @@ class Runtime:
         elif result is None:  # not admitted: it waits in the store for a claim with a free slot
             log.debug("run %s waits for a slot of its workflow", actor.id)
             self._unclaimed([(actor.id, "")])
-        elif not isinstance(result, _Abandon):
+        elif not isinstance(result, Abandoned):
             actor.reply = result  # an error the rules handle (they block the run)
             return True
         self.forget(actor)
@@ -694,7 +592,7 @@ class Runtime:
             try:
                 return self.store.get(effect.run_id)
             except StoreUnavailable as exc:
-                if self._halt.wait(delay):
+                if self.group.stopped.wait(delay):
                     raise
                 log.warning("run %s waits for the store: %s", actor.id, exc)
                 delay = min(delay * 2, 5.0)
@@ -706,7 +604,7 @@ class Runtime:
         that are in hand need not run again). Joins them, up to ``timeout`` s."""
         with self.lock:
             self.stopped = True
-            self._halt.set()
+            self.group.stopped.set()
             self._wake.notify_all()
             self._watchdog_cv.notify()
             pending, self._pending = self._pending, []

@@ -1,0 +1,128 @@
+"""Starts that share commits: ``start_many`` on Client and Interpreter, and concurrent
+``start()`` calls from many threads, on memory, SQLite and Postgres."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PATIENCE
+from .pg import postgres_dsn
+from replaygen import Client, Do, Interpreter, MemoryStore, Store, UsageError, workflow
+from replaygen.client import START_BATCH
+from replaygen.stores.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: Any, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "runs.db")
+        yield s
+        s.close()
+    else:
+        from replaygen.stores.postgres import PostgresStore
+
+        dsn, schema = postgres_dsn(), "many_" + uuid.uuid4().hex[:10]
+        s = PostgresStore(dsn, schema=schema)
+        yield s
+        s.close()
+        PostgresStore.drop_schema(dsn, schema)
+
+
+class Counting:
+    """A store whose commits are counted (and the writes each carried); the first commit can
+    be held until released, so that other writers queue behind it."""
+
+    def __init__(self, inner: Store, hold: bool = False) -> None:
+        self.inner, self.sizes = inner, list[int]()
+        self.entered, self.release = threading.Event(), threading.Event()
+        if not hold:
+            self.release.set()
+
+    def commit(self, writes: Sequence[Any]) -> Any:
+        if not self.sizes:
+            self.entered.set()
+            assert self.release.wait(PATIENCE)
+        self.sizes.append(len(writes))
+        return self.inner.commit(writes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+@workflow
+def doubled(x: int, plus: int = 0) -> Any:
+    return (yield Do("double", double, x)) + plus
+
+
+def test_client_start_many_shares_commits_and_workers_run_every_run(store: Store) -> None:
+    counting = Counting(store)
+    client = Client(counting)  # type: ignore[arg-type]
+    calls: list[Any] = [(i,) for i in range(START_BATCH + 200)] + [{"x": 1, "plus": 5}]
+    ids = client.start_many(doubled, calls)
+    assert len(ids) == len(set(ids)) == len(calls)
+    assert counting.sizes == [START_BATCH, 201]  # one commit per START_BATCH runs
+    with Interpreter(store, [doubled]) as worker:
+        worker.recover()
+        assert [client.result(r, timeout=PATIENCE) for r in ids] == \
+            [2 * i for i in range(START_BATCH + 200)] + [7]
+
+
+def test_interpreter_start_many_runs_here_and_is_idempotent_by_run_id(store: Store) -> None:
+    with Interpreter(store, [doubled]) as worker:
+        ids = worker.start_many("doubled", [(1,), (2,), (3,)], run_ids=["a", "b", "c"])
+        assert ids == ["a", "b", "c"]
+        assert [worker.result(r, timeout=PATIENCE) for r in ids] == [2, 4, 6]
+        # The same ids and arguments again start nothing; "d" is new.
+        assert worker.start_many(doubled, [(1,), (2,), (4,)], run_ids=["a", "b", "d"]) == \
+            ["a", "b", "d"]
+        assert worker.result("d", timeout=PATIENCE) == 8
+        assert sorted(r.run_id for r in worker.runs()) == ["a", "b", "c", "d"]
+        with pytest.raises(UsageError, match=r"run 'c' already exists as doubled\(3\).*"
+                                             r"doubled\(9\)"):
+            worker.start_many(doubled, [(9,), (5,)], run_ids=["c", "e"])
+        assert worker.result("e", timeout=PATIENCE) == 10  # started with it, in its commit
+
+
+def test_start_many_refuses_bad_calls_and_run_ids_before_starting_any(store: Store) -> None:
+    client = Client(store)
+    with pytest.raises(UsageError, match="tuple of positional arguments.*got 3"):
+        client.start_many(doubled, [(1,), 3])
+    with pytest.raises(UsageError, match="run_ids must be 2 distinct ids.*got 1"):
+        client.start_many(doubled, [(1,), (2,)], run_ids=["x"])
+    with pytest.raises(UsageError, match=r"got 2 \(1 distinct\)"):
+        client.start_many(doubled, [(1,), (2,)], run_ids=["x", "x"])
+    assert client.runs() == []
+
+
+def test_concurrent_client_starts_share_a_commit(store: Store) -> None:
+    counting = Counting(store, hold=True)
+    client = Client(counting)  # type: ignore[arg-type]
+    ids: list[str] = []
+    first = threading.Thread(target=lambda: ids.append(client.start(doubled, 0)))
+    first.start()
+    assert counting.entered.wait(PATIENCE)  # the first start's commit is in progress
+    others = [threading.Thread(target=lambda i=i: ids.append(client.start(doubled, i)))
+              for i in range(1, 20)]
+    for t in others:
+        t.start()
+    group = client._group
+    while group.queued() < 19:  # each queued behind the commit in progress
+        assert first.is_alive()
+        threading.Event().wait(0.001)
+    counting.release.set()
+    for t in [first, *others]:
+        t.join(PATIENCE)
+    assert counting.sizes == [1, 19]  # twenty starts, two commits
+    assert sorted(r.run_id for r in client.runs(limit=100)) == sorted(ids)
