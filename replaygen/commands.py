@@ -9,6 +9,7 @@ interpreter executes, journals or answers them. Each can also be used with
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import typing
@@ -311,6 +312,16 @@ class Any(Command):  # noqa: A001 - the fixed name; typing.Any is spelled in ful
 
     def __iter__(self) -> Generator[Command, typing.Any, tuple[int, typing.Any]]:
         return (yield self)  # type: ignore[no-any-return]
+
+
+def child_id(parent: str, position: int) -> str:
+    """The id of the child a run starts at ``position`` (unless the command gives one)."""
+    made = f"{parent}/{position}"
+    if len(made) <= MAX_NAME:
+        return made
+    digest = hashlib.sha256(parent.encode()).hexdigest()[:16]
+    return f"{parent[:MAX_NAME - 40]}~{digest}/{position}"
+
 
 
 @dataclass(frozen=True, init=False, repr=False)

@@ -13,11 +13,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .journal import Entry, Notice, Spawn
+from .journal import Entry
 from .observe import Event, StepInfo
 
 
 # ---- effects: what a life asks of its driver ----------------------------------------------
+
+class Spawn(NamedTuple):
+    """A child run a write of its parent creates, in the same transaction."""
+
+    run_id: str
+    workflow: str
+    args: str
+
+
+class Notice(NamedTuple):
+    """A signal a write delivers to another run (a child's end, to its parent), unless that
+    run is finished or gone."""
+
+    run_id: str
+    name: str
+    payload: str
+
 
 class Save(NamedTuple):
     """Make entries and the run row durable, fenced (the fields after ``run_id, owner, fence``

@@ -29,23 +29,6 @@ class Entry(NamedTuple):  # a tuple: replay builds thousands of these from rows
     ended: float
 
 
-class Spawn(NamedTuple):
-    """A child run a write of its parent creates, in the same transaction."""
-
-    run_id: str
-    workflow: str
-    args: str
-
-
-class Notice(NamedTuple):
-    """A signal a write delivers to another run (a child's end, to its parent), unless that
-    run is finished or gone."""
-
-    run_id: str
-    name: str
-    payload: str
-
-
 class Journal:
     """A run's entries indexed by position, with version markers by change id."""
 

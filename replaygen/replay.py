@@ -1,20 +1,13 @@
 """The replay rules: a run's life as a generator that yields effects, one handler per command.
 
-A ``Life`` drives one run's workflow generator. It answers each command from the journal or
-asks for live work, and says what must become durable, as workflows do: every effect (a
-write, a step call, a timer, a read of the signal inbox) is a value yielded to whoever drives
-the life, who performs it and sends back the answer. What happens to a run from outside (a
-step ended elsewhere, a signal, a cancel, an alarm) reaches it as an event, in the answer to
-``Idle`` or to ``Save``. The runtime drives lives against a store with threads; the testing
-kit drives the same lives with a fake performer.
-
-This module holds every rule (matching, Version, retries and backoff, cancel, deadlines,
-``All`` and ``Any``, children, the end-of-run shape check, crash loops, payload limits) and
-must never import threading, asyncio or a store, nor perform I/O of its own.
-
-``RULES`` is the one table of commands: what each owns in the journal, how it is answered,
-how a run waiting on it parks, how the testing kit answers it and what lint knows of it. A new
-command is one ``Rule`` and one handler method of ``Life``.
+A ``Life`` drives one run's workflow generator: it answers each command from the journal or
+asks for live work by yielding effects (``effects.py``) that its driver performs and answers,
+as workflows yield commands: the runtime with threads and a store, the testing kit with a
+fake. What happens from outside (a step's end, a signal, a cancel, an alarm) comes back as
+events. Every rule lives here (matching, Version, retries, cancel, deadlines, ``All`` and
+``Any``, children, crash loops, payload limits); this module never imports threading, asyncio
+or a store, nor performs I/O. ``RULES`` is the one table of commands: a new command is one
+``Rule`` and one handler method of ``Life``.
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, NamedTuple
 
 from .codec import Payloads
-from .commands import MAX_NAME, RESERVED, All, Child, Command, Deadline, Do, Sleep, Version, Wait
+from .commands import RESERVED, All, Child, Command, Deadline, Do, Sleep, Version, Wait, child_id
 from .commands import Any as AnyOf
 from .errors import (
     Cancelled, CorruptRecord, DeadlineExceeded, NonDeterminismError, ReplaygenError, RunBlocked,
@@ -35,9 +28,9 @@ from .errors import (
 )
 from .effects import (
     IDLE, INBOX, WITHDRAW, Acquire, Alarm, Call, Cancel, Done, Effect, Emit, Granted, Lookup,
-    Outcome, Ring, Save, Signals, Stop,
+    Notice, Outcome, Ring, Save, Signals, Spawn, Stop,
 )
-from .journal import Entry, Journal, Notice, Spawn
+from .journal import Entry, Journal
 from .observe import Event, StepInfo
 
 log = logging.getLogger("replaygen")
@@ -70,15 +63,6 @@ class Settings(Payloads):
     closing: bool = False  # shutting down: no new live work
     verify: Callable[[Any], None] | None = None  # always_replay: shadow.compare after a step
     limits: Mapping[str, int] = field(default_factory=dict)  # slots per workflow, store-wide
-
-
-def child_id(parent: str, position: int) -> str:
-    """The id of the child a run starts at ``position`` (unless the command gives one)."""
-    made = f"{parent}/{position}"
-    if len(made) <= MAX_NAME:
-        return made
-    digest = hashlib.sha256(parent.encode()).hexdigest()[:16]
-    return f"{parent[:MAX_NAME - 40]}~{digest}/{position}"
 
 
 class Member:
@@ -712,20 +696,15 @@ class Life:
 
     def _ended(self, m: Member, attempt: int, outcome: Outcome,
                retry: bool = True) -> Generator[Effect, Any, Entry | None]:
-        """A try of a step ended: tell the observer (before it is durable), then stage it."""
-        if self.settings.observed:
-            yield from self._emit("step_returned", step=m.cmd.name, position=m.position,  # type: ignore[attr-defined]
-                                  attempt=attempt,
-                                  duration=self.settings.now() - outcome.started,
-                                  error=outcome.error and repr(outcome.error))
-        return self._step_done(m, attempt, outcome, retry)
-
-    def _step_done(self, m: Member, attempt: int, outcome: Outcome,
-                   retry: bool = True) -> Entry | None:
-        """Stage a try's outcome: the final entry (returned), or a retry entry when another
-        try is due (None). ``retry`` False: a step whose yield was answered without it."""
+        """A try of a step ended: tell the observer (before it is durable), then stage the
+        final entry (returned), or a retry entry when another try is due (None). ``retry``
+        False: a step whose yield was answered without it."""
         cmd, settings = m.cmd, self.settings
         assert isinstance(cmd, Do)
+        if settings.observed:
+            yield from self._emit("step_returned", step=cmd.name, position=m.position,
+                                  attempt=attempt, duration=settings.now() - outcome.started,
+                                  error=outcome.error and repr(outcome.error))
         m.running = False
         if outcome.interrupt is not None:
             raise Interrupted(outcome.interrupt)
@@ -894,6 +873,8 @@ class Rule(NamedTuple):
 
 def _blank(cmd: Any) -> str:
     return ""
+
+
 
 
 RULES: dict[type, Rule] = {

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from .errors import ReplaygenError, RunFinished, RunNotFound
-from .journal import Entry, Notice, Spawn
+from .effects import Notice, Spawn
+from .journal import Entry
 
 __all__ = ["ACTIVE", "CLOSED", "FINISHED", "PURGED", "STATES", "WORKING", "Claim", "Entry",
            "MemoryStore", "Notice", "RunRecord", "Signal", "Spawn", "Store", "Worker", "Write",

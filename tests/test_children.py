@@ -13,7 +13,7 @@ from replaygen import (
     All, Cancelled, Child, ChildFailed, Client, Do, Interpreter, MemoryStore, StepFailed, UsageError,
     Wait, WorkflowFailed,
 )
-from replaygen.replay import child_id
+from replaygen.commands import child_id
 from replaygen.store import Write
 from replaygen.stores.conformance import create  # noqa: E402
 
