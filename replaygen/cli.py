@@ -6,16 +6,15 @@
     replaygen purge --older-than 30d        replaygen fork RUN_ID charge
     replaygen worker myapp.flows            (serve until SIGINT/SIGTERM, then park every run)
 
-The store comes from ``--store`` or ``$REPLAYGEN_STORE`` (``--schema`` or ``?schema=``
-for a Postgres schema). Only the worker creates a store; the commands that only read
-(``READ_ONLY``) open it read-only, the others need one that exists, and none of them writes
-into a file that holds no store. This module only uses the store's public operations and the
-Interpreter: it must never change a run in a way the engine could not (no editing
-journals, no forcing states). Every failure, a ``resume`` that leaves the run blocked
-included, is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1`` shows the
-traceback; argparse's usage errors exit 2). Ids and names are printed with control
-characters escaped; ``--json`` is exact. A worker whose store is down at start waits
-for it.
+The store comes from ``--store`` or ``$REPLAYGEN_STORE`` (``--schema`` or ``?schema=`` for a
+Postgres schema). Only the worker creates a store; the commands that only read
+(``READ_ONLY``, and ``purge --dry-run``) open it read-only, the others need one that exists,
+and none of them writes into a file that holds no store. This module only uses the store's
+public operations and the Interpreter: it must never change a run in a way the engine could
+not (no editing journals, no forcing states). Every failure, a ``resume`` that leaves the
+run blocked included, is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1`` shows
+the traceback; argparse's usage errors exit 2). Ids and names are printed with control
+characters escaped; ``--json`` is exact. A worker whose store is down at start waits for it.
 """
 
 from __future__ import annotations
