@@ -912,6 +912,22 @@ def _add_service_commands(add: Callable[[str, Any, str], argparse.ArgumentParser
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_reading_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """runs and show: what is in the store."""
+    runs = sp = add("runs", cmd_runs, "list runs, newest first")
+    sp.add_argument("--state", action="append", help="only these states (repeat, or a,b); "
+                    "purged lists the tombstones, which are otherwise left out")
+    sp.add_argument("--workflow", help="only runs of this workflow")
+    sp.add_argument("--parent", metavar="RUN_ID", help="only the children of this run")
+    sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
+    sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
+    sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
+    sp.add_argument("run_id")
+    for listing in (runs, sp):
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
+        listing.add_argument("--full", action="store_true", help="do not truncate values")
+
+
 def _add_ops_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
     """purge and fork: operating a store over time (SPEC 13)."""
     sp = add("purge", cmd_purge, "delete finished runs that ended long ago, leaving tombstones "
@@ -947,18 +963,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    sp = add("runs", cmd_runs, "list runs, newest first")
-    sp.add_argument("--state", action="append", help="only these states (repeat, or a,b); "
-                    "purged lists the tombstones, which are otherwise left out")
-    sp.add_argument("--workflow", help="only runs of this workflow")
-    sp.add_argument("--parent", metavar="RUN_ID", help="only the children of this run")
-    sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
-    sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
-    sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
-    sp.add_argument("run_id")
-    for listing in (sub.choices["runs"], sp):
-        listing.add_argument("--json", action="store_true", help="machine-readable output")
-        listing.add_argument("--full", action="store_true", help="do not truncate values")
+    _add_reading_commands(add)
     sp = add("signal", cmd_signal, "queue a signal for a run")
     sp.add_argument("run_id")
     sp.add_argument("name")
