@@ -3,18 +3,18 @@
     replaygen --store sqlite:///runs.db runs --state blocked
     replaygen show RUN_ID [--full]          replaygen signal RUN_ID NAME '{"ok": true}'
     replaygen cancel RUN_ID                 replaygen resume RUN_ID --app myapp.flows
+    replaygen purge --older-than 30d        replaygen fork RUN_ID charge
     replaygen worker myapp.flows            (serve until SIGINT/SIGTERM, then park every run)
 
-The store comes from ``--store`` or ``$REPLAYGEN_STORE`` (``--schema`` or ``?schema=``
-for a Postgres schema). Only the worker creates a store; the commands that only read
-(``READ_ONLY``) open it read-only, the others need one that exists, and none of them writes
-into a file that holds no store. This module only uses the store's public operations and the
-Interpreter: it must never change a run in a way the engine could not (no editing
-journals, no forcing states). Every failure, a ``resume`` that leaves the run blocked
-included, is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1`` shows the
-traceback; argparse's usage errors exit 2). Ids and names are printed with control
-characters escaped; ``--json`` is exact. A worker whose store is down at start waits
-for it.
+The store comes from ``--store`` or ``$REPLAYGEN_STORE`` (``--schema`` or ``?schema=`` for a
+Postgres schema). Only the worker creates a store; the commands that only read
+(``READ_ONLY``, and ``purge --dry-run``) open it read-only, the others need one that exists,
+and none of them writes into a file that holds no store. This module only uses the store's
+public operations and the Interpreter: it must never change a run in a way the engine could
+not (no editing journals, no forcing states). Every failure, a ``resume`` that leaves the
+run blocked included, is one line on stderr and exit status 1 (``REPLAYGEN_DEBUG=1`` shows
+the traceback; argparse's usage errors exit 2). Ids and names are printed with control
+characters escaped; ``--json`` is exact. A worker whose store is down at start waits for it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from ._identity import is_dead
 from .codec import JSONCodec
@@ -48,7 +48,7 @@ from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
 from .loader import load
 from .registry import table
 from .replay import CHILD_SIGNAL
-from .store import ACTIVE, FINISHED, STATES, Entry, RunRecord, Store
+from .store import ACTIVE, FINISHED, PURGED, STATES, Entry, RunRecord, Store
 
 ENV = "REPLAYGEN_STORE"
 READ_ONLY = frozenset({"runs", "show", "check", "export", "versions"})
@@ -287,6 +287,8 @@ def _outcome(e: Entry, full: bool) -> str:
         return f"started child {_safe(str(_decode(e.value)))}"
     if e.kind == "woke":
         return "slept to the end (first of the Any)"
+    if e.kind == "group":
+        return _group(e)
     if e.status == "timeout":
         return "timed out"
     if e.status == "cancelled":
@@ -316,6 +318,12 @@ def _awaited(waiting_for: str | None) -> str:
     parts = (waiting_for or "").split(",")
     return ", ".join(f"child {_safe(p[len(CHILD_SIGNAL):])}" if p.startswith(CHILD_SIGNAL)
                      else f"signal {_safe(p)}" for p in parts)
+
+
+def _group(e: Entry) -> str:
+    """Where an All or Any of 2+ members began, in words: ``all of 3``, ``any of 2``."""
+    size = _decode(e.value)
+    return _safe(f"{e.name} of {size}" if isinstance(size, int) else f"{e.name} of {e.value!r}")
 
 
 _COMMAND = {"retry": "do", "timer": "wait", "woke": "sleep", "spawn": "child"}
@@ -394,8 +402,8 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
                        f"--offset {a.offset}")
     states = [s for v in a.state or () for s in v.split(",") if s] or None
     for s in states or ():
-        if s not in STATES:
-            raise CLIError(f"unknown state {s!r}; states are {', '.join(STATES)}")
+        if s not in (*STATES, PURGED):  # purged: the tombstones, listed only when asked for
+            raise CLIError(f"unknown state {s!r}; states are {', '.join(STATES)} and {PURGED}")
     runs = store.runs(states=states, workflow=a.workflow, parent=a.parent, limit=a.limit,
                       offset=a.offset)
     tails = {r.run_id: next(reversed(store.journal(r.run_id)), None) for r in runs}
@@ -407,8 +415,8 @@ def cmd_runs(store: Store, a: argparse.Namespace) -> int:
     now, rows = time.time(), []
     for r in runs:
         t = tails[r.run_id]
-        step = f"#{t.position} {_COMMAND.get(t.kind, t.kind)}" + (
-            f" {t.name}" if t.name else "") if t else "-"
+        step = "-" if t is None else f"#{t.position} {_group(t)}" if t.kind == "group" else \
+            f"#{t.position} {_COMMAND.get(t.kind, t.kind)}" + (f" {t.name}" if t.name else "")
         state = r.state + (f" ({note})" if (note := _unserved(live, r)) else "")
         rows.append((r.run_id, state, r.workflow, _span(now - r.created), step,
                      _cut(_detail(r), a.full)))
@@ -437,34 +445,13 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
                           "signals": [{**dataclasses.asdict(s), "payload": _decode(s.payload)}
                                       for s in signals]}, indent=2, ensure_ascii=False))
         return 0
-    unowned = "none: the next worker that knows its workflow takes it" if r.state in ACTIVE else "-"
-    head = [("run", _safe(r.run_id)), ("workflow", _safe(r.workflow)),
-            ("state", r.state + (" (cancel requested)" if r.cancel_requested else "")),
-            ("owner", _safe(r.owner) if r.owner else unowned), ("created", _when(r.created)),
-            ("updated", _when(r.updated)), ("args", _cut(json.dumps(_arguments(r.args)), a.full))]
-    if r.wake_at is not None:
-        head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
-    if r.waiting_for:
-        head.append(("waiting for", _awaited(r.waiting_for)))
-    if note := _unserved(live, r):
-        head.append(("note", _safe(f"{note}: it waits until a worker that serves it starts")))
-    if r.parent is not None:
-        head.append(("parent", _safe(r.parent)))
-    if children:
-        shown = ", ".join(_safe(c) for c in children[:10])
-        more = f" and {len(children) - 10} more (replaygen runs --parent)" if len(children) > 10 else ""
-        head.append(("children", f"{len(children)}: {shown}{more}"))
-    if r.resumes:
-        head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
-    if r.result is not None:
-        head.append(("result", _cut(r.result, a.full)))
-    if r.error:  # never truncated: for a blocked run this is the non-determinism diff
-        head.append(("blocked" if r.state == "blocked" else "error", _error(r.error, a.full)))
-    head.append(("signals", f"{len(signals)} queued" if signals else "none queued"))
-    for key, value in head:
+    for key, value in _show_head(r, live, children, len(signals), a.full):
         print(f"{key + ':':<13}{value}")
     for s in signals:
         print(f"  #{s.id} {s.name!r} sent {_ts(s.sent)}: {_cut(s.payload, a.full)}")
+    if r.state == PURGED:  # a tombstone: say why there is nothing to list
+        print("\njournal: purged (a purged run keeps no journal, result or signals)")
+        return 0
     print(f"\njournal ({_count(len(journal), 'entry', 'entries')}):" if journal else
           "\njournal: empty")
     if journal:
@@ -475,6 +462,43 @@ def cmd_show(store: Store, a: argparse.Namespace) -> int:
         if e.status == "error" and (tb := _traceback(e.value)):
             print(f"\ntraceback of #{e.position} {_safe(e.name)}, seq {e.seq} ({_try(e)}):\n{tb}")
     return 0
+
+
+def _show_head(r: RunRecord, live: _Live | None, children: list[str], signals: int,
+               full: bool) -> list[tuple[str, str]]:
+    """The lines above ``show``'s journal, as (label, value): the run, where it is parked
+    or why it ended, its family, and how many signals wait for it."""
+    unowned = "none: the next worker that knows its workflow takes it" if r.state in ACTIVE else "-"
+    purged = r.state == PURGED  # its arguments are kept as a hash only
+    head = [("run", _safe(r.run_id)), ("workflow", _safe(r.workflow)),
+            ("state", r.state + (" (cancel requested)" if r.cancel_requested else "")),
+            ("owner", _safe(r.owner) if r.owner else unowned), ("created", _when(r.created)),
+            ("updated", _when(r.updated)),
+            ("args", f"kept as a hash only ({_cut(r.args, full)})" if purged
+             else _cut(json.dumps(_arguments(r.args)), full))]
+    if r.wake_at is not None:
+        head.append(("times out" if r.state == "waiting" else "wakes at", _when(r.wake_at)))
+    if r.waiting_for:
+        head.append(("waiting for", _awaited(r.waiting_for)))
+    if note := _unserved(live, r):
+        head.append(("note", _safe(f"{note}: it waits until a worker that serves it starts")))
+    if r.parent is not None:
+        head.append(("parent", _safe(r.parent)))
+    if r.forked_from is not None:
+        head.append(("forked from", _safe(r.forked_from)))
+    if children:
+        shown = ", ".join(_safe(c) for c in children[:10])
+        more = f" and {len(children) - 10} more (replaygen runs --parent)" if len(children) > 10 else ""
+        head.append(("children", f"{len(children)}: {shown}{more}"))
+    if r.resumes:
+        head.append(("resumes", f"{r.resumes} without progress (a crash loop blocks the run)"))
+    if r.result is not None:
+        head.append(("result", _cut(r.result, full)))
+    if r.error:  # never truncated: for a blocked run this is the non-determinism diff
+        label = {"blocked": "blocked", PURGED: "purged"}.get(r.state, "error")
+        head.append((label, _error(r.error, full)))
+    head.append(("signals", f"{signals} queued" if signals else "none queued"))
+    return head
 
 
 def _try(e: Entry) -> str:
@@ -563,6 +587,79 @@ def cmd_terminate(store: Store, a: argparse.Namespace) -> int:
         print(f"run {_safe(repr(a.run_id))} is already {before.state}; nothing changed")
     else:
         print(f"run {_safe(repr(a.run_id))} terminated ({before.state} -> {status.state})")
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+class Duration(NamedTuple):
+    """A duration as given on the command line, and in seconds."""
+
+    text: str
+    seconds: float
+
+
+def duration(text: str) -> Duration:
+    """``30d``, ``12h``, ``90m``, ``45s`` (a number, then its unit); argparse reports
+    anything else as a usage error, in these words."""
+    found = _DURATION.fullmatch(text.strip())
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give a number and a unit s, m, h or d (e.g. 30d, 12h)")
+    return Duration(text.strip(), float(found.group(1)) * _UNITS[found.group(2)])
+
+
+def finished_states(text: str) -> list[str]:
+    """One ``purge --state`` value (``failed`` or ``failed,cancelled``), each a finished
+    state: the engine never purges an unfinished or blocked run."""
+    states = [s for s in text.split(",") if s]
+    for s in states:
+        if s not in STATES:
+            raise argparse.ArgumentTypeError(f"unknown state {s!r}; states are {', '.join(STATES)}")
+        if s not in FINISHED:
+            raise argparse.ArgumentTypeError(f"a {s} run is never purged: give finished states "
+                                             f"({', '.join(FINISHED)})")
+    return states
+
+
+def _purgeable(store: Store, states: Sequence[str], before: float) -> int:
+    """How many runs ``purge`` would take now: in ``states`` and last updated (finished)
+    before ``before``, the store's own criteria, read a page at a time."""
+    found = offset = 0
+    while page := store.runs(states=states, limit=1000, offset=offset):
+        found += sum(r.updated < before for r in page)
+        offset += len(page)
+    return found
+
+
+def cmd_purge(store: Store, a: argparse.Namespace) -> int:
+    """Purge (or with --dry-run count) the finished runs older than --older-than."""
+    states = list(dict.fromkeys(s for v in a.state or () for s in v)) or list(FINISHED)
+    named = ", ".join(states[:-1]) + " or " + states[-1] if len(states) > 1 else states[0]
+    which = f"{named} runs that ended more than {a.older_than.text} ago"
+    if a.dry_run:  # a read: the store is open read-only, so nothing can change
+        n = _purgeable(store, states, time.time() - a.older_than.seconds)
+        print(f"would purge {_count(n, 'run')} ({which}); nothing was deleted")
+        return 0
+    n = Client(store).purge(a.older_than.seconds, states=states)
+    print(f"purged {_count(n, 'run')} ({which}); each leaves a tombstone (state {PURGED})")
+    return 0
+
+
+def cmd_fork(store: Store, a: argparse.Namespace) -> int:
+    """Fork a run from a step (``Client.fork``) and print the new run's id."""
+    # All digits is a position (Client.fork takes an int as one); --by-name for a step so named.
+    digits = a.from_step.isascii() and a.from_step.isdigit()
+    point: str | int = int(a.from_step) if digits and not a.by_name else a.from_step
+    with _existing(a.source):
+        run_id = Client(store).fork(a.source, point, run_id=a.run_id)
+    workflow = get_run(store, run_id).workflow
+    if (why := _no_server(_live(store), workflow)) is not None:  # a worker may come later
+        print(_safe(f"replaygen: warning: {why}; the run waits for one that does"),
+              file=sys.stderr)
+    print(_safe(run_id))
     return 0
 
 
@@ -815,6 +912,43 @@ def _add_service_commands(add: Callable[[str, Any, str], argparse.ArgumentParser
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_reading_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """runs and show: what is in the store."""
+    runs = sp = add("runs", cmd_runs, "list runs, newest first")
+    sp.add_argument("--state", action="append", help="only these states (repeat, or a,b); "
+                    "purged lists the tombstones, which are otherwise left out")
+    sp.add_argument("--workflow", help="only runs of this workflow")
+    sp.add_argument("--parent", metavar="RUN_ID", help="only the children of this run")
+    sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
+    sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
+    sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
+    sp.add_argument("run_id")
+    for listing in (runs, sp):
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
+        listing.add_argument("--full", action="store_true", help="do not truncate values")
+
+
+def _add_ops_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """purge and fork: operating a store over time (SPEC 13)."""
+    sp = add("purge", cmd_purge, "delete finished runs that ended long ago, leaving tombstones "
+                                 "(never an unfinished or blocked run)")
+    sp.add_argument("--older-than", required=True, type=duration, metavar="DURATION",
+                    help="runs that finished more than this long ago: a number and a unit "
+                         "s, m, h or d (e.g. 30d, 12h)")
+    sp.add_argument("--state", action="append", type=finished_states, help="only runs in these "
+                    "finished states (repeat, or a,b; default: completed, failed, cancelled)")
+    sp.add_argument("--dry-run", action="store_true", help="count what would be purged and "
+                    "delete nothing (the store is opened read-only)")
+    sp = add("fork", cmd_fork, "start a new run from a finished or blocked run's journal up to "
+                               "a step: the steps before it are not run again")
+    sp.add_argument("source", metavar="RUN_ID", help="the run to copy (finished or blocked)")
+    sp.add_argument("from_step", metavar="FROM_STEP", help="the step to run again and go on "
+                    "from: its name (its first try), or its position if all digits")
+    sp.add_argument("--run-id", help="the new run's id (default: a new one)")
+    sp.add_argument("--by-name", action="store_true", help="FROM_STEP is a step's name even if "
+                                                           "it is all digits")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
@@ -829,17 +963,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    sp = add("runs", cmd_runs, "list runs, newest first")
-    sp.add_argument("--state", action="append", help="only these states (repeat, or a,b)")
-    sp.add_argument("--workflow", help="only runs of this workflow")
-    sp.add_argument("--parent", metavar="RUN_ID", help="only the children of this run")
-    sp.add_argument("--limit", type=int, default=50, help="at most this many runs (default: 50)")
-    sp.add_argument("--offset", type=int, default=0, help="skip this many of the newest runs")
-    sp = add("show", cmd_show, "a run, where it is parked or why it is blocked, and its journal")
-    sp.add_argument("run_id")
-    for listing in (sub.choices["runs"], sp):
-        listing.add_argument("--json", action="store_true", help="machine-readable output")
-        listing.add_argument("--full", action="store_true", help="do not truncate values")
+    _add_reading_commands(add)
     sp = add("signal", cmd_signal, "queue a signal for a run")
     sp.add_argument("run_id")
     sp.add_argument("name")
@@ -864,6 +988,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", type=float, default=30.0, help="seconds steps get to finish")
     sp.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
     _add_service_commands(add)
+    _add_ops_commands(add)
     _add_ui_command(add)
     sp = add("schedules", cmd_schedules, "list schedules: settings, next tick, last tick fired")
     sp.add_argument("module", nargs="?", metavar="MODULE[:ATTR]", help="ATTR (default: "
@@ -892,7 +1017,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.make = load_app(a.app)
         if a.command == "worker":  # opens the store itself: it waits for one that is down
             return cmd_worker(a)
-        store = open_store(a.store, schema=a.schema, mode="ro" if a.command in READ_ONLY else "rw")
+        reads = a.command in READ_ONLY or getattr(a, "dry_run", False)  # purge --dry-run too
+        store = open_store(a.store, schema=a.schema, mode="ro" if reads else "rw")
         try:
             return int(a.func(store, a))
         finally:

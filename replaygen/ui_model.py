@@ -8,7 +8,8 @@ limit); escaping them for display is the page's job, which sets them as text onl
 
 Big stores stay fast through the protocol's grouped reads: ``counts()`` (runs per workflow
 and state) and ``last_entries(run_ids)`` (each run's last journal entry); ``workers()`` tells
-each live worker's workflows and lease. ``forked_from`` is shown when a run has it.
+each live worker's workflows and lease. ``forked_from`` is shown when a run has it. A purged
+run's tombstone (state ``purged``) is listed only when asked for by state, and counted apart.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import replay as _replay
 from .errors import RunNotFound, UsageError
-from .store import ACTIVE, STATES, Entry, RunRecord, Store
+from .store import ACTIVE, PURGED, STATES, Entry, RunRecord, Store
 
 CUT = 2_000
 """Characters of a value sent with a page; the rest is fetched on demand ("show all")."""
@@ -168,8 +169,9 @@ class View:
         with exactly that id (the other filters then do not apply)."""
         p, s = _page_of(page, size, "runs")
         for state in states or ():
-            if state not in STATES:
-                raise UsageError(f"unknown state {state!r}; states are {', '.join(STATES)}")
+            if state not in (*STATES, PURGED):  # purged: the tombstones, only when asked for
+                raise UsageError(f"unknown state {state!r}; states are {', '.join(STATES)} "
+                                 f"and {PURGED}")
         if parent and not self.by_parent:
             raise UsageError("this store cannot list runs by parent (its replaygen has no child "
                              "workflows yet)")
@@ -184,11 +186,15 @@ class View:
         counts = self.run_counts()
         by_state = {st: sum(n for (wf, st2), n in counts.items() if st2 == st and (
             not workflow or wf == workflow)) for st in STATES}
+        purged = sum(n for (wf, st), n in counts.items() if st == PURGED and (
+            not workflow or wf == workflow))
         total = None if (parent or run_id) else sum(
-            n for st, n in by_state.items() if not states or st in states)
+            n for st, n in {**by_state, PURGED: purged}.items()
+            if (st in states if states else st != PURGED))
         live = self.live()
         return {"runs": self._rows(found, live), "page": p, "size": s, "more": more,
-                "total": total, "counts": by_state, "workflows": sorted({wf for wf, _ in counts}),
+                "total": total, "counts": by_state, "purged": purged,
+                "workflows": sorted({wf for wf, _ in counts}),
                 "by_parent": self.by_parent, "now": time.time()}
 
     def _rows(self, records: Sequence[RunRecord], live: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -287,6 +293,7 @@ class View:
             "result": None if r.result is None else shown(decode(r.result)), "error": error,
             "crash_loop": error is not None and error["type"] == "RunBlocked",
             "parent": getattr(r, "parent", None), "forked_from": getattr(r, "forked_from", None),
+            "purged": _purged(r),
             "unserved": unserved(live, r), "served_by": served_by(live, r.workflow),
         }
 
@@ -345,7 +352,8 @@ class View:
                           for wf in sorted(workflows)],
             "workers": [{"owner": owner, **owner_parts(owner), "workflows": names,
                          "lease_until": until.get(owner)} for owner, names in sorted(live.items())],
-            "workers_known": True, "states": list(STATES), "now": time.time(),
+            "workers_known": True, "states": list(STATES),
+            "purged": any(st == PURGED for _, st in counts), "now": time.time(),
         }
 
     def versions(self, census: Callable[[Store], dict[str, dict[int | None, int]]]) -> dict[str, Any]:
@@ -363,6 +371,16 @@ class View:
                         branches.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]}
                             for change, branches in c.counts.items()],
                 "at": c.at, "took": c.took, "ttl": CENSUS_TTL}
+
+
+def _purged(r: RunRecord) -> dict[str, Any] | None:
+    """What a purged run's tombstone tells (None for another run): the state it had ended
+    in, and the tombstone's message (when it was purged)."""
+    if r.state != PURGED:
+        return None
+    info = decode(r.error)
+    info = info if isinstance(info, dict) else {}
+    return {"had": info.get("state"), "message": str(info.get("message", ""))}
 
 
 def _error_part(info: Any, what: str) -> Any:
@@ -484,6 +502,12 @@ def _describe_version(item: dict[str, Any], entries: list[Entry]) -> None:
     item["version"] = decode(entries[0][5])
 
 
+def _describe_group(item: dict[str, Any], entries: list[Entry]) -> None:
+    """Where an All or Any of 2+ members began: which (``all`` or ``any``) and how many."""
+    item["group"] = entries[0][3]
+    item["members"] = decode(entries[0][5])
+
+
 def _describe_mark(item: dict[str, Any], entries: list[Entry]) -> None:
     """A cancel (``status`` "deadline": a deadline struck) or a deadline journaled."""
     if entries[0][2] == "deadline":
@@ -493,7 +517,7 @@ def _describe_mark(item: dict[str, Any], entries: list[Entry]) -> None:
 _DESCRIBE: dict[str, Callable[[dict[str, Any], list[Entry]], None]] = {
     "do": _describe_do, "sleep": _describe_sleep, "wait": _describe_wait,
     "child": _describe_child, "version": _describe_version, "cancel": _describe_mark,
-    "deadline": _describe_mark,
+    "deadline": _describe_mark, "group": _describe_group,
 }
 
 __all__ = ["View", "describe", "timeline"]

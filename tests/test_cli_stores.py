@@ -24,9 +24,11 @@ from .pg import postgres_dsn
 from .test_cli import cli, db, fails_in_one_line, home, runs  # noqa: F401
 
 READING = [("runs",), ("runs", "--json"), ("show", "wait-1"), ("show", "wait-1", "--full"),
-           ("versions",), ("export", "wait-1"), ("check", "app")]
+           ("versions",), ("export", "wait-1"), ("check", "app"),
+           ("purge", "--older-than", "0s", "--dry-run")]
 WRITING = [("signal", "wait-1", "go"), ("cancel", "wait-1"), ("terminate", "wait-1"),
-           ("start", "flow", "[1]"), ("resume", "wait-1", "--app", "app")]
+           ("start", "flow", "[1]"), ("resume", "wait-1", "--app", "app"),
+           ("purge", "--older-than", "1d"), ("fork", "done-1", "0")]
 
 
 def fingerprint(path: Path) -> tuple[str, int, list[str]]:

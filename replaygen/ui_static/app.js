@@ -11,6 +11,7 @@
   const REFRESH_MS = 5000;
   const STATES = ["pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "blocked"];
   const UNFINISHED = new Set(["pending", "running", "sleeping", "waiting", "blocked"]);
+  const PURGED = "purged";  // a tombstone's state: outside STATES, listed only when asked for
 
   // ---- building the page: text only -----------------------------------------------------
 
@@ -62,7 +63,7 @@
   const runLink = (id) => el("a", { href: runHref(id), className: "runid" }, textNodes(id, false));
 
   function pill(state) {
-    const known = STATES.includes(state) ? state : "other";
+    const known = STATES.includes(state) || state === PURGED ? state : "other";
     return el("span", { className: "pill s-" + known }, el("span", { className: "dot" }), txt(state));
   }
 
@@ -242,7 +243,11 @@
       STATES.map((s) => el("button", {
         type: "button", className: "chip s-" + s + (chosen.has(s) ? " on" : ""),
         on: { click: () => go({ state: chosen.has(s) && chosen.size === 1 ? "" : s }) },
-      }, el("span", { className: "dot" }), s, el("span", { className: "n" }, fmtInt(data.counts[s] || 0)))));
+      }, el("span", { className: "dot" }), s, el("span", { className: "n" }, fmtInt(data.counts[s] || 0)))),
+      data.purged || chosen.has(PURGED) ? el("button", {
+        type: "button", className: "chip s-purged" + (chosen.has(PURGED) ? " on" : ""), title: "tombstones of purged runs (not in All)",
+        on: { click: () => go({ state: chosen.has(PURGED) && chosen.size === 1 ? "" : PURGED }) },
+      }, el("span", { className: "dot" }), PURGED, el("span", { className: "n" }, fmtInt(data.purged || 0))) : null);
     const workflow = el("select", { on: { change: (ev) => go({ workflow: ev.target.value }) } },
       el("option", { value: "" }, "every workflow"),
       data.workflows.map((w) => el("option", { value: w, selected: w === filter.workflow }, textNodes(w, false))));
@@ -329,7 +334,8 @@
         r.cancel_requested && UNFINISHED.has(r.state) ? el("span", { className: "note" }, "cancel requested") : null,
         el("span", { className: "updated" }, "updated " + fmtTime(data.now))),
     ];
-    if (r.state === "blocked" && r.error) parts.push(blockedBox(data, r, fetchValue, state));
+    if (r.purged) parts.push(purgedBox(r));
+    else if (r.state === "blocked" && r.error) parts.push(blockedBox(data, r, fetchValue, state));
     else if (r.error) parts.push(el("div", { className: "callout " + (r.state === "failed" ? "failed" : "cancelled") },
       el("h2", {}, r.state === "failed" ? "Failed" : "Ended with"), errorBlock(r.error, fetchValue("traceback"), fetchValue("error"))));
     parts.push(factsPanel(data, r));
@@ -342,6 +348,14 @@
     if (r.result && data.signals.length) parts.push(el("div", { className: "panel" }, el("div", { className: "panel-head" }, el("h2", {}, "Signals queued")), el("div", { className: "panel-body" }, signalsList(data, fetchValue))));
     parts.push(timelinePanel(data, id, state, fetchValue));
     document.getElementById("app").replaceChildren(...parts);
+  }
+
+  function purgedBox(r) {
+    return el("div", { className: "callout cancelled purged" },
+      el("h2", {}, "Purged"),
+      el("div", {}, "This run was purged" + (r.purged.had ? " (it had " + r.purged.had + ")" : "") +
+        ": its journal, result and signals are no longer kept; its arguments are kept as a hash only, so starting it again with the same workflow and arguments starts nothing."),
+      el("div", { className: "muted" }, txt(r.purged.message)));
   }
 
   function blockedBox(data, r, fetchValue, state) {
@@ -414,7 +428,8 @@
         el("button", { type: "button", disabled: data.page >= data.pages - 1, on: { click: () => gotoPage(state, data.page + 1) } }, "Later ›"),
         el("button", { type: "button", disabled: data.page >= data.pages - 1, on: { click: () => gotoPage(state, data.pages - 1) } }, "Last »")));
     }
-    if (!data.timeline.length) return el("div", { className: "panel" }, head, el("div", { className: "empty" }, "The journal is empty: the run has not taken a step yet."));
+    if (!data.timeline.length) return el("div", { className: "panel" }, head, el("div", { className: "empty" },
+      data.run.purged ? "The run was purged: its journal is no longer kept." : "The journal is empty: the run has not taken a step yet."));
     const span = Math.max(1e-6, (data.ended || data.now) - (data.started || data.now));
     const rows = data.timeline.map((it) => timelineRow(it, data, span, fetchValue, state));
     const table = el("table", { className: "tl" },
@@ -466,6 +481,11 @@
         return [el("span", { className: "bad" }, it.status === "deadline" ? "DeadlineExceeded raised here" : "Cancelled raised here")];
       case "deadline":
         return ["run must end by " + fmtTime(it.until)];
+      case "group": {  // where an All or Any of 2+ members began
+        const n = Number(it.members);
+        const words = txt(it.group + " of " + it.members);
+        return Number.isInteger(n) && n > 1 ? [words, el("span", { className: "muted" }, " (positions " + it.position + " to " + (it.position + n - 1) + ")")] : [words];
+      }
       case "child": {
         const child = it.child ? ["child ", runLink(it.child), " "] : [];
         if (it.error) return [child, errorBlock(it.error, errorFetch(it.error_seq), fetchValue("entry", it.error_seq))];
@@ -565,12 +585,13 @@
   }
 
   function drawWorkflows(data) {
-    const head = el("tr", {}, el("th", {}, "Workflow"), STATES.map((s) => el("th", { className: "num" }, s)), el("th", { className: "num" }, "total"), el("th", {}, "Live worker"));
+    const shownStates = data.purged ? STATES.concat([PURGED]) : STATES;  // tombstones: their own column
+    const head = el("tr", {}, el("th", {}, "Workflow"), shownStates.map((s) => el("th", { className: "num" }, s)), el("th", { className: "num", title: "runs, tombstones of purged runs left out" }, "total"), el("th", {}, "Live worker"));
     const rows = data.workflows.map((w) => el("tr", {},
       el("td", {}, el("a", { href: "/?workflow=" + encodeURIComponent(w.workflow) }, textNodes(w.workflow, false))),
-      STATES.map((s) => el("td", { className: "num" }, w.counts[s]
+      shownStates.map((s) => el("td", { className: "num" }, w.counts[s]
         ? el("a", { href: "/?workflow=" + encodeURIComponent(w.workflow) + "&state=" + s }, fmtInt(w.counts[s])) : el("span", { className: "faint" }, "·"))),
-      el("td", { className: "num" }, fmtInt(Object.values(w.counts).reduce((a, b) => a + b, 0))),
+      el("td", { className: "num" }, fmtInt(STATES.reduce((a, s) => a + (w.counts[s] || 0), 0))),
       el("td", {}, w.served ? el("span", { className: "pill s-completed" }, "serving") : el("span", { className: "note" }, data.workers_known ? "none" : "unknown"))));
     const workers = data.workers.length ? el("table", {}, el("thead", {}, el("tr", {}, ["Worker", "Host", "Pid", "Workflows it serves", "Lease until"].map((h) => el("th", {}, h)))),
       el("tbody", {}, data.workers.map((w) => el("tr", {},
