@@ -2,7 +2,7 @@
 
     python tests/bench/bench_replaygen.py '<json config>'
 
-Config keys: ``mode`` (floor, w1, w2, w3-crash, w3-resume, w4-crash, w4-recover, w5),
+Config keys: ``mode`` (floor, w1, w2, w3-crash, w3-resume, w4-crash, w4-recover, w5, w6),
 ``store`` (sqlite-full, sqlite-normal, postgres), ``path`` (SQLite file), ``dsn`` and
 ``schema`` (Postgres), plus the mode's own parameters. The measurement is printed as one
 line ``RESULT {json}`` on stdout; crash modes end by SIGKILLing their own process.
@@ -428,7 +428,42 @@ def mode_children(cfg: dict[str, Any]) -> None:
     emit(**out)
 
 
-MODES = {"floor": mode_floor, "w1": mode_w1, "w2": mode_w2, "w3-crash": mode_w3_crash,
+def mode_w6(cfg: dict[str, Any]) -> None:
+    """W6: durable starts by a Client (no worker): ``start_many`` of ``runs`` runs, beside
+    ``seq`` one-by-one ``start()`` calls and ``threads`` threads each starting ``each`` runs."""
+    from replaygen import Client
+
+    client = Client(make_store(cfg))
+    n, single, threads, each = (cfg.get("runs", 10_000), cfg.get("seq", 500),
+                                cfg.get("threads", 200), cfg.get("each", 10))
+    out: dict[str, Any] = {"runs": n}
+    t0, c0 = now(), time.process_time()
+    assert len(client.start_many("seq", [(1,)] * n)) == n
+    out["many_s"], out["many_runs_per_s"] = now() - t0, n / (now() - t0)
+    out["many_cpu_us_per_run"] = (time.process_time() - c0) / n * 1e6
+    t0 = now()
+    for _ in range(single):
+        client.start("seq", 1)
+    out["seq_runs_per_s"] = single / (now() - t0)
+    gate = threading.Barrier(threads + 1)
+
+    def starter() -> None:
+        gate.wait()
+        for _ in range(each):
+            client.start("seq", 1)
+
+    pool = [threading.Thread(target=starter) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    gate.wait()
+    t0 = now()
+    for t in pool:
+        t.join()
+    out["threaded_runs_per_s"] = threads * each / (now() - t0)
+    emit(**out)
+
+
+MODES = {"floor": mode_floor, "w6": mode_w6, "w1": mode_w1, "w2": mode_w2, "w3-crash": mode_w3_crash,
          "w3-resume": mode_w3_resume, "w4-crash": mode_w4_crash, "w4-recover": mode_w4_recover,
          "w5": mode_w5, "children": mode_children}
 
