@@ -32,7 +32,7 @@ DEADLINE = "a deadline is inherited, only brought closer, and strikes once, neve
 
 FINISHED = ("completed", "failed", "cancelled")
 CHILD_NOTICE = "replaygen:child:"
-"""A child's end reaches its parent as a signal of this name + its id (SPEC section 12)."""
+"""A child's end reaches its parent as a signal of this name + its id."""
 EPSILON = 1e-6
 """Deadlines are compared as stored (JSON floats of one reading): equal, up to this."""
 

@@ -97,8 +97,9 @@ def payload(run_id: str, signal_name: str, k: int) -> str:
 
 
 def child_id(parent: str, position: int) -> str:
-    """The id the engine derives for a child started at ``position`` (SPEC section 12); the
-    harness keeps ids short, so the engine's hashing of over-long ids never applies."""
+    """The id the engine derives for a child started at ``position``: the parent's id, a
+    slash, the position (the harness keeps ids short, so the engine's hashing of over-long
+    ids never applies)."""
     return f"{parent}/{position}"
 
 
@@ -314,7 +315,7 @@ def _drive(run_id: str, ops: list[Any], parent: str | None, deadline: str | None
             if kid.state == "completed" and deadline != "near":
                 answer = kid.result
             elif kid.state == "completed" and deadline == "near":  # struck too, it went on:
-                # the parent's strike comes first (SPEC: even if the child finishes first)
+                # the parent's strike comes first, even if the child finishes first
                 error, deadline = DeadlineExceeded(f"run {run_id!r} passed its deadline"), None
             else:
                 raise ValueError(f"plan of {run_id!r}: child {kid.run_id!r} ends "

@@ -929,7 +929,7 @@ def _add_reading_commands(add: Callable[[str, Any, str], argparse.ArgumentParser
 
 
 def _add_ops_commands(add: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
-    """purge and fork: operating a store over time (SPEC 13)."""
+    """purge and fork: operating a store over time."""
     sp = add("purge", cmd_purge, "delete finished runs that ended long ago, leaving tombstones "
                                  "(never an unfinished or blocked run)")
     sp.add_argument("--older-than", required=True, type=duration, metavar="DURATION",
