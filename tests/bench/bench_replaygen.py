@@ -174,7 +174,16 @@ def mode_w2(cfg: dict[str, Any]) -> None:
     interp = engine(store, **({"concurrency": cfg["concurrency"]} if "concurrency" in cfg else {}))
     runs, steps = cfg.get("runs", 200), cfg.get("steps", 10)
     t0, c0 = now(), time.process_time()
-    ids = [interp.start("seq", steps) for _ in range(runs)]
+    if cfg.get("threads"):  # each start from a request thread of its own, all at once
+        ids = [""] * runs
+        pool = [threading.Thread(target=lambda i=i: ids.__setitem__(i, interp.start("seq", steps)))
+                for i in range(runs)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    else:
+        ids = [interp.start("seq", steps) for _ in range(runs)]
     t_started = now() - t0
     for rid in ids:
         assert interp.result(rid) == steps
