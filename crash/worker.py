@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shutdown-after", type=int, default=0)
     ap.add_argument("--schedule", default="", help="JSON {name, at, every}: the runs are the "
                     "ticks of this schedule (the clock starts at `at`), not started here")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="limits={the plan workflow: N}: at most N of its runs in steps at once")
     ap.add_argument("--boot-delay", type=float, default=0.0,
                     help="seconds of downtime before booting (a deadline may pass meanwhile)")
     args = ap.parse_args(argv)
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             Schedule(sched["name"], plans.WORKFLOW, run_id, ops, every=sched["every"])
             for run_id, ops in runs]}
     interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease,
-                         **timing)
+                         limits={plans.WORKFLOW: args.limit} if args.limit else None, **timing)
     interp.recover()
     for run_id, ops in [] if sched else runs:
         interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)
