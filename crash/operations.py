@@ -64,7 +64,8 @@ class OpRunner(Runner):
         life = self.lives.get(mode, 0)
         self.lives[mode] = life + 1
         args = [sys.executable, "-m", "crash.ops", mode, "--store", self.spec, "--dir", self.dir,
-                *extra] + (["--kill", json.dumps(kill)] if kill else [])
+                *extra] + (["--kill", json.dumps(kill)] if kill else []) + (
+            ["--break", self.broken] if self.broken and mode != "setup" else [])
         with open(os.path.join(self.dir, f"{mode}-{life}.err"), "wb") as err:
             p = subprocess.Popen(args, cwd=os.path.dirname(os.path.dirname(__file__)),
                                  env=self._env(), stdout=err, stderr=err)

@@ -166,13 +166,37 @@ class ForkKiller:
         return done
 
 
-def fork(store: Any, interp: Any, forks: list[list[Any]]) -> None:
+def split_purge(purge: Callable[..., list[str]], spec: str) -> Callable[..., list[str]]:
+    """``--break split-purge`` (SQLite): a purge that deletes a batch's journal entries in a
+    transaction of their own, before the one that makes the tombstones. The harness must
+    catch a kill between the two (``inside``)."""
+    import sqlite3
+    path = spec.partition(":")[2]
+
+    def purge_split(before: float, *, states: Any, limit: int, tombstone: Any) -> list[str]:
+        conn = sqlite3.connect(path, timeout=30)
+        marks = ",".join("?" * len(states))
+        with conn:
+            conn.execute(f"DELETE FROM journal WHERE run_id IN (SELECT run_id FROM runs WHERE "
+                         f"state IN ({marks}) AND updated < ? ORDER BY created LIMIT ?)",
+                         [*states, before, limit])
+        conn.close()
+        return purge(before, states=states, limit=limit, tombstone=tombstone)
+    return purge_split
+
+
+def fork(store: Any, interp: Any, forks: list[list[Any]], broken: str) -> None:
     """Recover (forks a killed forker made are adopted once its lease lapses), make each fork
-    not made yet, and wait until every fork finished."""
+    not made yet, and wait until every fork finished. ``--break fork-from-start`` forks from
+    position 0 instead: the fork runs its prefix's steps again (the harness must say so)."""
     interp.recover()
-    for new, src, from_step, _ in forks:
+    for new, src, from_step, ops in forks:
         if store.get(new) is None:
-            interp.fork(src, from_step, run_id=new)
+            interp.fork(src, 0 if broken == "fork-from-start" else from_step, run_id=new)
+        rec = store.get(new)
+        if broken and ["wait", "go"] in ops and rec.state not in FINISHED \
+                and not store.signals(new):  # from the start, it waits again: answer it
+            interp.deliver(new, "go", "again")
     _until(store, lambda r: r is not None and r.state in FINISHED, [f[0] for f in forks],
            "finished")
 
@@ -186,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lease", type=float, default=10.0)
     ap.add_argument("--batch", type=int, default=500, help="runs purged per transaction")
     ap.add_argument("--before", type=float, default=0.0, help="purge runs finished before this")
+    ap.add_argument("--break", dest="broken", default="")
     ap.add_argument("--restart", action="store_true", help="after a whole purge, start some "
                     "purged ids again (restart.json)")
     args = ap.parse_args(argv)
@@ -202,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(args.kill) if args.kill else {}
     if args.mode == "purge":
         client_module.PURGE_BATCH = args.batch  # short batches: many boundaries to kill at
-        store.purge = PurgeKiller(spec, store.purge, path("ops.log"))
+        purge = split_purge(store.purge, args.store) if args.broken == "split-purge" \
+            else store.purge
+        store.purge = PurgeKiller(spec, purge, path("ops.log"))
     if args.mode == "fork":
         store.commit = ForkKiller(spec, store.commit, path("ops.log"))
     interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, lease=args.lease)
@@ -218,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 restart_purged(interp, json.load(f), path("restarted.log"))
     else:
         with open(path("forks.json")) as f:
-            fork(store, interp, json.load(f))
+            fork(store, interp, json.load(f), args.broken)
     interp.shutdown(timeout=10)
     return 0
 

@@ -133,8 +133,8 @@ class ShiftedClock:
 
 def apply_break(mode: str | None, store: Any) -> Any:
     """Deliberately break the engine inside this process (never the real code on disk)."""
-    if not mode:
-        return store
+    if not mode or mode in ("no-limit", "split-purge", "fork-from-start"):
+        return store  # no-limit: see main(); the others break crash.ops processes only
     if mode == "early-commit":
         # Journal every step's entry *before* calling the step function (a placeholder result),
         # the classic bug a crash exposes: replay then trusts an entry for work never done.
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             Schedule(sched["name"], plans.WORKFLOW, run_id, ops, every=sched["every"])
             for run_id, ops in runs]}
     interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease,
-                         limits={plans.WORKFLOW: args.limit} if args.limit else None, **timing)
+                         limits={plans.WORKFLOW: args.limit} if args.limit and
+                         args.broken != "no-limit" else None, **timing)
     interp.recover()
     for run_id, ops in [] if sched else runs:
         interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)
