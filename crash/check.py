@@ -614,3 +614,15 @@ def check_limit(limit: int, runs: list[tuple[str, list[Any]]], effects: list[dic
                                  f"at {t:.6f} (pid {pid}) {len(busy)} runs were inside a step: "
                                  f"{sorted(busy)}, limit {limit}"))
     return bad, most
+
+
+def slot_back(kills: list[dict[str, Any]], effects: list[dict[str, Any]]) -> list[float]:
+    """For each kill inside a step: seconds until its run took a step again (its slot back,
+    once the dead worker's lease lapsed). A figure, not an invariant: liveness is that every
+    run finishes."""
+    out = []
+    for k in kills:
+        later = [x["t"] for x in effects if x["run"] == k.get("run") and x["t"] > k["t"]]
+        if k["at"] == "in_step" and later:
+            out.append(round(min(later) - k["t"], 2))
+    return out

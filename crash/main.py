@@ -91,6 +91,8 @@ class Runner:
             kill = sc.worker_kills[life] if role == "worker" and life < len(sc.worker_kills) \
                 else None
             args += ["--lease", str(sc.lease)] + (["--limit", str(sc.limit)] if sc.limit else [])
+            if role == "helper":  # one step at a time: it leaves the killed worker a slot
+                args += ["--concurrency", "1"]
             if life > 0 and sc.boot_delay:
                 args += ["--boot-delay", str(sc.boot_delay)]
             if life < len(sc.shutdown_after):
@@ -135,7 +137,9 @@ class Runner:
             bad, most = inv.check_limit(self.sc.limit, self.sc.runs, effects,
                                         {k["pid"]: k["t"] for k in self.kills()})
             rep.violations += bad
-            self.row.detail = f"at most {most} of {self.sc.limit} runs inside a step at once"
+            self.row.detail = (f"at most {most} of {self.sc.limit} runs inside a step at "
+                               f"once; a killed run's next step after (s) "
+                               f"{inv.slot_back(self.kills(), effects)}")
         self.report(rep.violations, effects, final)
 
     def report(self, violations: list[inv.Violation], effects: list[dict[str, Any]],

@@ -30,8 +30,9 @@ PLAIN = [["do", "a", 5], ["all", [["f0", 5, True], ["f1", 5, False]]], ["sleep",
 
 
 def _signals(run_id: str) -> list[list[str]]:
-    """One "go" it consumes, and one "x" it never waits for: left queued with the run."""
-    return [[run_id, "go", plans.payload(run_id, "go", 0)], [run_id, "x", f"{run_id}|x"]]
+    """One "x" it never waits for (left queued with the run: sent first, while it cannot have
+    finished), and one "go" it consumes."""
+    return [[run_id, "x", f"{run_id}|x"], [run_id, "go", plans.payload(run_id, "go", 0)]]
 
 
 def purge_phases(size: int) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:

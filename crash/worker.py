@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shutdown-after", type=int, default=0)
     ap.add_argument("--schedule", default="", help="JSON {name, at, every}: the runs are the "
                     "ticks of this schedule (the clock starts at `at`), not started here")
+    ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--limit", type=int, default=0,
                     help="limits={the plan workflow: N}: at most N of its runs in steps at once")
     ap.add_argument("--boot-delay", type=float, default=0.0,
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     from .stores import open_store
 
     _kills_path = os.path.join(args.dir, "kills.log")
+    from . import worker  # run as __main__, this is another module than the one plans imports
+    worker._kills_path = _kills_path  # (so an in_step kill is noted too)
     spec = json.loads(args.kill) if args.kill else {}
     plans.configure(os.path.join(args.dir, "effects.log"),
                     spec if spec.get("event") == "in_step" else None)
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             Schedule(sched["name"], plans.WORKFLOW, run_id, ops, every=sched["every"])
             for run_id, ops in runs]}
     interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease,
+                         concurrency=args.concurrency,
                          limits={plans.WORKFLOW: args.limit} if args.limit and
                          args.broken != "no-limit" else None, **timing)
     interp.recover()
