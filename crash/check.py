@@ -35,7 +35,8 @@ PURGE_ALL = "a purge that completes leaves no eligible run"
 PURGED_START = "starting a purged id with its arguments starts nothing"
 FORK_WHOLE = "a fork exists wholly (the source's prefix, forked_from set) or not at all"
 FORK_PREFIX = "a fork never runs its prefix's steps again"
-LIMIT = "never more than N runs of a limited workflow inside a step at once"
+LIMIT = "never more than N runs of a limited workflow inside a step at once (nor a dead " \
+    "holder's slot given away while its lease lasts)"
 
 FINISHED = ("completed", "failed", "cancelled")
 CHILD_NOTICE = "replaygen:child:"
@@ -589,30 +590,69 @@ def check_fork(store: Any, fork: tuple[str, str, str | int, list[Any]], source: 
     return checker.rep
 
 
-def check_limit(limit: int, runs: list[tuple[str, list[Any]]], effects: list[dict[str, Any]],
-                deaths: dict[int, float]) -> tuple[list[Violation], int]:
-    """At most ``limit`` runs inside a step at once. A step is inside from its side-effect line
-    for its planned work (it sleeps at least that long) or until its process was killed, if
-    sooner: an under-estimate, so an overlap found is real. Returns the violations and the
-    most runs seen inside at once."""
+Span = tuple[float, float, str, int]
+"""A step inside: (from, until, run, pid)."""
+
+
+def spans(runs: list[tuple[str, list[Any]]], effects: list[dict[str, Any]],
+          deaths: dict[int, float]) -> list[Span]:
+    """Each execution is inside its step from its side-effect line for its planned work (it
+    sleeps at least that long), or until its process was killed if sooner: an under-estimate,
+    so an overlap found is real."""
     work = {(r, op[1]): op[2] / 1000 for r, ops in runs for op in ops
             if op[0] in ("do", "async", "retry", "gate")}
-    events: list[tuple[float, int, str, int]] = []
+    out = []
     for x in effects:
         end = x["t"] + work.get((x["run"], x["step"]), 0.0)
         if deaths.get(x["pid"], end) >= x["t"]:
             end = min(end, deaths.get(x["pid"], end))
-        events += [(x["t"], 1, x["run"], x["pid"]), (end, -1, x["run"], x["pid"])]
-    inside: Counter[str] = Counter()
-    most, bad = 0, list[Violation]()
-    for t, step, run_id, pid in sorted(events, key=lambda e: (e[0], e[1])):  # ends first
-        inside[run_id] += step
-        busy = [r for r, n in inside.items() if n > 0]
-        most = max(most, len(busy))
-        if len(busy) > limit and len(bad) < 3:
+        out.append((x["t"], end, x["run"], x["pid"]))
+    return out
+
+
+def inside(steps: list[Span], lo: float = float("-inf"), hi: float = float("inf"),
+           but: str | None = None) -> tuple[int, float, list[str]]:
+    """The most runs (``but`` one) inside a step at once between ``lo`` and ``hi``: how many,
+    when, which."""
+    events = [(max(a, lo), 1, r) for a, b, r, _ in steps if r != but and a < hi and b > lo]
+    events += [(min(b, hi), -1, r) for a, b, r, _ in steps if r != but and a < hi and b > lo]
+    count: Counter[str] = Counter()
+    most: tuple[int, float, list[str]] = (0, lo, [])
+    for t, step, run_id in sorted(events, key=lambda e: (e[0], e[1])):  # ends first
+        count[run_id] += step
+        busy = sorted(r for r, n in count.items() if n > 0)
+        if len(busy) > most[0]:
+            most = (len(busy), t, busy)
+    return most
+
+
+def check_limit(limit: int, runs: list[tuple[str, list[Any]]], effects: list[dict[str, Any]],
+                kills: list[dict[str, Any]]) -> tuple[list[Violation], int]:
+    """At most ``limit`` runs inside a step at once; and while a killed worker's lease lasts
+    (noted at its kill when it looked remote: nobody can tell it died), its run is not taken
+    and its slot not given away (at most ``limit - 1`` other runs inside). Returns the
+    violations and the most runs seen inside at once."""
+    steps = spans(runs, effects, {k["pid"]: k["t"] for k in kills})
+    bad = []
+    most, at, busy = inside(steps)
+    if most > limit:
+        bad.append(Violation(LIMIT, busy[0], None, None, f"at {at:.6f} {most} runs were "
+                             f"inside a step: {busy}, limit {limit}"))
+    for k in kills:
+        until, run_id = k.get("lease_until"), k.get("run")
+        if until is None or run_id is None:
+            continue
+        taken = [x for x in effects if x["run"] == run_id and k["t"] < x["t"] < until]
+        others, when, who = inside(steps, k["t"], until, but=run_id)
+        if taken:
+            bad.append(Violation(LIMIT, run_id, taken[0]["step"], taken[0]["pos"],
+                                 f"pid {taken[0]['pid']} ran it at {taken[0]['t']:.6f}, before "
+                                 f"the lease of killed pid {k['pid']} ran out at {until:.6f}"))
+        if others > limit - 1:
             bad.append(Violation(LIMIT, run_id, None, None,
-                                 f"at {t:.6f} (pid {pid}) {len(busy)} runs were inside a step: "
-                                 f"{sorted(busy)}, limit {limit}"))
+                                 f"its slot was given away before the lease of killed pid "
+                                 f"{k['pid']} ran out at {until:.6f}: at {when:.6f} {who} "
+                                 f"were inside a step"))
     return bad, most
 
 

@@ -134,8 +134,7 @@ class Runner:
         rep = inv.check(self.store, self.sc.runs, effects, self.crashed, self.stalled, final)
         self.row.reexecutions, self.row.executions = rep.reexecutions, rep.executions
         if self.sc.limit:
-            bad, most = inv.check_limit(self.sc.limit, self.sc.runs, effects,
-                                        {k["pid"]: k["t"] for k in self.kills()})
+            bad, most = inv.check_limit(self.sc.limit, self.sc.runs, effects, self.kills())
             rep.violations += bad
             self.row.detail = (f"at most {most} of {self.sc.limit} runs inside a step at "
                                f"once; a killed run's next step after (s) "

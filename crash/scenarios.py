@@ -180,8 +180,10 @@ def operation_boundaries(k: int) -> list[Scenario]:
                  [{"when": "before", "n": 2}, {"when": "after", "n": 1},
                   {"when": "during", "n": 1, "delay": 0.001}] * k,
                  operation="fork", size=4 if k == 1 else 12, lease=1.0),
-        Scenario("limit", "holding a limit slot, inside a step", _runs("lm", 8, LIMITED),
-                 [{"event": "in_step", "n": 2}] * k, lease=1.0, limit=2, helpers=1),
+        Scenario("limit", "holding a limit slot, inside a step",
+                 _runs("lm", 8 if k == 1 else 16, LIMITED),
+                 [{"event": "in_step", "n": 2, "remote": i % 2 == 0} for i in range(k)],
+                 lease=1.0, limit=2, helpers=1),
     ]
 
 

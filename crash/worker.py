@@ -26,13 +26,18 @@ from dataclasses import replace
 from typing import Any
 
 _kills_path: str | None = None
+_lease_of: tuple[Any, str] | None = None  # (store, worker id): note the lease at a kill
 
 
 def note_kill(what: str, run: str | None = None, step: str | None = None,
               pos: int | None = None, **extra: Any) -> None:
-    """Record (fsynced) where this process is about to be killed, for the report."""
+    """Record (fsynced) where this process is about to be killed, for the report (and, for a
+    worker that looks remote, when its lease runs out: until then its runs are its own)."""
     if _kills_path is None:
         return
+    if _lease_of is not None:
+        store, me = _lease_of
+        extra["lease_until"] = getattr(store.workers().get(me), "lease_until", None)
     line = json.dumps({"pid": os.getpid(), "at": what, "run": run, "step": step, "pos": pos,
                        "t": time.time(), **extra})
     fd = os.open(_kills_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -131,6 +136,16 @@ class ShiftedClock:
         return time.time() - self._offset
 
 
+def look_remote() -> None:
+    """Give this worker an owner id the others cannot judge (no boot id): they cannot tell it
+    died, so only its lease frees its runs and their slots, as for a worker on another host."""
+    import uuid
+
+    from replaygen import interpreter
+    interpreter.new_owner_id = lambda: "|".join(  # type: ignore[attr-defined]
+        ["elsewhere", "", "", str(os.getpid()), "", uuid.uuid4().hex[:12]])
+
+
 def apply_break(mode: str | None, store: Any) -> Any:
     """Deliberately break the engine inside this process (never the real code on disk)."""
     if not mode or mode in ("no-limit", "split-purge", "fork-from-start"):
@@ -207,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         killer.shutdown_after = args.shutdown_after
     if spec.get("event") == "tick_start":
         kill_at_tick_start(spec["when"])
+    if spec.get("remote"):
+        look_remote()
     runs = plans.load_runs(os.path.join(args.dir, "plan.json"))
     sched, timing = json.loads(args.schedule) if args.schedule else None, {}
     if sched:  # each run is a tick: its id sched:<name>:<tick>, its arguments its plan
@@ -218,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                          concurrency=args.concurrency,
                          limits={plans.WORKFLOW: args.limit} if args.limit and
                          args.broken != "no-limit" else None, **timing)
+    if spec.get("remote"):
+        worker._lease_of = (store, interp.worker_id)
     interp.recover()
     for run_id, ops in [] if sched else runs:
         interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)

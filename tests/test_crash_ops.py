@@ -153,10 +153,27 @@ def test_more_runs_inside_a_step_than_the_limit_is_caught() -> None:
     runs = [(f"r{i}", [["do", "a", 100]]) for i in range(3)]
     effects = [{"run": f"r{i}", "step": "a", "pos": 0, "attempt": 1, "pid": 10 + i,
                 "t": 1.0 + i * 0.03} for i in range(3)]
-    bad, most = check.check_limit(2, runs, effects, {})
+    bad, most = check.check_limit(2, runs, effects, [])
     assert most == 3 and invariants(bad) == [check.LIMIT]
     # the first one's process died at 1.05: it was inside its step no longer
-    assert check.check_limit(2, runs, effects, {10: 1.05}) == ([], 2)
-    assert check.check_limit(3, runs, effects, {}) == ([], 3)
+    died = {"pid": 10, "t": 1.05, "at": "in_step", "run": "r0"}
+    assert check.check_limit(2, runs, effects, [died]) == ([], 2)
+    assert check.check_limit(3, runs, effects, []) == ([], 3)
     back_to_back = [{**x, "t": 1.0 + i * 0.125} for i, x in enumerate(effects)]
-    assert check.check_limit(1, runs, back_to_back, {}) == ([], 1)
+    assert check.check_limit(1, runs, back_to_back, []) == ([], 1)
+
+
+def test_a_dead_holders_run_or_slot_taken_while_its_lease_lasts_is_caught() -> None:
+    runs = [(f"r{i}", [["do", "a", 100], ["do", "b", 100]]) for i in range(3)]
+    x = lambda run, step, pos, pid, t: {  # noqa: E731
+        "run": run, "step": step, "pos": pos, "attempt": 1, "pid": pid, "t": t}
+    killed = {"pid": 10, "t": 1.05, "at": "in_step", "run": "r0", "lease_until": 2.0}
+    before = [x("r0", "a", 0, 10, 1.0), x("r1", "a", 0, 11, 1.0)]
+    # r0's step again at 2.1, after the lease; r2 got r1's slot (r1 ended): fine
+    fine = before + [x("r2", "a", 0, 11, 1.2), x("r0", "a", 0, 11, 2.1)]
+    assert check.check_limit(2, runs, fine, [killed]) == ([], 2)
+    early = before + [x("r0", "a", 0, 11, 1.5)]  # r0 taken while its lease lasted
+    assert invariants(check.check_limit(2, runs, early, [killed])[0]) == [check.LIMIT]
+    slot = before + [x("r2", "a", 0, 12, 1.06)]  # r1 and r2 inside: r0's slot given away
+    bad, most = check.check_limit(2, runs, slot, [killed])
+    assert most == 2 and "slot was given away" in bad[0].detail
