@@ -91,8 +91,8 @@ class Runner:
             kill = sc.worker_kills[life] if role == "worker" and life < len(sc.worker_kills) \
                 else None
             args += ["--lease", str(sc.lease)] + (["--limit", str(sc.limit)] if sc.limit else [])
-            if role == "helper":  # one step at a time: it leaves the killed worker a slot
-                args += ["--concurrency", "1"]
+            if role == "helper" and self.broken != "no-limit":  # one step at a time: it leaves
+                args += ["--concurrency", "1"]                  # the killed worker a slot
             if life > 0 and sc.boot_delay:
                 args += ["--boot-delay", str(sc.boot_delay)]
             if life < len(sc.shutdown_after):

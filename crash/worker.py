@@ -184,8 +184,7 @@ def apply_break(mode: str | None, store: Any) -> Any:
     raise SystemExit(f"unknown --break mode {mode!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    global _kills_path
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m crash.worker")
     ap.add_argument("--store", required=True)
     ap.add_argument("--dir", required=True)
@@ -200,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="limits={the plan workflow: N}: at most N of its runs in steps at once")
     ap.add_argument("--boot-delay", type=float, default=0.0,
                     help="seconds of downtime before booting (a deadline may pass meanwhile)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _kills_path
+    args = parse(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
                         format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
 
