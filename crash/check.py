@@ -29,6 +29,14 @@ CHILDREN = "every parent has exactly its expected children, by derived id"
 SPAWN = "a child position has one spawn entry and at most one child entry"
 TREE = "no descendant of a finished run is left unfinished"
 DEADLINE = "a deadline is inherited, only brought closer, and strikes once, never early"
+PURGE_WHOLE = "a purge leaves each run wholly present or wholly gone (a tombstone)"
+PURGE_SPARED = "a purge never touches an unfinished run, nor one that finished too recently"
+PURGE_ALL = "a purge that completes leaves no eligible run"
+PURGED_START = "starting a purged id with its arguments starts nothing"
+FORK_WHOLE = "a fork exists wholly (the source's prefix, forked_from set) or not at all"
+FORK_PREFIX = "a fork never runs its prefix's steps again"
+LIMIT = "never more than N runs of a limited workflow inside a step at once (nor a dead " \
+    "holder's slot given away while its lease lasts)"
 
 FINISHED = ("completed", "failed", "cancelled")
 CHILD_NOTICE = "replaygen:child:"
@@ -447,3 +455,214 @@ def evidence(store: Any, v: Violation, effects: list[dict[str, Any]], kills: lis
             out.append(f"    pid {k['pid']} at {k['at']} step {k.get('step')} pos {k.get('pos')} "
                        f"t {k['t']:.6f}")
     return "\n".join(out)
+
+
+# ---- operations: purge, fork, limits (crash/operations.py) -------------------------------------
+
+Snapshot = dict[str, tuple[Any, list[Any], list[Any]]]
+"""run id -> (its record, journal, queued signals), as read before the operation."""
+
+
+def snapshot(store: Any, run_ids: list[str]) -> Snapshot:
+    return {r: (store.get(r), store.journal(r), store.signals(r)) for r in run_ids}
+
+
+def check_purge(store: Any, before: Snapshot, eligible: set[str], final: bool) -> list[Violation]:
+    """Each eligible run is as it was or a bare tombstone; every other run is as it was; at the
+    end (a purge completed) no eligible run is left, and ``runs()`` lists no tombstone."""
+    bad: list[Violation] = []
+    for run_id, was in before.items():
+        now = (store.get(run_id), store.journal(run_id), store.signals(run_id))
+        rec, journal, signals = now
+        if run_id not in eligible:
+            if now != was:
+                bad.append(Violation(PURGE_SPARED, run_id, None, None,
+                                     f"a {was[0].state} run not eligible was changed: "
+                                     + _diff(was, now)))
+        elif rec is None:
+            bad.append(Violation(PURGE_WHOLE, run_id, None, None, "the run is gone, no tombstone"))
+        elif rec.state == "purged":
+            if journal or signals or rec.result is not None:
+                bad.append(Violation(PURGE_WHOLE, run_id, None, None,
+                                     f"a tombstone with {len(journal)} journal entries, "
+                                     f"{len(signals)} signals, result {rec.result!r}"))
+        elif now != was:
+            bad.append(Violation(PURGE_WHOLE, run_id, None, None,
+                                 "partly purged: " + _diff(was, now)))
+        elif final:
+            bad.append(Violation(PURGE_ALL, run_id, None, None,
+                                 f"still {rec.state} after a purge that completed"))
+    listed = [r.run_id for r in store.runs(limit=100_000) if r.state == "purged"]
+    if listed:
+        bad.append(Violation(PURGE_WHOLE, listed[0], None, None,
+                             f"runs() lists {len(listed)} tombstones"))
+    return bad
+
+
+def _diff(was: tuple[Any, list[Any], list[Any]], now: tuple[Any, list[Any], list[Any]]) -> str:
+    parts = [f"{what} {a!r} -> {b!r}" if what == "record" else
+             f"{what}: {len(a)} -> {len(b)}" for what, a, b in zip(
+                 ("record", "journal entries", "signals"), was, now, strict=True) if a != b]
+    return "; ".join(parts)[:600]
+
+
+def check_restarts(store: Any, started: list[dict[str, Any]], effects: list[dict[str, Any]],
+                   purged: set[str]) -> list[Violation]:
+    """Each purged id started again with its arguments returned its id and left the tombstone
+    bare (nothing ran); with other arguments the start was refused."""
+    bad: list[Violation] = []
+    for s in started:
+        run_id = s["run"]
+        rec = store.get(run_id)
+        what = None
+        if run_id not in purged:
+            what = "the harness restarted a run it did not see purged"
+        elif s["same"] and s.get("error"):
+            what = f"start() with its arguments raised {s['error']}"
+        elif not s["same"] and not s.get("error"):
+            what = "start() with other arguments was not refused"
+        elif rec is None or rec.state != "purged" or store.journal(run_id):
+            what = f"after start() it is {getattr(rec, 'state', None)!r} with " \
+                   f"{len(store.journal(run_id))} journal entries"
+        elif any(x["run"] == run_id and x["t"] >= s["at"] for x in effects):
+            what = "a step of it ran after the start()"
+        if what:
+            bad.append(Violation(PURGED_START, run_id, None, None, what))
+    return bad
+
+
+def fork_prefix(journal: list[Any], from_step: str | int) -> tuple[int, list[Any]]:
+    """Where a fork from ``from_step`` goes live, and the entries it keeps (renumbered): those
+    before the step's first entry's position (the harness's plans start no child there)."""
+    at = from_step if isinstance(from_step, int) else next(
+        e.position for e in journal if e.kind in ("do", "retry") and e.name == from_step)
+    return at, [e._replace(seq=i) for i, e in enumerate(e for e in journal if e.position < at)]
+
+
+def check_fork(store: Any, fork: tuple[str, str, str | int, list[Any]], source: Snapshot,
+               effects: list[dict[str, Any]], crashed: set[int], final: bool) -> Report:
+    """A fork is absent or whole: forked_from its source, the source's arguments, its journal
+    the source's prefix and then live entries past it; no step of the prefix runs under the
+    fork; its live steps obey invariants 2-5 and 8; at the end it completed as its source's
+    plan does. The source itself is never changed."""
+    new, src, from_step, ops = fork
+    rec, journal = store.get(new), store.journal(new)
+    at, prefix = fork_prefix(source[src][1], from_step)
+    ran = [x for x in effects if x["run"] == new]
+    checker = Checker(store, [], [x for x in ran if x["pos"] >= at], crashed, set(), final)
+    bad = checker.bad
+    if (store.get(src), store.journal(src), store.signals(src)) != source[src]:
+        bad.append(Violation(FORK_WHOLE, src, None, None, "the source was changed: " + _diff(
+            source[src], (store.get(src), store.journal(src), store.signals(src)))))
+    if rec is None:
+        if final or journal:
+            bad.append(Violation(FORK_WHOLE, new, None, None, f"no run, {len(journal)} entries"
+                                 + (" at the end" if final else "")))
+        return checker.rep
+    theirs = _stored(source[src][0]).get("args")
+    if rec.forked_from != src or rec.parent is not None or _stored(rec).get("args") != theirs:
+        bad.append(Violation(FORK_WHOLE, new, None, None,
+                             f"forked_from {rec.forked_from!r}, parent {rec.parent!r}, args "
+                             f"{_stored(rec).get('args')!r} (source {src!r}: {theirs!r})"))
+    if journal[:len(prefix)] != prefix:
+        bad.append(Violation(FORK_WHOLE, new, None, None,
+                             f"its journal does not begin with the {len(prefix)} entries of "
+                             f"{src!r} before position {at} ({len(journal)} entries)"))
+    early = [x for x in ran if x["pos"] < at]
+    again = [e for e in journal[len(prefix):] if e.position < at]
+    if early:
+        bad.append(Violation(FORK_PREFIX, new, early[0]["step"], early[0]["pos"],
+                             f"{len(early)} executions under the fork, the first by pid "
+                             f"{early[0]['pid']} at {early[0]['t']:.6f}"))
+    if again:
+        bad.append(Violation(FORK_PREFIX, new, again[0].name, again[0].position,
+                             f"entry {again[0].seq} journals a position of the prefix again"))
+    checker.check_seq(new, journal)
+    slots: dict[int, list[Any]] = defaultdict(list)
+    for e in journal[len(prefix):]:
+        slots[e.position].append(e)
+    checker.check_steps(new, slots)
+    if final:
+        exp = plans.tree(src, ops)[src]
+        if rec.state != "completed" or json.loads(rec.result or "null") != exp.result:
+            bad.append(Violation(RESULT, new, None, None, f"ended {rec.state} with "
+                                 f"{rec.result or rec.error}, not its plan's result"))
+    return checker.rep
+
+
+Span = tuple[float, float, str, int]
+"""A step inside: (from, until, run, pid)."""
+
+
+def spans(runs: list[tuple[str, list[Any]]], effects: list[dict[str, Any]],
+          deaths: dict[int, float]) -> list[Span]:
+    """Each execution is inside its step from its side-effect line for its planned work (it
+    sleeps at least that long), or until its process was killed if sooner: an under-estimate,
+    so an overlap found is real."""
+    work = {(r, op[1]): op[2] / 1000 for r, ops in runs for op in ops
+            if op[0] in ("do", "async", "retry", "gate")}
+    out = []
+    for x in effects:
+        end = x["t"] + work.get((x["run"], x["step"]), 0.0)
+        if deaths.get(x["pid"], end) >= x["t"]:
+            end = min(end, deaths.get(x["pid"], end))
+        out.append((x["t"], end, x["run"], x["pid"]))
+    return out
+
+
+def inside(steps: list[Span], lo: float = float("-inf"), hi: float = float("inf"),
+           but: str | None = None) -> tuple[int, float, list[str]]:
+    """The most runs (``but`` one) inside a step at once between ``lo`` and ``hi``: how many,
+    when, which."""
+    events = [(max(a, lo), 1, r) for a, b, r, _ in steps if r != but and a < hi and b > lo]
+    events += [(min(b, hi), -1, r) for a, b, r, _ in steps if r != but and a < hi and b > lo]
+    count: Counter[str] = Counter()
+    most: tuple[int, float, list[str]] = (0, lo, [])
+    for t, step, run_id in sorted(events, key=lambda e: (e[0], e[1])):  # ends first
+        count[run_id] += step
+        busy = sorted(r for r, n in count.items() if n > 0)
+        if len(busy) > most[0]:
+            most = (len(busy), t, busy)
+    return most
+
+
+def check_limit(limit: int, runs: list[tuple[str, list[Any]]], effects: list[dict[str, Any]],
+                kills: list[dict[str, Any]]) -> tuple[list[Violation], int]:
+    """At most ``limit`` runs inside a step at once; and while a killed worker's lease lasts
+    (noted at its kill when it looked remote: nobody can tell it died), its run is not taken
+    and its slot not given away (at most ``limit - 1`` other runs inside). Returns the
+    violations and the most runs seen inside at once."""
+    steps = spans(runs, effects, {k["pid"]: k["t"] for k in kills})
+    bad = []
+    most, at, busy = inside(steps)
+    if most > limit:
+        bad.append(Violation(LIMIT, busy[0], None, None, f"at {at:.6f} {most} runs were "
+                             f"inside a step: {busy}, limit {limit}"))
+    for k in kills:
+        until, run_id = k.get("lease_until"), k.get("run")
+        if until is None or run_id is None:
+            continue
+        taken = [x for x in effects if x["run"] == run_id and k["t"] < x["t"] < until]
+        others, when, who = inside(steps, k["t"], until, but=run_id)
+        if taken:
+            bad.append(Violation(LIMIT, run_id, taken[0]["step"], taken[0]["pos"],
+                                 f"pid {taken[0]['pid']} ran it at {taken[0]['t']:.6f}, before "
+                                 f"the lease of killed pid {k['pid']} ran out at {until:.6f}"))
+        if others > limit - 1:
+            bad.append(Violation(LIMIT, run_id, None, None,
+                                 f"its slot was given away before the lease of killed pid "
+                                 f"{k['pid']} ran out at {until:.6f}: at {when:.6f} {who} "
+                                 f"were inside a step"))
+    return bad, most
+
+
+def slot_back(kills: list[dict[str, Any]], effects: list[dict[str, Any]]) -> list[float]:
+    """For each kill inside a step: seconds until its run took a step again (its slot back,
+    once the dead worker's lease lapsed). A figure, not an invariant: liveness is that every
+    run finishes."""
+    out = []
+    for k in kills:
+        later = [x["t"] for x in effects if x["run"] == k.get("run") and x["t"] > k["t"]]
+        if k["at"] == "in_step" and later:
+            out.append(round(min(later) - k["t"], 2))
+    return out

@@ -38,6 +38,7 @@ class Row:
     executions: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    detail: str = ""                     # figures of an operation's row (printed with -v)
 
     @property
     def verdict(self) -> str:
@@ -87,8 +88,11 @@ class Runner:
             args += ["--delay", str(sc.signal_delay if life == 0 else 0),
                      "--pace", str(sc.signal_pace), "--seed", str(sc.seed + life)]
         else:
-            kill = sc.worker_kills[life] if life < len(sc.worker_kills) else None
-            args += ["--lease", str(sc.lease)]
+            kill = sc.worker_kills[life] if role == "worker" and life < len(sc.worker_kills) \
+                else None
+            args += ["--lease", str(sc.lease)] + (["--limit", str(sc.limit)] if sc.limit else [])
+            if role == "helper" and self.broken != "no-limit":  # one step at a time: it leaves
+                args += ["--concurrency", "1"]                  # the killed worker a slot
             if life > 0 and sc.boot_delay:
                 args += ["--boot-delay", str(sc.boot_delay)]
             if life < len(sc.shutdown_after):
@@ -103,7 +107,7 @@ class Runner:
         err = open(os.path.join(self.dir, f"{role}-{life}.err"), "wb")
         p = subprocess.Popen(args, cwd=ROOT, env=self._env(), stdout=err, stderr=err)
         err.close()
-        p.role_life = life  # type: ignore[attr-defined]
+        p.role_life, p.role_name = life, role  # type: ignore[attr-defined]
         if role == "worker" and sc.random_kills and self.row.kills < sc.random_kills:
             self.kill_at = time.monotonic() + self.rng.uniform(0.1, 0.8)
         return p
@@ -120,17 +124,32 @@ class Runner:
     def effects(self) -> list[dict[str, Any]]:
         return inv.read_lines(os.path.join(self.dir, "effects.log"))
 
+    def kills(self) -> list[dict[str, Any]]:
+        return inv.read_lines(os.path.join(self.dir, "kills.log"))
+
     def check(self, final: bool) -> None:
+        if not final and any(role.startswith("helper") for role in self.procs):
+            return  # a helper is mid-step: no consistent look before the end (which sees all)
         effects = self.effects()
         rep = inv.check(self.store, self.sc.runs, effects, self.crashed, self.stalled, final)
         self.row.reexecutions, self.row.executions = rep.reexecutions, rep.executions
-        if rep.violations and not self.reported:
+        if self.sc.limit:
+            bad, most = inv.check_limit(self.sc.limit, self.sc.runs, effects, self.kills())
+            rep.violations += bad
+            self.row.detail = (f"at most {most} of {self.sc.limit} runs inside a step at "
+                               f"once; a killed run's next step after (s) "
+                               f"{inv.slot_back(self.kills(), effects)}")
+        self.report(rep.violations, effects, final)
+
+    def report(self, violations: list[inv.Violation], effects: list[dict[str, Any]],
+               final: bool) -> None:
+        if violations and not self.reported:
             self.reported = True  # report the first state that breaks; later ones repeat it
-            kills = inv.read_lines(os.path.join(self.dir, "kills.log"))
+            kills = self.kills()
             when = "at the end" if final else (
                 f"after {self.row.kills} kills and {self.row.restarts} restarts")
             seen: set[tuple[str, str | None, int | None]] = set()
-            for v in rep.violations:
+            for v in violations:
                 key = (v.invariant, v.run, v.pos)
                 if key in seen or len(seen) >= 6:
                     continue
@@ -190,6 +209,8 @@ class Runner:
         sc = self.sc
         if "worker" not in self.procs:
             self.procs["worker"] = self.spawn("worker")
+        for i in range(sc.helpers):  # workers that are never killed (they end by themselves)
+            self.procs[f"helper{i}"] = self.spawn("helper")
         if self.needs_signals and "signaler" not in self.procs and self.lives["signaler"] == 0:
             self.procs["signaler"] = self.spawn("signaler")
         deadline = time.monotonic() + SCENARIO_TIMEOUT
@@ -215,7 +236,7 @@ class Runner:
                     self.crashed.add(p.pid)
                 elif rc not in (0, 3, 4):
                     self.problem(f"{role} {life} (pid {p.pid}) exited {rc}:\n"
-                                 + self.stderr_of(role, life))
+                                 + self.stderr_of(p.role_name, life))  # type: ignore[attr-defined]
                     return
                 if rc != 0 and role == "worker":
                     self.check(final=False)
@@ -340,8 +361,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", help="comma-separated scenario names (before_step, in_step, "
                                    "after_return, after_commit, sleeping, waiting, signal, recover, "
                                    "shutdown, fanout, stall, schedule, child_start, child_step, "
-                                   "parent_parked, child_end, deadline, strike_sleep, random)")
-    ap.add_argument("--break", dest="broken", choices=("early-commit", "no-fence"),
+                                   "parent_parked, child_end, deadline, strike_sleep, purge, "
+                                   "fork, limit, random)")
+    ap.add_argument("--break", dest="broken", choices=("early-commit", "no-fence", "no-limit",
+                                                       "split-purge", "fork-from-start"),
                     help="deliberately break the engine inside the workers (the harness must fail)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep every scenario's temp dir")
@@ -362,11 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
 
     def run(sc: Scenario, store: str) -> Row:
-        row = Runner(sc, store, args.dsn, args.broken, args.verbose, args.keep).run()
+        from .operations import ForkRunner, PurgeRunner
+        kind = {"purge": PurgeRunner, "fork": ForkRunner}.get(sc.operation or "", Runner)
+        row = kind(sc, store, args.dsn, args.broken, args.verbose, args.keep).run()
         if args.verbose:
             print(f"  {sc.name:<14} {store:<8} kills {row.kills:>3} restarts {row.restarts:>3}"
-                  f" re-executions {row.reexecutions:>3} {row.seconds:5.1f}s {row.verdict}",
-                  flush=True)
+                  f" re-executions {row.reexecutions:>3} {row.seconds:5.1f}s {row.verdict}"
+                  + (f"  ({row.detail})" if row.detail else ""), flush=True)
         for p in row.problems:
             print(p, flush=True)
         return row

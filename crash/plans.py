@@ -12,6 +12,8 @@ Operations (JSON lists):
 ``["do", name, work_ms]``                        a synchronous step
 ``["async", name, work_ms]``                     an ``async def`` step
 ``["retry", name, work_ms]``                     a step that fails its first try; Retry(3)
+``["gate", name, work_ms]``                      a step that fails (no retry) while the gate
+                                                 file is closed (a fork's source; see GATE)
 ``["sleep", seconds]``                           a durable Sleep
 ``["wait", signal]``                             Wait for a signal (sent by the signaler)
 ``["timeout", signal, seconds]``                 Wait that always times out (nobody sends it)
@@ -76,14 +78,20 @@ _effects_fd: int | None = None
 _in_step_kill: dict[str, Any] | None = None
 _in_step_lock = threading.Lock()
 _in_step_seen = 0
+_gate_path: str | None = None
 offset = 0.0  # seconds the workers' clock is behind the real one (a schedule's scenario)
+GATE = "gate.open"
+"""A ``gate`` step fails until this file exists next to the side-effect log: a run failed by
+an outage, forked once it is over (the harness opens the gate)."""
 
 
 def configure(effects_path: str | None, in_step_kill: dict[str, Any] | None = None) -> None:
-    global _effects_fd, _in_step_kill
+    global _effects_fd, _in_step_kill, _gate_path
     _effects_fd = None if effects_path is None else os.open(
         effects_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     _in_step_kill = in_step_kill
+    _gate_path = None if effects_path is None else os.path.join(
+        os.path.dirname(effects_path), GATE)
 
 
 def value(name: str, acc: Any) -> int:
@@ -152,6 +160,19 @@ def flaky(name: str, acc: Any, work_ms: float) -> int:
     return value(name, acc)
 
 
+class GateClosed(RuntimeError):
+    pass
+
+
+def gated(name: str, acc: Any, work_ms: float) -> int:
+    _record()
+    if _gate_path is not None and not os.path.exists(_gate_path):
+        raise GateClosed(f"{name}: the gate is closed")
+    if _effects_fd is not None and work_ms:
+        time.sleep(work_ms / 1000)
+    return value(name, acc)
+
+
 RETRY = Retry(3, backoff=0.05, max_backoff=0.1, jitter=0.0)
 
 
@@ -177,7 +198,8 @@ def _steps(r: _Run, op: list[Any]) -> _Op:
         r.acc = yield All(*[Do(n, step if sync else astep, n, r.acc, ms) for n, ms, sync in op[1]])
         r.pos += len(op[1])
         return
-    fn, retry = {"do": (step, None), "async": (astep, None), "retry": (flaky, RETRY)}[kind]
+    fn, retry = {"do": (step, None), "async": (astep, None), "retry": (flaky, RETRY),
+                 "gate": (gated, None)}[kind]
     r.acc = yield Do(op[1], fn, op[1], r.acc, op[2], retry=retry)
     r.pos += 1
 
@@ -242,7 +264,7 @@ def _deadlines(r: _Run, op: list[Any]) -> _Op:
 
 
 OPS: dict[str, Callable[[_Run, list[Any]], _Op]] = {
-    "do": _steps, "async": _steps, "retry": _steps, "all": _steps,
+    "do": _steps, "async": _steps, "retry": _steps, "gate": _steps, "all": _steps,
     "sleep": _waits, "wait": _waits, "timeout": _waits, "park": _waits,
     "child": _children, "children": _children,
     "deadline": _deadlines, "strike": _deadlines, "hold": _deadlines, "strike_child": _deadlines,

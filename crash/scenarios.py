@@ -76,6 +76,10 @@ class Scenario:
     schedule: dict[str, Any] | None = None   # the runs are a schedule's ticks: see SCHEDULED
     default: bool = True                     # False: only with --only (a known engine bug)
     boot_delay: float = 0.0                  # a restarted worker boots this much later
+    limit: int = 0                           # > 0: limits={the plan workflow: limit}
+    helpers: int = 0                         # workers never killed, besides the killed one
+    operation: str | None = None             # "purge" or "fork": see crash/operations.py
+    size: int = 0                            # an operation's runs to purge, or forks to make
 
 
 # A schedule's tick: the workers' clocks start at TICK (every life again), so the one tick due
@@ -132,7 +136,7 @@ def boundaries(k: int) -> list[Scenario]:
                   {"event": "tick_start", "when": "after"}],
                  schedule={"name": "tick", "at": TICK, "every": 3600}),
     ]
-    return out + child_boundaries(k)
+    return out + child_boundaries(k) + operation_boundaries(k)
 
 
 def child_boundaries(k: int) -> list[Scenario]:
@@ -158,6 +162,30 @@ def child_boundaries(k: int) -> list[Scenario]:
         Scenario("strike_sleep", "a deadline strikes a resumed Sleep", _runs("ss", ops=[
             ["do", "a", 5], ["strike", 0.5, "sleep"], ["do", "z", 5]]),
                  [{"event": "run_parked", "state": "sleeping", "n": 1}], boot_delay=0.6),
+    ]
+
+
+# Limited runs: steps with a sleep between (a parked run frees its slot), many per run, so that
+# every life of the killed worker still finds a step of its own ahead.
+LIMITED: list[Any] = [["do", "a", 60], ["do", "b", 60], ["sleep", 0.05], ["do", "c", 60],
+                      ["do", "d", 60]]
+
+
+def operation_boundaries(k: int) -> list[Scenario]:
+    """Operations killed in the middle (crash/operations.py), and a worker killed while its run
+    holds a limit slot; ``k`` kills of each kind."""
+    return [
+        Scenario("purge", "mid-purge (before, inside, after a batch)", [],
+                 [{"when": "inside", "n": 2, "k": 3}, {"when": "after", "n": 3},
+                  {"when": "before", "n": 2}] * k, operation="purge", size=100 if k == 1 else 250),
+        Scenario("fork", "mid-fork (before, during, after its commit)", [],
+                 [{"when": "before", "n": 2}, {"when": "after", "n": 1},
+                  {"when": "during", "n": 1, "delay": 0.001}] * k,
+                 operation="fork", size=4 if k == 1 else 12, lease=1.0),
+        Scenario("limit", "holding a limit slot, inside a step",
+                 _runs("lm", 8 if k == 1 else 16, LIMITED),
+                 [{"event": "in_step", "n": 2, "remote": i % 2 == 0} for i in range(k)],
+                 lease=1.0, limit=2, helpers=1),
     ]
 
 

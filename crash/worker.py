@@ -26,13 +26,18 @@ from dataclasses import replace
 from typing import Any
 
 _kills_path: str | None = None
+_lease_of: tuple[Any, str] | None = None  # (store, worker id): note the lease at a kill
 
 
 def note_kill(what: str, run: str | None = None, step: str | None = None,
               pos: int | None = None, **extra: Any) -> None:
-    """Record (fsynced) where this process is about to be killed, for the report."""
+    """Record (fsynced) where this process is about to be killed, for the report (and, for a
+    worker that looks remote, when its lease runs out: until then its runs are its own)."""
     if _kills_path is None:
         return
+    if _lease_of is not None:
+        store, me = _lease_of
+        extra["lease_until"] = getattr(store.workers().get(me), "lease_until", None)
     line = json.dumps({"pid": os.getpid(), "at": what, "run": run, "step": step, "pos": pos,
                        "t": time.time(), **extra})
     fd = os.open(_kills_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -131,10 +136,20 @@ class ShiftedClock:
         return time.time() - self._offset
 
 
+def look_remote() -> None:
+    """Give this worker an owner id the others cannot judge (no boot id): they cannot tell it
+    died, so only its lease frees its runs and their slots, as for a worker on another host."""
+    import uuid
+
+    from replaygen import interpreter
+    interpreter.new_owner_id = lambda: "|".join(  # type: ignore[attr-defined]
+        ["elsewhere", "", "", str(os.getpid()), "", uuid.uuid4().hex[:12]])
+
+
 def apply_break(mode: str | None, store: Any) -> Any:
     """Deliberately break the engine inside this process (never the real code on disk)."""
-    if not mode:
-        return store
+    if not mode or mode in ("no-limit", "split-purge", "fork-from-start"):
+        return store  # no-limit: see main(); the others break crash.ops processes only
     if mode == "early-commit":
         # Journal every step's entry *before* calling the step function (a placeholder result),
         # the classic bug a crash exposes: replay then trusts an entry for work never done.
@@ -169,8 +184,7 @@ def apply_break(mode: str | None, store: Any) -> Any:
     raise SystemExit(f"unknown --break mode {mode!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    global _kills_path
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m crash.worker")
     ap.add_argument("--store", required=True)
     ap.add_argument("--dir", required=True)
@@ -180,9 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shutdown-after", type=int, default=0)
     ap.add_argument("--schedule", default="", help="JSON {name, at, every}: the runs are the "
                     "ticks of this schedule (the clock starts at `at`), not started here")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--limit", type=int, default=0,
+                    help="limits={the plan workflow: N}: at most N of its runs in steps at once")
     ap.add_argument("--boot-delay", type=float, default=0.0,
                     help="seconds of downtime before booting (a deadline may pass meanwhile)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _kills_path
+    args = parse(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
                         format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
 
@@ -193,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     from .stores import open_store
 
     _kills_path = os.path.join(args.dir, "kills.log")
+    from . import worker  # run as __main__, this is another module than the one plans imports
+    worker._kills_path = _kills_path  # (so an in_step kill is noted too)
     spec = json.loads(args.kill) if args.kill else {}
     plans.configure(os.path.join(args.dir, "effects.log"),
                     spec if spec.get("event") == "in_step" else None)
@@ -202,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         killer.shutdown_after = args.shutdown_after
     if spec.get("event") == "tick_start":
         kill_at_tick_start(spec["when"])
+    if spec.get("remote"):
+        look_remote()
     runs = plans.load_runs(os.path.join(args.dir, "plan.json"))
     sched, timing = json.loads(args.schedule) if args.schedule else None, {}
     if sched:  # each run is a tick: its id sched:<name>:<tick>, its arguments its plan
@@ -210,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             Schedule(sched["name"], plans.WORKFLOW, run_id, ops, every=sched["every"])
             for run_id, ops in runs]}
     interp = Interpreter(store, {plans.WORKFLOW: plans.plan}, observer=killer, lease=args.lease,
-                         **timing)
+                         concurrency=args.concurrency,
+                         limits={plans.WORKFLOW: args.limit} if args.limit and
+                         args.broken != "no-limit" else None, **timing)
+    if spec.get("remote"):
+        worker._lease_of = (store, interp.worker_id)
     interp.recover()
     for run_id, ops in [] if sched else runs:
         interp.start(plans.WORKFLOW, run_id, ops, run_id=run_id)

@@ -20,7 +20,7 @@ BOUNDARIES = [
     "during recover()", "during graceful shutdown", "inside a fan-out", "lease lost",
     "a child just created", "inside a child", "parent waiting for its children",
     "a child ended, its parent not yet resumed", "a deadline passes while no worker runs",
-    "random kills",
+    "mid-purge", "mid-fork", "holding a limit slot", "random kills",
 ]
 
 
@@ -63,6 +63,20 @@ def test_unfenced_store_is_caught() -> None:
     assert p.returncode == 1, p.stdout[-4000:]
     assert "VIOLATION [one owner at a time: a worker that lost the run never commits]" in p.stdout
     assert "journal of" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario, broken, invariant", [
+    ("purge", "split-purge", "a purge leaves each run wholly present or wholly gone"),
+    ("fork", "fork-from-start", "a fork never runs its prefix's steps again"),
+    ("limit", "no-limit", "never more than N runs of a limited workflow inside a step"),
+])
+def test_a_broken_operation_is_caught(scenario: str, broken: str, invariant: str) -> None:
+    # A purge whose journal deletes commit apart from its tombstones, a fork that runs its
+    # prefix again, workers that ignore the limit: each row then fails, naming its invariant.
+    p = crash("--only", scenario, "--kills-per-boundary", "1", "--break", broken, timeout=120)
+    assert p.returncode == 1, p.stdout[-4000:]
+    assert f"VIOLATION [{invariant}" in p.stdout and "FAIL" in p.stdout
 
 
 def test_expected_results_match_an_uncrashed_run() -> None:
