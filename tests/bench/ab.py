@@ -15,7 +15,8 @@ Workloads as in ``python -m tests.bench``: W1 (SQLite NORMAL, 1000 sequential st
 (SQLite FULL, 200 runs x 10 steps), W3 (resume after SIGKILL; ``--w3-steps``: 1000 steps
 replay in ~10 ms, too short a window to compare builds, so 10,000 by default here), W4 (200
 runs recovered after SIGKILL). On Postgres, W1, W2 and W3 (with W3's engine start to body,
-the store module's import within it, and process start to body: ``--w3-steps 1000`` as in the
+its CPU time, the store module's import within it, the rest (imported to body), and process
+start to body: ``--w3-steps 1000`` as in the
 suite, since the journal is loaded before the body runs).
 """
 
@@ -60,7 +61,8 @@ def measure(python: str, workload: str, store: str, args: argparse.Namespace) ->
 
 def report(workload: str, store: str, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
     key, higher = FIGURES[workload]
-    extra = [(k, k, False) for k in ("engine_to_body_s", "store_import_s", "process_to_body_s")
+    extra = [(k, k, False) for k in ("engine_to_body_s", "engine_to_body_cpu_s", "store_import_s",
+                                     "imported_to_body_s", "process_to_body_s")
              if workload == "W3" and all(k in r for r in old + new)]
     for name, k, up in ((key, key, higher), ("CPU us/step", "cpu_us_per_step", False), *extra):
         if not all(k in r for r in old + new):
