@@ -14,10 +14,10 @@ CPU time per step of the timed region (``time.process_time``) beside the wall fi
 Workloads as in ``python -m tests.bench``: W1 (SQLite NORMAL, 1000 sequential steps), W2
 (SQLite FULL, 200 runs x 10 steps), W3 (resume after SIGKILL; ``--w3-steps``: 1000 steps
 replay in ~10 ms, too short a window to compare builds, so 10,000 by default here), W4 (200
-runs recovered after SIGKILL). On Postgres, W1, W2 and W3 (with W3's engine start to body,
-its CPU time, the store module's import within it, the rest (imported to body), and process
-start to body: ``--w3-steps 1000`` as in the
-suite, since the journal is loaded before the body runs).
+runs recovered after SIGKILL). On Postgres, W1, W2 and W3, for which engine start to body is
+also printed (wall and CPU; the store module's import within it; the rest, imported to body)
+with process start to body: use ``--w3-steps 1000`` as the suite does, since the journal is
+loaded before the body runs.
 """
 
 from __future__ import annotations
