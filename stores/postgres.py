@@ -130,6 +130,13 @@ CREATE TABLE IF NOT EXISTS {workers} (
 );
 """
 
+# Columns added to schemas made before them: (table, column, type).
+_ADDED = (("workers", "workflows", "text[]"), ("runs", "parent", "text"),
+          ("runs", "forked_from", "text"))
+# Every table and index of the current layout (indexes live in their table's schema).
+_RELATIONS = ("meta", "runs", "journal", "signals", "workers", "runs_owner", "runs_state",
+              "signals_run", "runs_parent")
+
 # Failures that may pass: connection lost or refused, server shutting down or starting,
 # serialization failure, deadlock, disk full, ... (psycopg files them all under these).
 _TRANSIENT = (psycopg.OperationalError,)
@@ -352,6 +359,24 @@ class PostgresStore:
             f"{f' [{state}]' if state else ''}: {message}")
 
     def _setup(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._current(conn):
+            self._create_or_migrate(conn)
+
+    def _current(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether the schema is at this version with every table, index and column it needs:
+        one statement, no lock, no DDL (the usual start: the path below costs a dozen round
+        trips and locks). What a concurrent migration has not committed is not seen."""
+        quoted = '"' + self.schema.replace('"', '""') + '".'
+        try:
+            row = conn.execute(self._q["current"], [
+                [quoted + f'"{name}"' for name in _RELATIONS],
+                [quoted + f'"{table}"' for table, _, _ in _ADDED], [c for _, c, _ in _ADDED],
+            ]).fetchone()
+        except psycopg.errors.UndefinedTable:  # no meta table: a new schema
+            return False
+        return row == (str(SCHEMA_VERSION), len(_RELATIONS), len(_ADDED))
+
+    def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> None:
         q = self._q
         with conn.transaction():
             # Serialises concurrent first starts: CREATE ... IF NOT EXISTS alone can still race.
@@ -370,8 +395,7 @@ class PostgresStore:
             conn.execute(q["create_tables"])
             # Added to schemas made before them. Looked up first: ALTER TABLE takes an exclusive
             # lock on the table (stalling every claim) even when the column is there already.
-            for table, column, kind in (("workers", "workflows", "text[]"), ("runs", "parent", "text"),
-                                        ("runs", "forked_from", "text")):
+            for table, column, kind in _ADDED:
                 if conn.execute(q["has_column"], [self.schema, table, column]).fetchone() is None:
                     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                         sql.Identifier(self.schema, table), sql.Identifier(column), sql.SQL(kind)))
@@ -954,6 +978,14 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                         f"WHERE run_id = ANY(%s) ORDER BY run_id, seq DESC",
         "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
                  f"updated = {_NOW} WHERE id = %s",
+        # to_regclass: NULL (not an error) for a relation that is missing.
+        "current": """
+            SELECT (SELECT value FROM {meta} WHERE key = 'schema_version'),
+                (SELECT count(to_regclass(r)) FROM unnest(%s::text[]) AS r)::int,
+                (SELECT count(*) FROM pg_catalog.pg_attribute a,
+                    unnest(%s::text[], %s::text[]) AS c(t, name)
+                 WHERE a.attrelid = to_regclass(c.t) AND a.attname = c.name
+                    AND NOT a.attisdropped)::int""",
         "has_column": """
             SELECT 1 FROM information_schema.columns WHERE table_schema = %s
                 AND table_name = %s AND column_name = %s""",

@@ -8,6 +8,7 @@ unreachable server skips these tests, or fails them when CI is set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -374,6 +375,38 @@ def test_a_schema_from_before_advertised_workflows_gains_the_column(
     assert {o: w.workflows for o, w in store.workers().items()} == {"new": ["billing"],
                                                                       "old": None}
     store.close()
+
+
+def test_a_version_1_schema_is_migrated_and_reopening_a_current_one_changes_nothing(
+        admin: psycopg.Connection, schema: str) -> None:
+    PostgresStore(DSN, schema=schema).close()
+    ident = psycopg.sql.Identifier
+    runs, meta = ident(schema, "runs"), ident(schema, "meta")
+    admin.execute(psycopg.sql.SQL("DROP INDEX {}").format(ident(schema, "runs_parent")))
+    admin.execute(psycopg.sql.SQL("ALTER TABLE {} DROP COLUMN forked_from, DROP COLUMN parent")
+                  .format(runs))
+    admin.execute(psycopg.sql.SQL("UPDATE {} SET value = '1' WHERE key = 'schema_version'")
+                  .format(meta))
+    store = PostgresStore(DSN, schema=schema)  # version 1: migrated
+    store.commit([Write("r", "A", 0, "pending", create=("wf", "{}", "src"))])
+    assert store.get("r").forked_from == "src"  # type: ignore[union-attr]
+    version = psycopg.sql.SQL("SELECT value FROM {} WHERE key = 'schema_version'").format(meta)
+    assert admin.execute(version).fetchone() == (str(SCHEMA_VERSION),)
+    assert admin.execute("SELECT to_regclass(%s)", [f'"{schema}"."runs_parent"']).fetchone() != (None,)
+    store.close()
+    # A current schema is opened without the setup lock (or any DDL): while another session
+    # holds that lock, opening does not wait.
+    key = int.from_bytes(hashlib.sha256(f"replaygen:{schema}".encode()).digest()[:8], "big",
+                         signed=True)
+    opened: list[PostgresStore] = []
+    with admin.transaction():
+        admin.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+        opener = threading.Thread(target=lambda: opened.append(PostgresStore(DSN, schema=schema)))
+        opener.start()
+        opener.join(10)
+        assert len(opened) == 1, "opening a current schema waited for the setup lock"
+    assert opened[0].get("r") is not None
+    opened[0].close()
 
 
 def test_schemas_keep_applications_apart(admin: psycopg.Connection, schema: str) -> None:

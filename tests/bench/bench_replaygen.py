@@ -34,9 +34,11 @@ def make_store(cfg: dict[str, Any]) -> Any:
     kind = cfg["store"]
     if kind.startswith("sqlite"):
         from replaygen.stores.sqlite import SQLiteStore
+        MARK["store_imported"] = now()
         return SQLiteStore(cfg["path"], synchronous="FULL" if kind == "sqlite-full" else "NORMAL")
     if kind == "postgres":
         from replaygen.stores.postgres import PostgresStore
+        MARK["store_imported"] = now()
         return PostgresStore(cfg["dsn"], schema=cfg["schema"], pool_size=cfg.get("pool", 4))
     raise SystemExit(f"unknown store {kind!r}")
 
@@ -69,6 +71,7 @@ def trapped(i: int) -> dict[str, Any]:
 def long(n: int) -> Any:
     """W3: n journaled steps, then step n+1 (the trap)."""
     MARK.setdefault("body", now())
+    MARK.setdefault("body_cpu", time.process_time())
     for i in range(n):
         yield Do(f"s{i}", noop, i)
     yield Do(f"s{n}", trapped, n)
@@ -223,7 +226,9 @@ def mode_w3_resume(cfg: dict[str, Any]) -> None:
          replay_only_per_s=n / (live - body), engine_to_body_s=body - t0,
          process_to_body_s=(T_PROCESS - cfg["spawned"]) + (t_import - T_PROCESS) + (body - t0),
          process_to_engine_s=(T_PROCESS - cfg["spawned"]) + (t_import - T_PROCESS),
-         store_open_s=t_store - t0, interpreter_s=t_interp - t_store,
+         engine_to_body_cpu_s=MARK["body_cpu"] - c0, imported_to_body_s=body - MARK["store_imported"],
+         store_open_s=t_store - t0, store_import_s=MARK["store_imported"] - t0,
+         interpreter_s=t_interp - t_store,
          recover_call_s=t_recover - t_interp, cpu_us_per_step=cpu / n * 1e6)
 
 
