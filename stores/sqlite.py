@@ -878,22 +878,27 @@ class SQLiteStore:
               tombstone: Callable[[RunRecord], tuple[str, str]]) -> list[str]:
         if not self._ready(create=False):
             return []
+        # Chosen and their tombstones made (two thirds of a batch's time) before the write
+        # lock is taken, which a worker's commits wait for; taken, each row is checked again.
+        found: list[Any] = []
+        for state in [s for s in FINISHED if s in states]:  # each by its index, oldest first
+            found += self._read(f"SELECT rowid, {_RUN_COLUMNS} FROM runs WHERE state = ? AND "
+                                f"updated < ? ORDER BY created LIMIT ?", (state, before, limit))
+        marks = [(*tombstone(_record(row)), rowid, row[0], row[3])
+                 for rowid, *row in sorted(found, key=lambda row: row[7])[:limit]]
+        if not marks:
+            return []
 
         def tx(c: sqlite3.Connection) -> list[str]:
-            found: list[Any] = []
-            for state in [s for s in FINISHED if s in states]:  # each by its index, oldest first
-                found += _fetch(c, f"SELECT rowid, {_RUN_COLUMNS} FROM runs WHERE state = ? AND "
-                                   f"updated < ? ORDER BY created LIMIT ?", (state, before, limit))
-            found = sorted(found, key=lambda row: row[7])[:limit]
-            for rowid, *row in found:
-                args, error = tombstone(_record(row))
-                c.execute(f"UPDATE runs SET state = '{PURGED}', args = ?, error = ?, result = NULL, "
-                          f"owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = 0, "
-                          f"cancel_seen = 0 WHERE rowid = ?", (args, error, rowid))
-            ids = json.dumps([row[1] for row in found])
+            done = [m[3] for m in marks if c.execute(
+                f"UPDATE runs SET state = '{PURGED}', args = ?, error = ?, result = NULL, "
+                f"owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = 0, "
+                f"cancel_seen = 0 WHERE rowid = ? AND run_id = ? AND state = ? AND updated < ?",
+                (*m, before)).rowcount]
+            ids = json.dumps(done)
             c.execute(f"DELETE FROM journal WHERE run_id IN {_IN}", (ids,))
             c.execute(f"DELETE FROM signals WHERE run_id IN {_IN}", (ids,))
-            return [row[1] for row in found]
+            return done
         return self._tx(tx)
 
     def close(self) -> None:
