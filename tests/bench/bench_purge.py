@@ -25,6 +25,7 @@ from bench_common import emit
 from bench_replaygen import engine, make_store
 
 import replaygen.client
+import replaygen.stores.sqlite
 from replaygen import Client
 
 TEMPLATES = 4  # real runs whose rows every filled run copies
@@ -173,6 +174,8 @@ class _Timed:
 def mode_purge(cfg: dict[str, Any]) -> None:
     if "batch" in cfg:  # an A/B knob: runs per purge transaction
         replaygen.client.PURGE_BATCH = cfg["batch"]
+    if "sqlite_yield" in cfg:  # an A/B knob: how long SQLite's write lock is left free
+        replaygen.stores.sqlite.PURGE_YIELD = cfg["sqlite_yield"]
     timed = _Timed(make_store(cfg), cfg.get("pause", 0.0))
     client = Client(timed)
     t0, c0 = time.time(), time.process_time()

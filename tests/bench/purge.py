@@ -9,9 +9,9 @@ process running W2 rounds (200 runs x 10 steps started at once) back to back, an
 second process, ``Client.purge(older_than=1 day)``. The worker samples its committed steps
 and CPU time every 20 ms: "during" is the rate between the purge's first and last moment,
 "alone" over ``--alone`` seconds before the purge in even pairs and after it in odd ones
-(after a second of warm-up), so drift falls on both. Reported: purge rate and time, W2 steps/s alone and during and their ratio
-per pair (target >= 0.7), CPU per step. Tables go to --tables (results-purge.md), one JSON
-line per pair is appended to --out (results.jsonl).
+(after a second of warm-up), so drift falls on both. Reported: purge rate and time, W2
+steps/s alone and during and their ratio per pair (target >= 0.7), CPU per step. Tables go
+to --tables (results-purge.md), one JSON line per pair is appended to --out (results.jsonl).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def run_store(a: argparse.Namespace, store: str) -> list[dict[str, Any]]:
             shutil.rmtree(tmp, ignore_errors=True)
             if store == "postgres":
                 drop_schema(a.dsn, cfg["schema"])
-        log(f"{store} pair {k + 1}/{a.pairs}: purge {row['purge_runs_per_s']:,.0f} runs/s, W2 "
+        log(f"{store} pair {k - a.first_pair + 1}/{a.pairs}: purge {row['purge_runs_per_s']:,.0f} runs/s, W2 "
             f"{row['alone_steps_per_s']:,.0f} alone, {row['during_steps_per_s']:,.0f} during "
             f"({row['ratio']:.2f}), load {row['load']:.2f}")
         rows.append(dict(row, store=store))
@@ -149,12 +149,15 @@ def main(argv: list[str]) -> None:
                     help="A/B knob: runs per purge transaction (default: the library's)")
     ap.add_argument("--pause", type=float, default=None,
                     help="A/B knob: sleep this many times each batch's time after it")
+    ap.add_argument("--sqlite-yield", type=float, default=None,
+                    help="A/B knob: replaygen.stores.sqlite.PURGE_YIELD in the purging process")
     ap.add_argument("--tree", default=None, help="A/B: a directory holding an older build's "
                     "replaygen package (with its stores as replaygen/stores), used by every process")
     ap.add_argument("--first-pair", type=int, default=0,
                     help="number the pairs from here (even: W2 alone before the purge)")
     a = ap.parse_args(argv)
-    a.knobs = {k: v for k, v in (("batch", a.batch), ("pause", a.pause)) if v is not None}
+    a.knobs = {k: v for k, v in (("batch", a.batch), ("pause", a.pause),
+                                 ("sqlite_yield", a.sqlite_yield)) if v is not None}
     stores = [s.strip() for s in a.store.split(",") if s.strip()]
     if "postgres" in stores and not postgres_ok(a.dsn):
         stores.remove("postgres")
