@@ -130,7 +130,16 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], suite: str) -> str
                   fmt(r["alone_steps_per_s"]), fmt(r["during_steps_per_s"]), f"{r['ratio']:.2f}",
                   f"{fmt(r['alone_cpu_us_per_step'])}/{fmt(r['during_cpu_us_per_step'])}",
                   f"{r['load']:.2f}"] for r in rows])
-    return f"suite {suite}\n{summary}\n{per}\n"
+    head = (f"# Purge beside W2 — suite {suite}\n\nMethod: `python -m tests.bench purge` "
+            f"(tests/bench/purge.py). Each pair fills a fresh store with {a.runs:,} completed "
+            f"runs of 3 steps finished two days ago (rows copied in bulk from real runs), runs W2 "
+            f"(200 runs x 10 no-op steps started at once) back to back in one worker process and "
+            f"`Client.purge(older_than=1 day)` in another; W2's committed steps are sampled every "
+            f"20 ms. \"During\" is W2's rate from the purge's first to its last moment, \"alone\" "
+            f"over {a.alone:g} s before the purge (even pairs) or after it (odd pairs). SQLite: "
+            f"WAL, synchronous=FULL. Machine: {os.cpu_count()} cores, shared; load is the "
+            f"1-minute load average at each pair's start.\n")
+    return f"{head}{summary}\n{per}\n"
 
 
 def main(argv: list[str]) -> None:
@@ -162,12 +171,15 @@ def main(argv: list[str]) -> None:
     if "postgres" in stores and not postgres_ok(a.dsn):
         stores.remove("postgres")
     suite = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                            text=True).stdout.strip() or "?"
     rows = [r for s in stores for r in run_store(a, s)]
     with open(a.out, "a") as f:
         for r in rows:
-            f.write(json.dumps({"suite": suite, "workload": "purge", "system": "replaygen",
+            f.write(json.dumps({"suite": suite, "commit": commit, "workload": "purge",
+                                "system": "replaygen",
                                 "runs": a.runs, **r}) + "\n")
-    text = report(a, rows, suite)
+    text = report(a, rows, f"{suite}, replaygen {commit}")
     print(text)
     Path(a.tables).write_text(text)
     log(f"tables written to {a.tables}; JSON lines appended to {a.out}")
