@@ -2,6 +2,7 @@
 
     python -m tests.bench [--reps 5] [--quick] [--only W1,W2,W3,W4,W4big,W5,sweep]
                           [--stores sqlite-full,sqlite-normal,postgres] [--no-dbos] [--profile]
+    python -m tests.bench purge [--store sqlite,postgres] [--runs 100000] [--pairs 5]  (purge.py)
 
 Workloads (every step a no-op returning a ~100-byte dict; each measurement in fresh
 processes on a fresh store; see /work/shared/BENCH.md):
@@ -60,11 +61,13 @@ def log(msg: str) -> None:
 # ---- processes ------------------------------------------------------------------------------
 
 def child(python: str, script: str, cfg: dict[str, Any], *, crash: bool = False,
-          timeout: float = 1800) -> dict[str, Any] | None:
+          timeout: float = 1800, tree: str | None = None) -> dict[str, Any] | None:
     """Run one measurement in a fresh process; its result, or None (a crash mode: it must die
-    by SIGKILL)."""
+    by SIGKILL). ``tree``: a directory whose ``replaygen`` package is imported instead of the
+    installed one (an A/B of an older build)."""
     cfg = dict(cfg, spawned=time.time())
-    env = dict(os.environ, PYTHONPATH=str(HERE), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*([tree] if tree else []), str(HERE)]),
+               PYTHONDONTWRITEBYTECODE="1")
     p = subprocess.run([python, script, json.dumps(cfg)], capture_output=True, text=True,
                        timeout=timeout, env=env, cwd=str(HERE))
     if crash:
@@ -482,6 +485,10 @@ def chart(a: argparse.Namespace, suite: str, dbos_py: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["purge"]:  # its own workload and options: tests/bench/purge.py
+        from tests.bench.purge import main as purge_main
+        return purge_main(args[1:])
     ap = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
