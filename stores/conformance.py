@@ -78,6 +78,20 @@ def test_create_is_idempotent_and_returns_the_existing_run(store: Store) -> None
     assert store.get("nope") is None
 
 
+def test_many_creates_in_one_commit_each_get_their_own_outcome(store: Store) -> None:
+    create(store, "old", "wf", '{"args":[0]}', "A")
+    made = store.commit([
+        Write(r, "A", 1, "pending", release=True, create=("wf", f'{{"args":[{i}]}}'))
+        for i, r in enumerate(["a", "old", "b", "a", "c"])])
+    assert made == [True, False, True, False, True]  # a second create of "a" finds it taken
+    for i, r in [(0, "a"), (2, "b"), (4, "c")]:
+        rec = store.get(r)
+        assert rec is not None and (rec.args, rec.owner, rec.state) == (
+            f'{{"args":[{i}]}}', None, "pending")
+    old = store.get("old")
+    assert old is not None and old.args == '{"args":[0]}'
+
+
 def test_commit_appends_entries_and_updates_the_run_atomically(store: Store) -> None:
     create(store, "r", "wf", "{}", "A")
     assert store.commit([Write("r", "A", 1, "running", (_entry(0), _entry(1)))]) == [True]
