@@ -98,6 +98,9 @@ class Cancelled(ReplaygenError):
 class DeadlineExceeded(Cancelled):
     """The run's ``Deadline`` passed; raised once, at the yield where the run stands."""
 
+    deadline: float | None = None
+    """The deadline that passed (epoch seconds), on the exception the engine raised."""
+
 
 class ChildFailed(ReplaygenError):
     """A child run (``Child``) failed, or could not be started; raised into the parent.

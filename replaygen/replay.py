@@ -95,13 +95,18 @@ _NOT_BEGUN = object()
 class Life:
     """The rules applied to one run. ``life()`` is the generator a driver runs."""
 
+    __slots__ = ("settings", "id", "workflow", "fn", "args", "journal", "resumes", "parent",
+                 "cancel", "written", "gen", "position", "kind", "members", "orphans", "live",
+                 "slots", "alarm", "deadline_at", "inbox", "taken", "mail", "fresh", "staged",
+                 "consumed", "spawned", "cancels", "after", "ended", "nonce")  # 10,000s parked
+
     def __init__(self, settings: Settings, run_id: str, workflow: str, fn: Workflow | None,
                  args: str, journal: Journal, *, written: tuple[str, float | None, str | None] = (
                      "pending", None, None), resumes: int = 0, cancel: bool = False,
                  parent: str | None = None, broken: Exception | None = None) -> None:
         self.settings, self.id, self.workflow, self.fn, self.args = (
             settings, run_id, workflow, fn, args)
-        self.journal, self.resumes, self.parent, self.broken = journal, resumes, parent, broken
+        self.journal, self.resumes, self.parent = journal, resumes, parent
         self.cancel = cancel and not journal.cancelled  # requested, not yet journaled
         self.written = written  # the run row as last written: (state, wake_at, waiting_for)
         self.gen: Generator[Any, Any, Any] | None = None
@@ -111,10 +116,8 @@ class Life:
         self.orphans: dict[int, Member] = {}  # steps still running for an answered yield
         self.live = False                   # the current yield needed live work
         self.slots = False                  # it asked for a concurrency slot that may be kept
-        self.busy = False                   # steps of it still run
         self.alarm: float | None = None
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
-        self.passed: float | None = None    # the deadline that struck, once it has
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
         self.taken: set[int] = set()        # signals consumed by this incarnation
         self.mail: list[Done] = []          # steps that ended, to journal
@@ -124,7 +127,7 @@ class Life:
         self.spawned: list[Spawn] = []      # the children they create,
         self.cancels: list[str] = []        # the children they cancel,
         self.after: list[Event] = []        # the observer events due once they are durable
-        self.ended: BaseException | None = None  # what failed, cancelled or blocked the run
+        self.ended: BaseException | None = broken  # what failed, cancelled or blocked the run
         self.nonce = ""                     # this incarnation's, for idempotency keys
 
     # ---- the life --------------------------------------------------------------------------
@@ -159,8 +162,8 @@ class Life:
                     pass
 
     def _main(self) -> _Gen:
-        if self.broken is not None:
-            raise self.broken
+        if self.ended is not None:  # its journal could not be read
+            raise self.ended
         if self.fn is None:
             raise RunBlocked(f"run {self.id!r} is of workflow {self.workflow!r}, which this "
                              f"interpreter does not know; register it and call recover()")
@@ -279,8 +282,8 @@ class Life:
                 if self.slots:  # slots kept or queued for steps it did not run
                     self.slots = False
                     yield WITHDRAW
-                if self.busy:  # steps that still run: their ends are journaled later
-                    self.orphans.update((m.position, m) for m in self.members if m.running)
+                # Steps that still run: their ends are journaled later.
+                self.orphans.update((m.position, m) for m in self.members if m.running)
                 self.position += len(self.members)
                 self.members = _NONE
                 return answer
@@ -314,7 +317,6 @@ class Life:
         for m in members:
             busy = busy or m.running or m.queued
             done = done and m.done
-        self.busy = busy
         if winner is not None or (done and not busy):
             if self.staged or self.after or self.cancels:  # the answer may bring a cancel
                 yield from self._flush("running")
@@ -362,8 +364,9 @@ class Life:
     def _interrupt(self, entry: Entry) -> Cancelled:
         self.cancel = False  # a strike spends the cancel requests too (raised once)
         if entry.status == "deadline":
-            self.passed, self.deadline_at = self.deadline_at, None  # it strikes once
-            return DeadlineExceeded(f"run {self.id!r} passed its deadline")
+            struck = DeadlineExceeded(f"run {self.id!r} passed its deadline")
+            struck.deadline, self.deadline_at = self.deadline_at, None  # it strikes once
+            return struck
         return Cancelled(f"run {self.id!r} was cancelled")
 
     def _raise(self, deadline: bool) -> _Gen:
@@ -657,7 +660,8 @@ class Life:
         if state == "completed":
             told["result"] = outcome
         else:
-            told["error"], told["deadline"] = error_record(outcome), self.deadline_at or self.passed
+            told["error"], told["deadline"] = error_record(outcome), self.deadline_at or getattr(
+                outcome, "deadline", None)
         return Notice(self.parent, CHILD_SIGNAL + self.id, self.settings.encode_error(told))
 
     # ---- steps ------------------------------------------------------------------------------
@@ -846,6 +850,10 @@ def _nonce(parent: str, child: str) -> str:
 
 # ---- the one table of commands --------------------------------------------------------------
 
+def _blank(cmd: Any) -> str:
+    return ""
+
+
 class Rule(NamedTuple):
     """How the engine treats one kind of command."""
 
@@ -869,10 +877,6 @@ class Rule(NamedTuple):
     lint: str
     """What lint knows of a call making it: ``step`` (its second argument is a step, not
     workflow code) or ``command``."""
-
-
-def _blank(cmd: Any) -> str:
-    return ""
 
 
 

@@ -100,7 +100,7 @@ class Actor:
         self.id, self.gen, self.fence = run_id, gen, fence
         self.state = state              # as its last write said (or the claim)
         self.limited = limited          # its workflow has store-wide slots (limits)
-        self.mailbox: deque[Any] = deque()
+        self.mailbox: list[Any] = []
         self.reply: Any = None          # the answer to the effect the life waits on
         self.scheduled = self.gone = False
         self.held: set[int] = set()     # positions holding a slot for their next Call
@@ -620,8 +620,7 @@ class Runtime:
 
 
 def _kick(runtime: weakref.ref[Runtime]) -> None:
-    """A test clock moved: let the driver look for due alarms (the clock holds only a weak
-    reference, so it keeps no stopped runtime alive)."""
+    """A test clock moved: look for due alarms (held weakly: it keeps no stopped runtime)."""
     if (it := runtime()) is not None:
         it.kick()
 
