@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,13 +13,12 @@ from typing import Any
 import pytest
 
 from .conftest import PATIENCE
-from .pg import postgres_dsn
+from .pg import each_store
 from replaygen import (
-    All, Client, Do, Interpreter, MemoryStore, ReplaygenError, Sleep, Store,
+    All, Client, Do, Interpreter, ReplaygenError, Sleep, Store,
     UsageError, Version, Wait, WorkflowFailed, workflow,
 )
 from replaygen import Any as AnyOf
-from replaygen.stores.sqlite import SQLiteStore
 
 Make = Callable[..., Interpreter]
 
@@ -28,20 +26,8 @@ Make = Callable[..., Interpreter]
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: Any, tmp_path: Path) -> Iterator[Store]:
     """This test's store, on each backend (the ``interp`` fixture builds over it)."""
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "runs.db")
+    with each_store(request.param, tmp_path, "ops_") as s:
         yield s
-        s.close()
-    else:
-        from replaygen.stores.postgres import PostgresStore
-
-        dsn, schema = postgres_dsn(), "ops_" + uuid.uuid4().hex[:10]
-        s = PostgresStore(dsn, schema=schema)
-        yield s
-        s.close()
-        PostgresStore.drop_schema(dsn, schema)
 
 
 # ---- purge and retention ---------------------------------------------------------------------

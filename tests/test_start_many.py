@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,28 +11,15 @@ from typing import Any
 import pytest
 
 from .conftest import PATIENCE
-from .pg import postgres_dsn
-from replaygen import Client, Do, Interpreter, MemoryStore, Store, UsageError, workflow
+from .pg import each_store
+from replaygen import Client, Do, Interpreter, Store, UsageError, workflow
 from replaygen.client import START_BATCH
-from replaygen.stores.sqlite import SQLiteStore
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: Any, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "runs.db")
+    with each_store(request.param, tmp_path, "many_") as s:
         yield s
-        s.close()
-    else:
-        from replaygen.stores.postgres import PostgresStore
-
-        dsn, schema = postgres_dsn(), "many_" + uuid.uuid4().hex[:10]
-        s = PostgresStore(dsn, schema=schema)
-        yield s
-        s.close()
-        PostgresStore.drop_schema(dsn, schema)
 
 
 class Counting:
