@@ -14,7 +14,9 @@ from .errors import (
     WaitTimeout, WorkflowFailed,
 )
 from .client import Client
-from .interpreter import DEFAULT_MAX_PAYLOAD, Clock, Interpreter, RunStatus, SystemClock
+from .client import DEFAULT_MAX_PAYLOAD, RunStatus
+from .interpreter import Interpreter
+from .runtime import Clock, SystemClock
 from .observe import Event, Observer, StepInfo, current_step
 from .registry import workflow
 from .schedules import Schedule

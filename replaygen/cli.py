@@ -44,7 +44,8 @@ from .codec import JSONCodec
 from .commands import check_name
 from .errors import ReplaygenError, RunNotFound, StoreUnavailable
 from .client import Client
-from .interpreter import DEFAULT_MAX_PAYLOAD, Interpreter
+from .client import DEFAULT_MAX_PAYLOAD
+from .interpreter import Interpreter
 from .loader import load
 from .registry import table
 from .replay import CHILD_SIGNAL

@@ -86,12 +86,28 @@ class GroupCommit:
             self._committing = True
         batch: list[_Pending] = []
         if me is not None:
-            me.wake.acquire()
+            try:
+                me.wake.acquire()
+            except BaseException:  # interrupted while queued: leave, and pass on a lead given
+                self._leave(me)
+                raise
             if me.results is not _LEAD:
                 return me.results  # type: ignore[no-any-return]
             with self._lock:
                 batch, self._queue = self._queue, []
-        results = self._apply([w for p in batch for w in p.writes] if batch else writes)
+        try:
+            results = self._apply([w for p in batch for w in p.writes] if batch else writes)
+        except BaseException as exc:  # an interrupt: its own goes on; the writes grouped with
+            # it met an outage of unknown outcome (a commit retries them; the store tells a
+            # write applied before from a new one)
+            lost = StoreUnavailable(f"a commit grouped with this write was interrupted: {exc!r}")
+            self._hand_on(batch, me, [lost] * (sum(len(p.writes) for p in batch) or len(writes)))
+            raise
+        self._hand_on(batch, me, results)
+        return results if me is None else me.results
+
+    def _hand_on(self, batch: list[_Pending], me: _Pending | None, results: list[Any]) -> None:
+        """Give each queued writer its outcome, and the lead to the first queued since."""
         at = 0
         for item in batch:
             item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
@@ -104,7 +120,16 @@ class GroupCommit:
         for item in batch:
             if item is not me:
                 item.wake.release()
-        return results if me is None else me.results
+
+    def _leave(self, me: _Pending) -> None:
+        """A queued writer stops waiting: out of the queue, or, if the lead reached it
+        meanwhile, the lead goes to the next (or the commit in progress ends)."""
+        with self._lock:
+            if me in self._queue:
+                self._queue.remove(me)
+            led = me.results is _LEAD
+        if led:
+            self._hand_on([], None, [])
 
     def _apply(self, writes: list[Write]) -> list[Any]:
         try:

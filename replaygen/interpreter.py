@@ -29,8 +29,6 @@ from .schedules import Schedule, Scheduler
 from .shadow import compare
 from .store import ACTIVE, FINISHED, Claim, RunRecord, Store
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "Clock", "Interpreter", "RunStatus", "SystemClock"]
-
 log = logging.getLogger("replaygen")
 
 
@@ -139,13 +137,9 @@ class Interpreter(Client):
                                      f"(limits); it starts when one is free")
             self._adopt(claims[0])
         end = time.monotonic() + timeout
-        while time.monotonic() < end and self._busy(run_id):
+        while time.monotonic() < end and (a := self._runtime.actors.get(run_id)) and a.busy():
             time.sleep(0.01)
         return self.status(run_id)
-
-    def _busy(self, run_id: str) -> bool:
-        actor = self._runtime.actors.get(run_id)
-        return actor is not None and actor.busy()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking work, let running steps finish (up to ``timeout`` s), and release every
@@ -214,12 +208,13 @@ class Interpreter(Client):
                 for run_id in limited.keys() - made:
                     self._unclaimed.pop(run_id, None)
         now = time.time()
-        for run, made in zip(new, done, strict=True):
-            if made is True and run.run_id not in limited:
-                self._adopt(Claim(RunRecord(run.run_id, run.workflow, run.args, "pending",
-                                            self.worker_id, 1, now, now,
-                                            forked_from=run.source), list(run.entries)))
-                log.info("run %s started (workflow %s)", run.run_id, run.workflow)
+        with self._start_lock:  # a start() of one of these ids meanwhile may adopt it first
+            for run, made in zip(new, done, strict=True):
+                if made is True and run.run_id not in limited and run.run_id not in self._runtime.actors:
+                    self._adopt(Claim(RunRecord(run.run_id, run.workflow, run.args, "pending",
+                                                self.worker_id, 1, now, now,
+                                                forked_from=run.source), list(run.entries)))
+                    log.info("run %s started (workflow %s)", run.run_id, run.workflow)
         failed = next((d for d in done if isinstance(d, BaseException)), None)
         if failed is not None:
             raise failed
@@ -227,10 +222,11 @@ class Interpreter(Client):
 
     def _existing(self, run_id: str, name: str, args_text: str) -> RunRecord:
         old = super()._existing(run_id, name, args_text)
-        if old.owner == self.worker_id and old.state not in FINISHED \
-                and run_id not in self._runtime.actors:
-            # Our create() committed though it was reported as failed: run it now.
-            self._adopt(Claim(old, self._store.journal(run_id)))
+        with self._start_lock:  # adopted once, here or by the _create() that made it
+            if old.owner == self.worker_id and old.state not in FINISHED \
+                    and run_id not in self._runtime.actors:
+                # Our create() committed though it was reported as failed: run it now.
+                self._adopt(Claim(old, self._store.journal(run_id)))
         return old
 
     def _heartbeat(self) -> None:

@@ -95,10 +95,11 @@ _NOT_BEGUN = object()
 class Life:
     """The rules applied to one run. ``life()`` is the generator a driver runs."""
 
+    # Slots, not a dict: a worker holds one per parked run (a dict of 30+ keys costs 1.6 KB).
     __slots__ = ("settings", "id", "workflow", "fn", "args", "journal", "resumes", "parent",
                  "cancel", "written", "gen", "position", "kind", "members", "orphans", "live",
                  "slots", "alarm", "deadline_at", "inbox", "taken", "mail", "fresh", "staged",
-                 "consumed", "spawned", "cancels", "after", "ended", "nonce")  # 10,000s parked
+                 "consumed", "spawned", "cancels", "after", "ended", "nonce", "passed")
 
     def __init__(self, settings: Settings, run_id: str, workflow: str, fn: Workflow | None,
                  args: str, journal: Journal, *, written: tuple[str, float | None, str | None] = (
@@ -118,6 +119,7 @@ class Life:
         self.slots = False                  # it asked for a concurrency slot that may be kept
         self.alarm: float | None = None
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
+        self.passed: float | None = None    # the deadline that struck, once it has
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
         self.taken: set[int] = set()        # signals consumed by this incarnation
         self.mail: list[Done] = []          # steps that ended, to journal
@@ -365,7 +367,8 @@ class Life:
         self.cancel = False  # a strike spends the cancel requests too (raised once)
         if entry.status == "deadline":
             struck = DeadlineExceeded(f"run {self.id!r} passed its deadline")
-            struck.deadline, self.deadline_at = self.deadline_at, None  # it strikes once
+            struck.deadline = self.passed = self.deadline_at
+            self.deadline_at = None  # it strikes once
             return struck
         return Cancelled(f"run {self.id!r} was cancelled")
 
@@ -660,8 +663,7 @@ class Life:
         if state == "completed":
             told["result"] = outcome
         else:
-            told["error"], told["deadline"] = error_record(outcome), self.deadline_at or getattr(
-                outcome, "deadline", None)
+            told["error"], told["deadline"] = error_record(outcome), self.deadline_at or self.passed
         return Notice(self.parent, CHILD_SIGNAL + self.id, self.settings.encode_error(told))
 
     # ---- steps ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from .codec import Codec, JSONCodec
 from .commands import Command
 from .errors import Cancelled, DeadlineExceeded, RunNotFound, UsageError, WaitTimeout
-from .interpreter import DEFAULT_MAX_PAYLOAD
+from .client import DEFAULT_MAX_PAYLOAD
 from .journal import Entry, Journal
 from .registry import registered, table
 from .effects import CANCEL, RING, Acquire, Alarm, Call, Idle, Inbox, Outcome, Save, Signals

@@ -925,9 +925,9 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                                   token, next_seq, created, updated)
             SELECT r, w, a, src, s, o, f, t, n, {_NOW}, {_NOW}
             FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                        %s::bigint[], %s::text[], %s::int[]) WITH ORDINALITY
-                AS x(r, w, a, src, s, o, f, t, n, i)
-            ORDER BY i
+                        %s::bigint[], %s::text[], %s::int[])
+                AS x(r, w, a, src, s, o, f, t, n)
+            ORDER BY r  -- one order for every batch: two batches sharing ids never deadlock
             ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
         "get": f"SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE run_id = %s",
         "share": "SELECT state FROM {runs} WHERE run_id = %s FOR SHARE",

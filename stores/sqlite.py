@@ -101,6 +101,9 @@ PURGE_YIELD = 2.5
 """After a full purge batch, the write lock is left free for this many times as long as the
 batch held it (``Client.purge`` takes the next at once): a worker's commits, which wait for
 that lock, keep about three quarters of their rate while a purge runs beside them."""
+PURGE_YIELD_MAX = 0.25
+"""At most this long (seconds): a worker's watcher purging for ``retention`` must renew its
+lease on time."""
 _REFUSED = "replaygen: refused"
 _FENCED = "WHERE run_id = NEW.run_id AND owner = NEW.owner AND fence = NEW.fence"
 _REFUSE = f"SELECT RAISE(ABORT, '{_REFUSED}') WHERE changes() = 0"
@@ -893,7 +896,10 @@ class SQLiteStore:
         if not marks:
             return []
 
+        held = [0.0]  # when the write lock was taken
+
         def tx(c: sqlite3.Connection) -> list[str]:
+            held[0] = time.monotonic()
             done = [m[3] for m in marks if c.execute(
                 f"UPDATE runs SET state = '{PURGED}', args = ?, error = ?, result = NULL, "
                 f"owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = 0, "
@@ -903,10 +909,9 @@ class SQLiteStore:
             c.execute(f"DELETE FROM journal WHERE run_id IN {_IN}", (ids,))
             c.execute(f"DELETE FROM signals WHERE run_id IN {_IN}", (ids,))
             return done
-        t0 = time.monotonic()
         done = self._tx(tx)
         if len(done) == limit:  # more may follow at once: let the workers' writes in first
-            time.sleep(PURGE_YIELD * (time.monotonic() - t0))
+            time.sleep(min(PURGE_YIELD * (time.monotonic() - held[0]), PURGE_YIELD_MAX))
         return done
 
     def close(self) -> None:

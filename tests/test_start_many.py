@@ -112,3 +112,90 @@ def test_concurrent_client_starts_share_a_commit(store: Store) -> None:
         t.join(PATIENCE)
     assert counting.sizes == [1, 19]  # twenty starts, two commits
     assert sorted(r.run_id for r in client.runs(limit=100)) == sorted(ids)
+
+
+ran: list[int] = []
+
+
+def once(x: int) -> int:
+    ran.append(x)
+    return x
+
+
+@workflow
+def counted(x: int) -> Any:
+    return (yield Do("once", once, x))
+
+
+def test_a_start_racing_start_many_for_the_same_ids_runs_each_run_once(store: Store) -> None:
+    ran.clear()
+    ids = [f"r{i}" for i in range(600)]
+    with Interpreter(store, [counted], concurrency=1000) as worker:
+        adopt, adopted = worker._adopt, list[str]()
+
+        def slow_adopt(claim: Any) -> None:  # a loaded machine: a wide window between a
+            adopted.append(claim.run.run_id)  # batch's commit and its adoptions
+            threading.Event().wait(0.0005)
+            adopt(claim)
+
+        worker._adopt = slow_adopt  # type: ignore[method-assign]
+        batch = threading.Thread(target=lambda: worker.start_many(
+            counted, [(i,) for i in range(600)], ids))
+        batch.start()
+        while store.get(ids[-1]) is None:  # the batch is committed, its adoptions under way
+            assert batch.is_alive()
+        while batch.is_alive():  # start its last runs again, as a retried request would
+            for i in reversed(range(300, 600)):
+                worker.start(counted, i, run_id=ids[i])
+        assert [worker.result(r, timeout=PATIENCE) for r in ids] == list(range(600))
+    assert sorted(adopted) == sorted(ids)  # each run adopted once, here or by the batch
+    assert sorted(ran) == list(range(600))  # and no step ran twice
+
+
+def test_two_clients_starting_the_same_ids_in_opposite_orders_both_succeed(store: Store) -> None:
+    ids = [f"id-{i:03}" for i in range(300)]
+    errors: list[BaseException] = []
+
+    def starts(order: list[str]) -> None:
+        client = Client(store)
+        try:
+            for _ in range(5):
+                client.start_many(doubled, [(int(r[3:]),) for r in order], order)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    pair = [threading.Thread(target=starts, args=(o,)) for o in (ids, ids[::-1])]
+    for t in pair:
+        t.start()
+    for t in pair:
+        t.join(PATIENCE)
+    assert errors == []
+    assert len(Client(store).runs(limit=1000)) == 300
+
+
+class Interrupting:
+    """A store whose first commit is interrupted (Ctrl-C in the middle of a start())."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner, self.interrupted = inner, False
+
+    def commit(self, writes: Sequence[Any]) -> Any:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return self.inner.commit(writes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_start_interrupted_in_its_commit_leaves_the_client_usable(store: Store) -> None:
+    client = Client(Interrupting(store))  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        client.start(doubled, 1)
+    done: list[str] = []
+    later = threading.Thread(target=lambda: done.append(client.start(doubled, 2)))
+    later.start()
+    later.join(PATIENCE)
+    assert not later.is_alive() and len(done) == 1  # the group commit was handed on
+    assert [r.run_id for r in client.runs()] == done
