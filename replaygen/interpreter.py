@@ -202,19 +202,19 @@ class Interpreter(Client):
         try:  # the inserts share the group commit of other runs' steps
             done = self._group.commit([r.write(self.worker_id, r.run_id in limited) for r in new])
         finally:
+            now = time.time()
             with self._start_lock:
-                self._starting -= 1
                 made = {r.run_id for r, d in zip(new, done, strict=False) if d is True}
                 for run_id in limited.keys() - made:
                     self._unclaimed.pop(run_id, None)
-        now = time.time()
-        with self._start_lock:  # a start() of one of these ids meanwhile may adopt it first
-            for run, made in zip(new, done, strict=True):
-                if made is True and run.run_id not in limited and run.run_id not in self._runtime.actors:
-                    self._adopt(Claim(RunRecord(run.run_id, run.workflow, run.args, "pending",
-                                                self.worker_id, 1, now, now,
-                                                forked_from=run.source), list(run.entries)))
-                    log.info("run %s started (workflow %s)", run.run_id, run.workflow)
+                for run in new:  # adopted before shutdown() goes on; once (a start() may first)
+                    held = run.run_id in limited or run.run_id in self._runtime.actors
+                    if run.run_id in made and not held:
+                        self._adopt(Claim(RunRecord(run.run_id, run.workflow, run.args, "pending",
+                                                    self.worker_id, 1, now, now,
+                                                    forked_from=run.source), list(run.entries)))
+                        log.info("run %s started (workflow %s)", run.run_id, run.workflow)
+                self._starting -= 1
         failed = next((d for d in done if isinstance(d, BaseException)), None)
         if failed is not None:
             raise failed
