@@ -111,9 +111,7 @@ class Interpreter(Client):
         claims = self._claim()
         if blocked:  # retried with new code: a crash loop's count starts afresh
             claims += self._claim(states=("blocked",), run_ids=blocked, reset=True)
-        notify(self._observer, Event("recovered", count=len(claims)))  # claimed, not yet resumed
-        for claim in claims:
-            self._adopt(claim)
+        notify(self._observer, Event("recovered", count=len(claims)))
         self._adopting = True
         log.info("recovered %d runs", len(claims))
         # The watcher says which runs it left, later: not while the recovered runs start up.
@@ -135,7 +133,6 @@ class Interpreter(Client):
                                      f"it goes on there" if record.owner else f"run {run_id!r} "
                                      f"waits for a free slot of workflow {record.workflow!r} "
                                      f"(limits); it starts when one is free")
-            self._adopt(claims[0])
         end = time.monotonic() + timeout
         while time.monotonic() < end and (a := self._runtime.actors.get(run_id)) and a.busy():
             time.sleep(0.01)
@@ -246,7 +243,8 @@ class Interpreter(Client):
 
     def _claim(self, *, states: tuple[str, ...] = ACTIVE, run_ids: list[str] | None = None,
                reset: bool = False, limit: int | None = None) -> list[Claim]:
-        """Claim runs of known workflows (never another's) that no live worker holds."""
+        """Claim runs of known workflows (never another's) that no live worker holds, and
+        adopt each batch as it lands: its runs go on while the next is read."""
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
         known, claims = self._known(), list[Claim]()
         limits = self._settings.limits = limits_of(known, self._limits)
@@ -256,6 +254,8 @@ class Interpreter(Client):
                                       workflows=list(known), run_ids=run_ids, reset=reset,
                                       limits=limits)
             claims += batch
+            for claim in batch:
+                self._adopt(claim)
             if len(batch) < size:
                 break
         return claims
@@ -354,8 +354,6 @@ class Interpreter(Client):
         """Claim and adopt up to ``room`` runs (of the ``wanted`` ones, if given); True if
         more may wait now (every free slot was taken, or another transaction held one)."""
         claims = self._claim(run_ids=None if wanted is None else list(wanted), limit=room)
-        for claim in claims:
-            self._adopt(claim)
         if not wanted:
             return len(claims) == room
         limited = self._settings.limits

@@ -26,7 +26,7 @@ EVENTS = (
     "signal_taken",    # a Wait consumed a signal (durable)
     "run_finished",    # completed, failed or cancelled (durable)
     "run_blocked",     # non-determinism, a corrupt row, an unknown workflow, a crash loop
-    "recovered",       # recover() claimed runs (before they resume)
+    "recovered",       # recover() claimed runs (each batch resumes as it is claimed)
     "shutdown",        # shutdown() began
 )
 
