@@ -890,14 +890,14 @@ def _check_seqs(ws: Sequence[Write]) -> None:
 # Runs a claim may take (see Store.claim); with limits, not the working runs of a full workflow.
 _CLAIMABLE = """
     WHERE r.state = ANY(%(states)s)
-      AND (%(ids)s::text[] IS NULL OR r.run_id = ANY(%(ids)s::text[]))
-      AND (%(wfs)s::text[] IS NULL OR r.workflow = ANY(%(wfs)s::text[]))
+      AND (%(ids)b::text[] IS NULL OR r.run_id = ANY(%(ids)b::text[]))
+      AND (%(wfs)b::text[] IS NULL OR r.workflow = ANY(%(wfs)b::text[]))
       AND (r.owner IS NULL
-           OR (r.owner <> %(owner)s AND (r.owner = ANY(%(dead)s::text[])
+           OR (r.owner <> %(owner)s AND (r.owner = ANY(%(dead)b::text[])
                OR NOT EXISTS (SELECT 1 FROM {workers} l WHERE l.owner = r.owner
                               AND l.lease_until >= now())))
-           OR (r.owner = %(owner)s AND r.token = ANY(%(unsure)s::text[])))
-      AND NOT (r.workflow = ANY(%(full)s::text[]) AND r.state = ANY(%(working)s::text[]))"""
+           OR (r.owner = %(owner)s AND r.token = ANY(%(unsure)b::text[])))
+      AND NOT (r.workflow = ANY(%(full)b::text[]) AND r.state = ANY(%(working)b::text[]))"""
 
 
 def _queries(schema: str) -> dict[str, sql.Composed]:
@@ -924,8 +924,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             INSERT INTO {{runs}} (run_id, workflow, args, forked_from, state, owner, fence,
                                   token, next_seq, created, updated)
             SELECT r, w, a, src, s, o, f, t, n, {_NOW}, {_NOW}
-            FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                        %s::bigint[], %s::text[], %s::int[])
+            FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                        %b::bigint[], %b::text[], %b::int[])
                 AS x(r, w, a, src, s, o, f, t, n)
             ORDER BY r  -- one order for every batch: two batches sharing ids never deadlock
             ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
@@ -947,9 +947,9 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                 owner = CASE WHEN w.release THEN NULL ELSE r.owner END,
                 cancel_seen = r.cancel_seen OR w.cancel_seen,
                 next_seq = r.next_seq + w.n
-            FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::float8[],
-                        %s::text[], %s::text[], %s::text[], %s::bool[], %s::bool[],
-                        %s::int[], %s::int[], %s::bool[])
+            FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::float8[],
+                        %b::text[], %b::text[], %b::text[], %b::bool[], %b::bool[],
+                        %b::int[], %b::int[], %b::bool[])
                 AS w(run_id, owner, fence, state, wake_at, waiting_for, result, error, release,
                      cancel_seen, first, n, progress)
             WHERE r.run_id = w.run_id AND r.owner = w.owner AND r.fence = w.fence
@@ -957,10 +957,10 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             RETURNING r.run_id""",
         "append": f"""
             INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
-            SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[],
-                                 %s::text[], %s::text[], %s::float8[], %s::float8[])""",
+            SELECT * FROM unnest(%b::text[], %b::int[], %b::int[], %b::text[], %b::text[],
+                                 %b::text[], %b::text[], %b::float8[], %b::float8[])""",
         "consume": """
-            DELETE FROM {signals} s USING unnest(%s::text[], %s::bigint[]) AS c(run_id, id)
+            DELETE FROM {signals} s USING unnest(%b::text[], %b::bigint[]) AS c(run_id, id)
             WHERE s.id = c.id AND s.run_id = c.run_id RETURNING s.id""",
         "candidates": f"""
             SELECT r.run_id, r.workflow, r.state FROM {{runs}} r {_CLAIMABLE}
@@ -973,11 +973,11 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             UPDATE {{runs}} r SET owner = %(owner)s, fence = r.fence + 1, token = %(token)s,
                 resumes = CASE WHEN %(reset)s THEN 0
                     ELSE r.resumes + CASE WHEN r.owner IS NOT NULL AND r.owner <> %(owner)s
-                    AND r.state = ANY(%(working)s::text[]) THEN 1 ELSE 0 END END
+                    AND r.state = ANY(%(working)b::text[]) THEN 1 ELSE 0 END END
             FROM c WHERE r.run_id = c.run_id
             RETURNING r.id, {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}""",
         "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL "
-                  "AND state <> ALL(%s::text[])",
+                  "AND state <> ALL(%b::text[])",
         "counts": "SELECT workflow, state, count(*) FROM {runs} GROUP BY workflow, state",
         "workflow_of": "SELECT workflow FROM {runs} WHERE run_id = %s",
         # Runs of these workflows (but one) that work under live owners: the slots in use.
@@ -986,7 +986,7 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                        AND r.state = ANY('{{pending,running}}') AND r.run_id <> %s
                        AND EXISTS (SELECT 1 FROM {workers} l WHERE l.owner = r.owner
                                    AND l.lease_until >= now()))
-            FROM unnest(%s::text[]) AS w""",
+            FROM unnest(%b::text[]) AS w""",
         "purgeable": f"""
             SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE state = %s AND updated < %s
             ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
@@ -994,7 +994,7 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             UPDATE {runs} r SET state = 'purged', args = t.args, error = t.error, result = NULL,
                 owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = false,
                 cancel_seen = false
-            FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(run_id, args, error)
+            FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(run_id, args, error)
             WHERE r.run_id = t.run_id""",
         "drop_journals": "DELETE FROM {journal} WHERE run_id = ANY(%s)",
         "drop_signals": "DELETE FROM {signals} WHERE run_id = ANY(%s)",
@@ -1005,9 +1005,9 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         # to_regclass: NULL (not an error) for a relation that is missing.
         "current": """
             SELECT (SELECT value FROM {meta} WHERE key = 'schema_version'),
-                (SELECT count(to_regclass(r)) FROM unnest(%s::text[]) AS r)::int,
+                (SELECT count(to_regclass(r)) FROM unnest(%b::text[]) AS r)::int,
                 (SELECT count(*) FROM pg_catalog.pg_attribute a,
-                    unnest(%s::text[], %s::text[]) AS c(t, name)
+                    unnest(%b::text[], %b::text[]) AS c(t, name)
                  WHERE a.attrelid = to_regclass(c.t) AND a.attname = c.name
                     AND NOT a.attisdropped)::int""",
         "has_column": """
@@ -1015,7 +1015,7 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                 AND table_name = %s AND column_name = %s""",
         "heartbeat": """
             INSERT INTO {workers} AS w (owner, lease_until, workflows)
-            VALUES (%s, clock_timestamp() + %s * interval '1 second', %s::text[])
+            VALUES (%s, clock_timestamp() + %s * interval '1 second', %b::text[])
             ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until,
                 workflows = COALESCE(EXCLUDED.workflows, w.workflows)""",
         "workers": "SELECT owner, workflows, extract(epoch FROM lease_until)::float8 FROM "
@@ -1027,7 +1027,7 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         "notice": f"""
             INSERT INTO {{signals}} (run_id, name, payload, sent)
             SELECT %s, %s, %s, {_NOW} WHERE EXISTS (
-                SELECT 1 FROM {{runs}} WHERE run_id = %s AND state <> ALL(%s::text[]))""",
+                SELECT 1 FROM {{runs}} WHERE run_id = %s AND state <> ALL(%b::text[]))""",
         "spawn": f"""
             INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
                                   parent, cancel_requested)
@@ -1036,18 +1036,18 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             FROM {{runs}} p WHERE p.run_id = %s""",
         "cancel_tree": """
             WITH RECURSIVE tree(id) AS (
-                SELECT unnest(%s::text[])
+                SELECT unnest(%b::text[])
                 UNION SELECT r.run_id FROM {runs} r JOIN tree ON r.parent = tree.id)
             UPDATE {runs} SET cancel_requested = true
-            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%s::text[])
+            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%b::text[])
                 AND NOT cancel_requested""",
         "terminate_tree": f"""
             WITH RECURSIVE tree(id) AS (
-                SELECT unnest(%s::text[])
+                SELECT unnest(%b::text[])
                 UNION SELECT r.run_id FROM {{runs}} r JOIN tree ON r.parent = tree.id)
             UPDATE {{runs}} SET state = 'cancelled', error = %s, owner = NULL, fence = fence + 1,
                 wake_at = NULL, waiting_for = NULL, updated = {_NOW}
-            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%s::text[])""",
+            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%b::text[])""",
         "update_version": "UPDATE {meta} SET value = %s WHERE key = 'schema_version'",
         "runs_parent": "CREATE INDEX IF NOT EXISTS {runs_parent} ON {runs} (parent, id)",
         "wakeups": """
@@ -1057,8 +1057,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
             ORDER BY r.id""",
         "runs": f"""
             SELECT {_RUN_COLUMNS} FROM {{runs}}
-            WHERE (%(states)s::text[] IS NULL AND state <> 'purged'
-                   OR state = ANY(%(states)s::text[]))
+            WHERE (%(states)b::text[] IS NULL AND state <> 'purged'
+                   OR state = ANY(%(states)b::text[]))
               AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
               AND (%(parent)s::text IS NULL OR parent = %(parent)s::text)
             ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s""",
@@ -1079,8 +1079,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
     text["commit_append"] = f"""
         WITH w AS ({text["commit"]}), a AS (
             INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
-            SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[],
-                                 %s::text[], %s::text[], %s::float8[], %s::float8[])
+            SELECT * FROM unnest(%b::text[], %b::int[], %b::int[], %b::text[], %b::text[],
+                                 %b::text[], %b::text[], %b::float8[], %b::float8[])
                 AS e(run_id, {_ENTRY_COLUMNS})
             WHERE e.run_id IN (SELECT run_id FROM w))
         SELECT run_id FROM w"""
