@@ -144,7 +144,8 @@ def unadmitted(w: Write) -> Write:
 class Store(Protocol):
     """What the engine needs from a durable backend: exactly what it must do, never what it
     must decide. Every method is atomic. Stores hold encoded text only; ``now`` is the store's
-    clock wherever leases are judged."""
+    clock wherever leases are judged. A store whose transactions run side by side may set
+    ``parallel_commits`` (default 1): how many ``commit`` calls a worker makes at once."""
 
     def get(self, run_id: str) -> RunRecord | None: ...
 
@@ -157,11 +158,13 @@ class Store(Protocol):
         ...
 
     def commit(self, writes: Sequence[Write]) -> list[bool | None]:
-        """Apply writes in one transaction, each as its fields say (see ``Write``). A write
-        whose owner and fence are not the run's, or whose create finds the id taken, is
-        skipped and leaves no trace (False); an admitting write without a free slot applies
-        unadmitted (None). A signal to consume that is not queued, a journal ``seq`` that does
-        not continue the run's journal, or a child id that is taken, fails the whole call."""
+        """Apply writes (of distinct runs, or in order), each as its fields say (see ``Write``)
+        and each all or nothing, in one transaction or a few (PostgreSQL commits starts apart
+        from steps). A write whose owner and fence are not the run's, or whose create finds the
+        id taken, is skipped and leaves no trace (False); an admitting write without a free
+        slot applies unadmitted (None). A signal to consume that is not queued, a journal
+        ``seq`` that does not continue the run's journal, or a child id that is taken, fails
+        the call: writes of the call may have applied, and each tells so when it is retried."""
         ...
 
     def claim(

@@ -436,6 +436,17 @@ class PostgresStore:
     def commit(self, writes: Sequence[Write]) -> list[bool | None]:
         if not writes:
             return []
+        # Starts (a run created with nothing else: no journal to copy) are one statement with
+        # their notice, apart from the steps of other runs they were grouped with: 2 round
+        # trips for a group commit of both instead of 6. Each write is atomic on its own.
+        starts = [i for i, w in enumerate(writes) if w.create and not w.entries and not w.admit]
+        if starts and len({w.run_id for w in writes}) == len(writes):
+            made = self._call(lambda conn: self._start(conn, [writes[i] for i in starts]))
+            done: list[bool | None] = [w.run_id in made for w in writes]
+            rest = sorted(set(range(len(writes))) - set(starts))
+            for i, ok in zip(rest, self.commit([writes[i] for i in rest]), strict=True):
+                done[i] = ok
+            return done
         # Most batches are step results of distinct runs: then one statement (the fenced UPDATE
         # and the INSERT of the entries of the runs it updated, atomic as one statement) is one
         # round trip instead of four. Writes it refused go through the full path below.
@@ -443,10 +454,11 @@ class PostgresStore:
                 w.create or w.consume or w.spawn or w.cancel or w.notify or w.admit
                 or (w.release and w.state in ACTIVE) for w in writes):
             applied = self._call(lambda conn: self._commit_one_statement(conn, writes))
-            done: list[bool | None] = [w.run_id in applied for w in writes]
-            rest = [i for i, ok in enumerate(done) if not ok]
-            if rest:
-                for i, ok in zip(rest, self._commit_tx([writes[i] for i in rest]), strict=True):
+            done = [w.run_id in applied for w in writes]
+            refused = [i for i, ok in enumerate(done) if not ok]
+            if refused:
+                for i, ok in zip(refused, self._commit_tx([writes[i] for i in refused]),
+                                 strict=True):
                     done[i] = ok
             return done
         return self._commit_tx(writes)
@@ -510,6 +522,24 @@ class PostgresStore:
             return done
         return self._call(tx)
 
+    def _start(self, conn: psycopg.Connection[Any], creates: list[Write]) -> set[str]:
+        """Create these runs (no journals) and notify, in one statement: the ids made."""
+        made = {r for (r, _) in conn.execute(*self._creating(creates, "start_", [self._channel]))}
+        if made:
+            self._bump()
+        return made
+
+    def _creating(self, ws: list[Write], kind: str = "",
+                  extra: Sequence[Any] = ()) -> tuple[sql.Composed, list[Any]]:
+        """The statement creating the runs of ``ws`` (distinct ids) and its parameters."""
+        rows = [(w.run_id, *(*w.create, None)[:3], w.state,  # type: ignore[misc]
+                 None if w.release else w.owner, w.fence, uuid.uuid4().hex, len(w.entries))
+                for w in ws]  # (id, workflow, args, fork source, ...); released: no owner
+        # One row: plain parameters (arrays cost a lone start() a third more client CPU).
+        if len(rows) == 1:
+            return self._q[kind + "create"], [*rows[0], *extra]
+        return self._q[kind + "create_many"], [*map(list, zip(*rows, strict=True)), *extra]
+
     def _create(self, conn: psycopg.Connection[Any], creates: list[Write]) -> set[str]:
         """Create the runs of these writes in one statement (a run's first write in the batch
         decides it); the ids made, an id taken already is not."""
@@ -520,14 +550,7 @@ class PostgresStore:
                 ws.append(w)
         if not ws:
             return set()
-        rows = [(w.run_id, *(*w.create, None)[:3], w.state,  # type: ignore[misc]
-                 None if w.release else w.owner, w.fence, uuid.uuid4().hex, len(w.entries))
-                for w in ws]  # (id, workflow, args, fork source, ...); released: no owner
-        # One row: plain parameters (arrays cost a lone start() a third more client CPU).
-        made = {r for (r,) in conn.execute(*(
-            (self._q["create"], list(rows[0])) if len(rows) == 1 else
-            (self._q["create_many"], [list(column) for column in zip(*rows, strict=True)])
-        )).fetchall()}
+        made = {r for (r,) in conn.execute(*self._creating(ws)).fetchall()}
         entries = [(w.run_id, e) for w in ws if w.run_id in made for e in w.entries]
         if entries:  # forks' copied journals
             self._append(conn, entries)
@@ -1076,6 +1099,9 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
         SELECT run_id, %s::int, %s::int, %s::text, %s::text, %s::text, %s::text, %s::float8,
                %s::float8 FROM w
         RETURNING run_id"""
+    for one in ("create", "create_many"):  # a start alone: the row and its notice, one statement
+        text[f"start_{one}"] = f"WITH made AS ({text[one]}) SELECT run_id, pg_notify(%s, 'create') " \
+                              f"FROM made"
     text["commit_append"] = f"""
         WITH w AS ({text["commit"]}), a AS (
             INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
