@@ -41,9 +41,12 @@ class GroupCommit:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.stopped = threading.Event()  # set: give up retrying, shutdown is due
-        self._lock = threading.Lock()  # guards the queue and the leader flag
+        self._lock = threading.Lock()  # guards the queue and the count of leaders
         self._queue: list[_Pending] = []
-        self._committing = False
+        # A store whose transactions run side by side (a server's) takes this many commits at
+        # once: a start need not wait for the steps' commit in flight. SQLite has one writer.
+        self._parallel = max(1, int(getattr(store, "parallel_commits", 1)))
+        self._leaders = 0  # commits in progress
         self._outage_since: float | None = None
 
     def queued(self) -> int:
@@ -80,10 +83,11 @@ class GroupCommit:
         # others queue and sleep on their own lock (no thundering herd), and when a commit
         # ends the first of them is woken to lead the next, taking all queued by then.
         with self._lock:
-            me = _Pending(writes) if self._committing else None
+            me = _Pending(writes) if self._leaders >= self._parallel else None
             if me is not None:
                 self._queue.append(me)
-            self._committing = True
+            else:
+                self._leaders += 1
         batch: list[_Pending] = []
         if me is not None:
             try:
@@ -94,7 +98,7 @@ class GroupCommit:
             if me.results is not _LEAD:
                 return me.results  # type: ignore[no-any-return]
             with self._lock:
-                batch, self._queue = self._queue, []
+                batch, self._queue = [me, *self._queue], []
         try:
             results = self._apply([w for p in batch for w in p.writes] if batch else writes)
         except BaseException as exc:  # an interrupt: its own goes on; the writes grouped with
@@ -112,11 +116,12 @@ class GroupCommit:
         for item in batch:
             item.results, at = results[at:at + len(item.writes)], at + len(item.writes)
         with self._lock:
-            if self._queue:
-                self._queue[0].results = _LEAD
-                self._queue[0].wake.release()
+            if self._queue:  # the lead passes on: as many leaders as before
+                lead = self._queue.pop(0)
+                lead.results = _LEAD
+                lead.wake.release()
             else:
-                self._committing = False
+                self._leaders -= 1
         for item in batch:
             if item is not me:
                 item.wake.release()

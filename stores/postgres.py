@@ -273,6 +273,9 @@ class PostgresStore:
             params.setdefault(key, value)
         self._info = _conninfo.make_conninfo("", **params)
         self._pool = _Connections(self._info, pool_size)
+        self.parallel_commits = max(1, pool_size // 2)
+        """Group commits a worker runs at once, each on its own connection: a start does not
+        wait for the steps' commit in flight; half the pool, the rest for claims and reads."""
         # Tokens of creates and claims whose outcome is unknown, by owner: a run one of them
         # took is owned by that worker, which does not know it; its next claim() takes it back.
         self._unsure: dict[str, set[str]] = {}

@@ -104,13 +104,16 @@ def test_concurrent_client_starts_share_a_commit(store: Store) -> None:
     for t in others:
         t.start()
     group = client._group
-    while group.queued() < 19:  # each queued behind the commit in progress
+    # A server store runs some commits side by side (parallel_commits): as many starts lead
+    # one each; every other start queues behind them.
+    leaders = getattr(store, "parallel_commits", 1)
+    while group.queued() < 20 - leaders:
         assert first.is_alive()
         threading.Event().wait(0.001)
     counting.release.set()
     for t in [first, *others]:
         t.join(PATIENCE)
-    assert counting.sizes == [1, 19]  # twenty starts, two commits
+    assert sorted(counting.sizes) == [1] * leaders + [20 - leaders]  # the queued share one
     assert sorted(r.run_id for r in client.runs(limit=100)) == sorted(ids)
 
 
@@ -199,3 +202,53 @@ def test_a_start_interrupted_in_its_commit_leaves_the_client_usable(store: Store
     later.join(PATIENCE)
     assert not later.is_alive() and len(done) == 1  # the group commit was handed on
     assert [r.run_id for r in client.runs()] == done
+
+
+class Parallel:
+    """A store whose commits run side by side, up to ``parallel_commits`` at once: it records
+    how many were in flight at most, and every write it applied."""
+
+    def __init__(self, parallel: int) -> None:
+        self.parallel_commits = parallel
+        self.lock, self.inflight, self.most = threading.Lock(), 0, 0
+        self.applied: list[Any] = []
+        self.gate = threading.Barrier(parallel, timeout=PATIENCE)
+
+    def commit(self, writes: Sequence[Any]) -> list[bool]:
+        with self.lock:
+            self.inflight += 1
+            self.most = max(self.most, self.inflight)
+            first = len(self.applied) == 0 and self.inflight <= self.parallel_commits
+        if first:  # the first leaders meet here: proof that they overlap
+            try:
+                self.gate.wait()
+            except threading.BrokenBarrierError:
+                pass
+        with self.lock:
+            self.applied += writes
+            self.inflight -= 1
+        return [True] * len(writes)
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_a_group_commit_runs_at_most_parallel_commits_at_once_and_answers_every_write(
+        parallel: int) -> None:
+    from replaygen.commit import GroupCommit
+    store = Parallel(parallel)
+    group = GroupCommit(store)  # type: ignore[arg-type]
+    answers: dict[int, list[Any]] = {}
+
+    def writer(i: int) -> None:
+        for j in range(50):
+            answers[i * 100 + j] = group.commit([("w", i, j)])  # type: ignore[list-item]
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PATIENCE)
+    assert not any(t.is_alive() for t in threads)
+    assert len(answers) == 400 and all(a == [True] for a in answers.values())
+    assert sorted(store.applied) == sorted(("w", i, j) for i in range(8) for j in range(50))
+    assert store.most == parallel  # never more at once, and the store's parallelism was used
+    assert group._leaders == 0  # every lead was handed on or given back: none leaked
