@@ -222,8 +222,11 @@ class Interpreter(Client):
         with self._start_lock:  # adopted once, here or by the _create() that made it
             if old.owner == self.worker_id and old.state not in FINISHED \
                     and run_id not in self._runtime.actors:
-                # Our create() committed though it was reported as failed: run it now.
-                self._adopt(Claim(old, self._store.journal(run_id)))
+                # Our create() committed though it was reported as failed: run it now. Read
+                # again: ``old`` may be of a run that has since ended here and been let go.
+                now = self._store.get(run_id)
+                if now is not None and now.owner == self.worker_id and now.state not in FINISHED:
+                    self._adopt(Claim(now, self._store.journal(run_id)))
         return old
 
     def _heartbeat(self) -> None:

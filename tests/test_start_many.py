@@ -252,3 +252,52 @@ def test_a_group_commit_runs_at_most_parallel_commits_at_once_and_answers_every_
     assert sorted(store.applied) == sorted(("w", i, j) for i in range(8) for j in range(50))
     assert store.most == parallel  # never more at once, and the store's parallelism was used
     assert group._leaders == 0  # every lead was handed on or given back: none leaked
+
+
+gate = threading.Event()
+
+
+def gated(x: int) -> int:
+    ran.append(x)
+    assert gate.wait(PATIENCE)
+    return x
+
+
+@workflow
+def held(x: int) -> Any:
+    return (yield Do("gated", gated, x))
+
+
+def test_a_start_again_of_a_run_that_ends_meanwhile_does_not_run_it_again(store: Store) -> None:
+    ran.clear()
+    gate.clear()
+    with Interpreter(store, [held]) as worker:
+        adopt, adopted = worker._adopt, list[str]()
+
+        def counted_adopt(claim: Any) -> None:
+            adopted.append(claim.run.run_id)
+            adopt(claim)
+
+        worker._adopt = counted_adopt  # type: ignore[method-assign]
+        worker.start(held, 7, run_id="x")
+        while ran != [7]:  # its step is running
+            threading.Event().wait(0.001)
+        get = store.get
+
+        def stale_get(run_id: str) -> Any:  # the start again reads the run while it runs...
+            record = get(run_id)
+            if threading.current_thread() is threading.main_thread() and run_id == "x":
+                gate.set()  # ...and it ends, and is let go, before that start looks again
+                while worker._runtime.actors.get("x") is not None:
+                    threading.Event().wait(0.001)
+            return record
+
+        store.get = stale_get  # type: ignore[method-assign]
+        try:
+            assert worker.start(held, 7, run_id="x") == "x"
+        finally:
+            store.get = get  # type: ignore[method-assign]
+        assert worker.result("x", timeout=PATIENCE) == 7
+        worker.shutdown()
+    assert ran == [7]  # the step ran once
+    assert adopted == ["x"]  # and the run that had ended was not adopted again
