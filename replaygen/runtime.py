@@ -179,22 +179,22 @@ class Steps:
         slot free it is queued instead: False, and a ``Granted`` once one is kept for it."""
         if not self.acquire(actor, effect, keep=False):
             return False
-        done = partial(self._done, actor, effect.position, effect.attempt)
-        if _is_async(effect.fn):
+        key = _cost_key(effect.fn)
+        if not effect.alone or self._cost.get(key, 0.0) > _INLINE or _is_async(effect.fn):
+            done = partial(self._done, actor, effect.position, effect.attempt)
             actor.running.add(effect.position)
-            future = asyncio.run_coroutine_threadsafe(self._acall(effect), self._async_loop())
-            future.add_done_callback(lambda f: done(f.result()))
+            if _is_async(effect.fn):
+                future = asyncio.run_coroutine_threadsafe(self._acall(effect), self._async_loop())
+                future.add_done_callback(lambda f: done(f.result()))
+            else:
+                self._pool.submit(lambda: done(self._call(effect, key)))
             return None
-        if not effect.alone or self._cost.get(_cost_key(effect.fn), 0.0) > _INLINE:
-            actor.running.add(effect.position)
-            self._pool.submit(lambda: done(self._call(effect)))
-            return None
-        return self._call(effect)
+        return self._call(effect, key)
 
     def _done(self, actor: Actor, position: int, attempt: int, outcome: Outcome) -> None:
         self._post(actor, Done(position, attempt, outcome))
 
-    def _call(self, step: Call) -> Outcome:
+    def _call(self, step: Call, key: object) -> Outcome:
         started, token, t0 = self._clock.now(), _current.set(step.info), time.perf_counter()
         try:
             value = step.fn(*step.args, **step.kwargs)
@@ -208,8 +208,8 @@ class Steps:
         finally:
             _current.reset(token)
             self.free()
-            took, key = time.perf_counter() - t0, _cost_key(step.fn)
-            self._cost[key] = (self._cost.get(key, took) + took) / 2  # recent calls count most
+            took = time.perf_counter() - t0  # recent calls count most:
+            self._cost[key] = (self._cost.get(key, took) + took) / 2
 
     async def _acall(self, step: Call) -> Outcome:
         started = self._clock.now()
