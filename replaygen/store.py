@@ -339,11 +339,11 @@ class MemoryStore:
         if w.cancel_seen:
             self._cancel_seen.add(w.run_id)
         now = time.time()
-        self._runs[w.run_id] = replace(
-            run, state=w.state, updated=now, wake_at=w.wake_at, waiting_for=w.waiting_for,
-            result=w.result, error=w.error, resumes=0 if w.progress else run.resumes,
-            owner=None if w.release else run.owner,
-        )
+        if not w.keep:  # as SQLite: a write of entries alone leaves the row as it was
+            self._runs[w.run_id] = replace(
+                run, state=w.state, updated=now, wake_at=w.wake_at, waiting_for=w.waiting_for,
+                result=w.result, error=w.error, resumes=0 if w.progress else run.resumes,
+                owner=None if w.release else run.owner)
         born_cancelled = run.cancel_requested and w.run_id not in self._cancel_seen
         for child in w.spawn:  # after the row: a cancel seen in this write is not passed on
             self._runs[child.run_id] = RunRecord(
