@@ -526,9 +526,12 @@ class PostgresStore:
         return self._call(tx)
 
     def _start(self, conn: psycopg.Connection[Any], creates: list[Write]) -> set[str]:
-        """Create these runs (no journals) and notify, in one statement: the ids made."""
-        made = {r for (r, _) in conn.execute(*self._creating(creates, "start_", [self._channel]))}
-        if made:
+        """Create these runs (no journals) in one statement, notifying the workers when one is
+        left for any to claim (a client's start): the ids made."""
+        anyone = any(w.release for w in creates)
+        made = {r for (r, _) in conn.execute(*self._creating(creates, "start_",
+                                                              [anyone, self._channel]))}
+        if made and anyone:
             self._bump()
         return made
 
@@ -557,7 +560,7 @@ class PostgresStore:
         entries = [(w.run_id, e) for w in ws if w.run_id in made for e in w.entries]
         if entries:  # forks' copied journals
             self._append(conn, entries)
-        if made:
+        if any(w.release for w in ws if w.run_id in made):  # left for any worker to claim
             self._notify(conn, "create")
         return made
 
@@ -1103,8 +1106,8 @@ def _queries(schema: str) -> dict[str, sql.Composed]:
                %s::float8 FROM w
         RETURNING run_id"""
     for one in ("create", "create_many"):  # a start alone: the row and its notice, one statement
-        text[f"start_{one}"] = f"WITH made AS ({text[one]}) SELECT run_id, pg_notify(%s, 'create') " \
-                              f"FROM made"
+        text[f"start_{one}"] = f"WITH made AS ({text[one]}) SELECT run_id, CASE WHEN %s THEN " \
+                              f"pg_notify(%s, 'create') END FROM made"
     text["commit_append"] = f"""
         WITH w AS ({text["commit"]}), a AS (
             INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
