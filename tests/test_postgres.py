@@ -525,11 +525,19 @@ def workers(tmp_path: Path, schema: str) -> Iterator[callable]:
         w.close()
 
 
-def _seed(store: PostgresStore, count: int, steps: int, prefix: str = "run") -> list[str]:
+def _seed(store: PostgresStore, count: int, steps: int, prefix: str = "run",
+          released: bool = False) -> list[str]:
+    """Runs owned by "seed", which holds no lease: any worker may claim them, once it looks
+    (a worker's own start announces nothing). ``released``: unowned, as a client's start
+    makes them, which wakes every worker at once."""
     ids = [f"{prefix}-{i}" for i in range(count)]
     for rid in ids:
         args = json.dumps({"args": [rid, steps], "kwargs": {}})
-        create(store, rid, "work", args, "seed")  # "seed" holds no lease: any worker may claim
+        if released:
+            assert store.commit([Write(rid, "seed", 1, "pending", create=("work", args),
+                                       release=True)]) == [True]
+        else:
+            create(store, rid, "work", args, "seed")
     return ids
 
 
@@ -561,7 +569,7 @@ def test_several_worker_processes_share_runs_and_run_every_step_once(
         w.start()
     ids: list[str] = []
     for chunk in range(12):  # each chunk is offered to all three workers at once
-        ids += _seed(store, 5, 10, prefix=f"c{chunk}")
+        ids += _seed(store, 5, 10, prefix=f"c{chunk}", released=True)
         time.sleep(0.05)
     _wait_finished(store, ids, timeout=60)
     _assert_journals_whole(store, ids, 10)
