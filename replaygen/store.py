@@ -158,13 +158,13 @@ class Store(Protocol):
         ...
 
     def commit(self, writes: Sequence[Write]) -> list[bool | None]:
-        """Apply writes (of distinct runs, or in order), each as its fields say (see ``Write``)
-        and each all or nothing, in one transaction or a few (PostgreSQL commits starts apart
-        from steps). A write whose owner and fence are not the run's, or whose create finds the
-        id taken, is skipped and leaves no trace (False); an admitting write without a free
-        slot applies unadmitted (None). A signal to consume that is not queued, a journal
-        ``seq`` that does not continue the run's journal, or a child id that is taken, fails
-        the call: writes of the call may have applied, and each tells so when it is retried."""
+        """Apply writes, each as its fields say (see ``Write``) and each all or nothing, in one
+        transaction or a few (PostgreSQL commits starts apart from steps). A write whose owner
+        and fence are not the run's, or whose create finds the id taken, is skipped and leaves
+        no trace (False); an admitting write without a free slot applies unadmitted (None). A
+        signal to consume that is not queued, a journal ``seq`` that does not continue the
+        run's journal, or a child id that is taken, fails the call: writes of the call may
+        have applied, and each tells so when it is retried."""
         ...
 
     def claim(
