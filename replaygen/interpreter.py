@@ -116,7 +116,7 @@ class Interpreter(Client):
         log.info("recovered %d runs", len(claims))
         # The watcher says which runs it left, later: not while the recovered runs start up.
         self._strangers = time.monotonic() + 2.0
-        return [c.run.run_id for c in claims]
+        return claims
 
     def resume(self, run_id: str, timeout: float = 30.0) -> RunStatus:
         """Retry one run here with the current code (a blocked run included), then wait up to
@@ -245,20 +245,20 @@ class Interpreter(Client):
     # ---- claiming -------------------------------------------------------------
 
     def _claim(self, *, states: tuple[str, ...] = ACTIVE, run_ids: list[str] | None = None,
-               reset: bool = False, limit: int | None = None) -> list[Claim]:
-        """Claim runs of known workflows (never another's) that no live worker holds, and
-        adopt each batch as it lands: its runs go on while the next is read."""
+               reset: bool = False, limit: int | None = None) -> list[str]:
+        """Claim runs of known workflows (never another's) that no live worker holds, adopt
+        each batch as it lands (its runs go on while the next is read); their ids, no rows."""
         dead = [o for o in self._store.owners() if o != self.worker_id and is_dead(o)]
-        known, claims = self._known(), list[Claim]()
+        known, claims = self._known(), list[str]()
         limits = self._settings.limits = limits_of(known, self._limits)
         while known and (limit is None or len(claims) < limit):
             size = 500 if limit is None else min(500, limit - len(claims))
             batch = self._store.claim(self.worker_id, states=states, dead=dead, limit=size,
                                       workflows=list(known), run_ids=run_ids, reset=reset,
                                       limits=limits)
-            claims += batch
             for claim in batch:
                 self._adopt(claim)
+            claims += [claim.run.run_id for claim in batch]
             if len(batch) < size:
                 break
         return claims
@@ -360,7 +360,7 @@ class Interpreter(Client):
         if not wanted:
             return len(claims) == room
         limited = self._settings.limits
-        missed = set(wanted) - {c.run.run_id for c in claims}
+        missed = set(wanted) - set(claims)
         # A run waiting for a slot is asked for again, and so is one another transaction held
         # (SKIP LOCKED): it is still unowned. One another worker took, or that ended, is not.
         held = {r for r in missed if wanted[r] not in limited and (len(claims) == room or (
