@@ -11,9 +11,15 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 
 from .errors import UsageError
+
+try:
+    from _json import make_encoder, make_scanner
+except ImportError:  # an interpreter without the C accelerator: json's own functions serve
+    make_encoder = make_scanner = None  # type: ignore[assignment,misc]
 
 
 class Codec(Protocol):
@@ -30,7 +36,12 @@ class Codec(Protocol):
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # built once: dumps() with
-# options builds a new encoder per call
+# options builds a new encoder per call, and so does encode(): the C one is built here, once.
+# No markers (the circular check): _check has refused a value that contains itself already.
+_FAST = None if make_encoder is None else make_encoder(
+    None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False)
+# json.loads() with its two whitespace scans left out: text the codec wrote has none.
+_SCAN = None if make_scanner is None else make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 class _Refused(Exception):
@@ -83,9 +94,18 @@ class JSONCodec:
             raise type(refused.error)(f"the value{refused.path} {refused.error}") from None
         except RecursionError:
             raise ValueError("the value is nested too deeply (or contains itself)") from None
-        return _ENCODER.encode(value)
+        if _FAST is None or isinstance(value, str):  # a str: encode() goes straight to C
+            return _ENCODER.encode(value)
+        return "".join(_FAST(value, 0))
 
     def decode(self, text: str) -> Any:
+        if _SCAN is not None:
+            try:
+                value, end = _SCAN(text, 0)
+                if end == len(text):
+                    return value
+            except (StopIteration, TypeError):
+                pass  # not JSON at its first character, or not a str: json.loads says why
         return json.loads(text)
 
 

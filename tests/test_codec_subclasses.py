@@ -64,3 +64,40 @@ def test_a_float_subclass_that_is_not_finite_is_refused_for_that_reason(bad: flo
 def test_a_float_subclass_as_a_dict_key_is_still_refused() -> None:
     with pytest.raises(TypeError, match="keys must be str"):
         codec.encode({F(1.5): 1})
+
+
+@pytest.mark.parametrize("value", [
+    0, -7, 2**70, 1.5, -0.0, 1e-310, True, None, "", "é\u2028\"\\\n", [], {}, [1, [2, [3]]],
+    {"a": {"b": [None, False, 0.1]}, "ü": "ß"}, (1, "t"), Colour.RED, Level.HIGH, F(2.5),
+])
+def test_the_stored_text_is_what_strict_json_dumps_writes(value: Any) -> None:
+    # The codec encodes with a C encoder built once; its text must be json.dumps's, byte for
+    # byte, or values journaled before and after would compare unequal.
+    import json
+    assert codec.encode(value) == json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("make", [lambda: (a := [1], a.append(a))[0],
+                                  lambda: (d := {"k": 1}, d.__setitem__("self", d))[0]])
+def test_a_value_that_contains_itself_is_refused_saying_so(make: Any) -> None:
+    with pytest.raises(ValueError, match=r"nested too deeply \(or contains itself\)"):
+        codec.encode(make())
+
+
+@pytest.mark.parametrize("text", ["5", " 5", "5 ", '"x"', "[1, 2]", '{"a": [null, true]}',
+                                  "NaN", "-Infinity", "\t{}\n", "1e400"])
+def test_decode_reads_what_json_loads_reads(text: str) -> None:
+    # The scanner is called directly (no whitespace scans): anything else goes to json.loads.
+    import json
+    got, want = codec.decode(text), json.loads(text)
+    assert got == want or (got != got and want != want)  # NaN is itself, not equal
+
+
+@pytest.mark.parametrize("text", ["", "5x", "[1,", "\ufeff5", "{'a': 1}", "nul"])
+def test_decode_of_text_that_is_not_json_raises_json_s_own_error(text: str) -> None:
+    import json
+    with pytest.raises(json.JSONDecodeError) as caught:
+        codec.decode(text)
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    assert str(caught.value) == str(expected.value)

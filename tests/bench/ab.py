@@ -14,7 +14,8 @@ CPU time per step of the timed region (``time.process_time``) beside the wall fi
 Workloads as in ``python -m tests.bench``: W1 (SQLite NORMAL, 1000 sequential steps), W2
 (SQLite FULL, 200 runs x 10 steps), W3 (resume after SIGKILL; ``--w3-steps``: 1000 steps
 replay in ~10 ms, too short a window to compare builds, so 10,000 by default here), W4 (200
-runs recovered after SIGKILL), W4big (10,000 runs). Each on Postgres too, where W3 also
+runs recovered after SIGKILL), W4big (10,000 runs). W1 and W2 on ``--stores memory`` are
+the engine alone (the suite's ``engine`` workload). Each on Postgres too, where W3 also
 prints engine start to body (wall and CPU; the store module's import within it; the rest,
 imported to body) with process start to body: use ``--w3-steps 1000`` as the suite does,
 since the journal is loaded before the body runs.
@@ -41,6 +42,8 @@ def measure(python: str, workload: str, store: str, args: argparse.Namespace) ->
         if store == "postgres":
             cfg: dict[str, Any] = {"store": "postgres", "dsn": args.dsn,
                                    "schema": f"rgab_{uuid.uuid4().hex[:8]}"}
+        elif store == "memory":  # the engine alone: commits cost nothing (W1 and W2 only)
+            cfg = {"store": "memory"}
         else:
             cfg = {"store": "sqlite-normal" if workload == "W1" else "sqlite-full",
                    "path": os.path.join(tmp, "ab.db")}
