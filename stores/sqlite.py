@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +115,12 @@ _APPEND = ("INSERT INTO journal (run_id, seq, slot, kind, name, status, value, s
            "FROM (VALUES {}) v")
 _APPEND_ROW = "(" + ", ".join(["?"] * 11) + ")"
 _APPEND_ROWS = 90  # rows per statement: 990 variables
+
+
+@lru_cache(maxsize=_APPEND_ROWS)
+def _append_sql(rows: int) -> str:
+    return _APPEND.format(", ".join([_APPEND_ROW] * rows))
+
 _REFUSED = "replaygen: refused"
 _FENCED = "WHERE run_id = NEW.run_id AND owner = NEW.owner AND fence = NEW.fence"
 _REFUSE = f"SELECT RAISE(ABORT, '{_REFUSED}') WHERE changes() = 0"
@@ -618,17 +624,17 @@ class SQLiteStore:
             "SELECT id, name, payload, sent FROM signals WHERE run_id = ? ORDER BY id", (run_id,))]
 
     def commit(self, writes: Sequence[Write]) -> list[bool | None]:
-        now = time.time()
-        if any(w.admit for w in writes):  # rare (a limited run back at work): one by one
-            return self._tx(lambda c: self._apply_each(c, writes, now))
         if all(w.keep and w.entries and not (w.consume or w.spawn or w.cancel or w.notify
-                                             or w.create) for w in writes):
+                                             or w.create or w.admit) for w in writes):
             entries = [(w.run_id, w.owner, w.fence, *e) for w in writes for e in w.entries]
             try:
                 self._tx(lambda c: self._append(c, entries), begin=len(entries) > _APPEND_ROWS)
-                return [True for _ in writes]
+                return [True] * len(writes)
             except _Refused:
                 pass  # rolled back whole: the general way tells the refused writes apart
+        now = time.time()
+        if any(w.admit for w in writes):  # rare (a limited run back at work): one by one
+            return self._tx(lambda c: self._apply_each(c, writes, now))
         rows = [row for w in writes for row in _rows(w, now)] + _bump(writes)
         cancels = [run_id for w in writes for run_id in w.cancel]
 
@@ -657,8 +663,7 @@ class SQLiteStore:
         try:
             for at in range(0, len(entries), _APPEND_ROWS):
                 part = entries[at:at + _APPEND_ROWS]
-                c.execute(_APPEND.format(", ".join([_APPEND_ROW] * len(part))),
-                          [x for r in part for x in r])
+                c.execute(_append_sql(len(part)), [x for r in part for x in r])
         except sqlite3.IntegrityError as exc:
             if "NOT NULL constraint failed: journal.kind" in str(exc):
                 raise _Refused from None
