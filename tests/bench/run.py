@@ -434,11 +434,12 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace, suite: str, commit
         big = vals("W4big", "replaygen", s, "seconds")
         body.append([s, med(x), med(d), med(vals("W4", "replaygen", s, "recover_call_s")),
                      times(x, d, invert=True), med(big), med(vals("W4big", "replaygen", s,
-                     "recover_call_s"))])
+                     "recover_call_s")), med(vals("W4big", "replaygen", s, "gc_s"))])
     out.append(table("W4 recover: runs SIGKILLed after 5 of 10 steps, new process to all results, s",
                      ["store", "replaygen 200 runs s (target < 1)", "DBOS 200 runs s",
                       "replaygen recover() call s", "DBOS / replaygen",
-                      "replaygen 10,000 runs s (target < 3)", "its recover() call s"], body))
+                      "replaygen 10,000 runs s (target < 3)", "its recover() call s",
+                      "of its s, Python's garbage collector"], body))
     # W5
     body = []
     for s in stores:
