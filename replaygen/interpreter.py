@@ -227,6 +227,10 @@ class Interpreter(Client):
                 now = self._store.get(run_id)
                 if now is not None and now.owner == self.worker_id and now.state not in FINISHED:
                     self._adopt(Claim(now, self._store.journal(run_id)))
+        # A limited run waits unowned for a slot (ours too, if our create was reported failed
+        # though it committed): claimed here when one is free, as _create() would have.
+        if old.owner is None and old.state == "pending" and old.workflow in self._settings.limits:
+            self._waits([(run_id, old.workflow)])
         return old
 
     def _heartbeat(self) -> None:
@@ -290,8 +294,7 @@ class Interpreter(Client):
         except CorruptRecord as exc:
             journal, broken = Journal(record.run_id, [], self._codec), exc
         if claim.journal:
-            log.info("run %s resumed (%d journal entries to replay)", record.run_id,
-                     len(claim.journal))
+            log.info("run %s resumed (%d journal entries to replay)", record.run_id, len(claim.journal))
         life = Life(self._settings, record.run_id, record.workflow,
                     self._known().get(record.workflow), record.args, journal,
                     written=(record.state, record.wake_at, record.waiting_for),

@@ -441,14 +441,18 @@ class PostgresStore:
             return []
         # Starts (a run created with nothing else: no journal to copy) are one statement with
         # their notice, apart from the steps of other runs they were grouped with: 2 round
-        # trips for a group commit of both instead of 6. Each write is atomic on its own.
+        # trips for a group commit of both instead of 6. Each write is atomic on its own. The
+        # steps go first: if they fail, no start is made yet, so a retry of the call (or of
+        # each write alone) makes the starts then, and reports them made.
         starts = [i for i, w in enumerate(writes) if w.create and not w.entries and not w.admit]
         if starts and len({w.run_id for w in writes}) == len(writes):
-            made = self._call(lambda conn: self._start(conn, [writes[i] for i in starts]))
-            done: list[bool | None] = [w.run_id in made for w in writes]
             rest = sorted(set(range(len(writes))) - set(starts))
+            done: list[bool | None] = [None] * len(writes)
             for i, ok in zip(rest, self.commit([writes[i] for i in rest]), strict=True):
                 done[i] = ok
+            made = self._call(lambda conn: self._start(conn, [writes[i] for i in starts]))
+            for i in starts:
+                done[i] = writes[i].run_id in made
             return done
         # Most batches are step results of distinct runs: then one statement (the fenced UPDATE
         # and the INSERT of the entries of the runs it updated, atomic as one statement) is one
@@ -1119,5 +1123,13 @@ def _queries(schema: str) -> dict[str, bytes]:
     # As bytes, rendered once: psycopg renders a composed query anew at each execute (~5% of
     # a lone step's CPU), and caches its parse by these bytes. Identifiers are UTF-8, as the
     # connections are (or SQL_ASCII's raw bytes).
-    return {k: sql.SQL(v).format(**{n: names[n] for n in names if "{" + n + "}" in v}).as_bytes()
+    return {k: _render(v, {n: names[n] for n in names if "{" + n + "}" in v})
             for k, v in text.items()}
+
+
+def _render(text: str, names: dict[str, sql.Composable]) -> bytes:
+    if "%s" in text or "%b" in text or "%(" in text:
+        # psycopg reads a % in a statement with parameters as a placeholder's, even within a
+        # quoted name: a schema named "a%sb" would shift every parameter. Doubled, it is one %.
+        names = {n: sql.SQL(i.as_string().replace("%", "%%")) for n, i in names.items()}
+    return sql.SQL(text).format(**names).as_bytes()

@@ -320,6 +320,17 @@ def test_a_sleeping_run_holds_no_slot(interp: Make, clock: Any, reach: Any) -> N
     assert i.result(second, timeout=PATIENCE) == "second"
 
 
+def test_a_limited_run_waiting_unowned_is_run_by_a_worker_that_starts_it(
+        interp: Make, store: Store) -> None:
+    # A limited run waits unowned for a slot: a client's start, or this worker's own whose
+    # create was reported failed though it committed (then the retried create finds the id
+    # taken). start() of it here, before any recover(), claims it when a slot is free.
+    Client(store).start("short", 7, run_id="L")
+    i = interp([short], limits={"short": 1})
+    assert i.start(short, 7, run_id="L") == "L"
+    assert i.result("L", timeout=PATIENCE) == "short 7"
+
+
 def test_limits_are_checked_when_the_interpreter_is_built(interp: Make) -> None:
     for bad in ({"short": 0}, {"short": 1.5}, {"short": True}, ["short"]):
         with pytest.raises(UsageError, match="limit"):

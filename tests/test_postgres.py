@@ -231,6 +231,41 @@ def test_a_write_replayed_after_an_unknown_outcome_counts_once(store: PostgresSt
         store.commit([w._replace(entries=(_entry(0, 0, '"other"'), _entry(1, 1)))])
 
 
+def test_a_start_grouped_with_steps_is_made_only_once_the_steps_are(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A commit applies its starts apart from its steps (one statement each). Steps first: if
+    # they fail, no start is made yet, so the retry (of the call, or of each write alone)
+    # makes the start and says so. Made first, it would answer False (id taken) to a start
+    # that only its own earlier attempt made, and a limited run would be left unclaimed.
+    create(store, "r", "wf", "{}", "A")
+    step = Write("r", "A", 1, "running", (_entry(0, 0),))
+    start = Write("n", "A", 1, "pending", create=("wf", "[]"))
+    real = store._commit_one_statement  # noqa: SLF001
+
+    def lost(*args: object) -> object:
+        monkeypatch.setattr(store, "_commit_one_statement", real)  # once
+        raise psycopg.OperationalError("the connection was lost (injected)")
+    monkeypatch.setattr(store, "_commit_one_statement", lost)
+    with pytest.raises(StoreUnavailable):
+        store.commit([step, start])
+    assert store.get("n") is None
+    assert store.commit([step, start]) == [True, True]
+    assert store.get("n") is not None and len(store.journal("r")) == 1
+
+
+def test_a_schema_name_with_a_percent_sign_works(admin: psycopg.Connection) -> None:
+    # psycopg reads % in a statement with parameters as a placeholder's, even in a quoted name.
+    name = f"{PREFIX}_p%sx{next(_counter)}"
+    s = PostgresStore(DSN, schema=name)
+    try:
+        create(s, "r", "wf", "{}", "A")
+        assert s.commit([Write("r", "A", 1, "running", (_entry(0, 0),))]) == [True]
+        assert s.journal("r") == [_entry(0, 0)] and s.get("r") is not None
+    finally:
+        s.close()
+        PostgresStore.drop_schema(DSN, name)
+
+
 # ---- fencing and claiming ---------------------------------------------------------------
 
 def test_a_worker_whose_lease_lapsed_cannot_append_after_a_takeover(store: PostgresStore) -> None:
