@@ -933,6 +933,190 @@ _CLAIMABLE = """
       AND NOT (r.workflow = ANY(%(full)b::text[]) AND r.state = ANY(%(working)b::text[]))"""
 
 
+# The statements, with {names} of the schema's relations filled in by _queries().
+_TEXT: dict[str, str] = {
+    "create_schema": "CREATE SCHEMA IF NOT EXISTS {schema}",
+    "create_meta": "CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text NOT NULL)",
+    "version": "SELECT value FROM {meta} WHERE key = 'schema_version'",
+    "set_version": "INSERT INTO {meta} VALUES ('schema_version', %s)",
+    "create_tables": _TABLES,
+    "create": f"""
+        INSERT INTO {{runs}} (run_id, workflow, args, forked_from, state, owner, fence,
+                              token, next_seq, created, updated)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW}, {_NOW})
+        ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
+    "create_many": f"""
+        INSERT INTO {{runs}} (run_id, workflow, args, forked_from, state, owner, fence,
+                              token, next_seq, created, updated)
+        SELECT r, w, a, src, s, o, f, t, n, {_NOW}, {_NOW}
+        FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                    %b::bigint[], %b::text[], %b::int[])
+            AS x(r, w, a, src, s, o, f, t, n)
+        ORDER BY r  -- one order for every batch: two batches sharing ids never deadlock
+        ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
+    "get": f"SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE run_id = %s",
+    "share": "SELECT state FROM {runs} WHERE run_id = %s FOR SHARE",
+    "lock": "SELECT owner, fence, next_seq FROM {runs} WHERE run_id = %s FOR UPDATE",
+    "journal": f"SELECT {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = %s ORDER BY seq",
+    "journals": f"SELECT run_id, {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = ANY(%s) "
+                f"ORDER BY run_id, seq",
+    "entries": f"SELECT {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = %s AND seq >= %s "
+               f"AND seq < %s ORDER BY seq",
+    "signals": "SELECT id, name, payload, sent FROM {signals} WHERE run_id = %s ORDER BY id",
+    # The fence: a write applies only while its owner still holds the run at its fence,
+    # and its entries only where the journal ends (else _already_applied sorts it out).
+    "commit": f"""
+        UPDATE {{runs}} r SET state = w.state, updated = {_NOW}, wake_at = w.wake_at,
+            waiting_for = w.waiting_for, result = w.result, error = w.error,
+            resumes = CASE WHEN w.progress THEN 0 ELSE r.resumes END,
+            owner = CASE WHEN w.release THEN NULL ELSE r.owner END,
+            cancel_seen = r.cancel_seen OR w.cancel_seen,
+            next_seq = r.next_seq + w.n
+        FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::float8[],
+                    %b::text[], %b::text[], %b::text[], %b::bool[], %b::bool[],
+                    %b::int[], %b::int[], %b::bool[])
+            AS w(run_id, owner, fence, state, wake_at, waiting_for, result, error, release,
+                 cancel_seen, first, n, progress)
+        WHERE r.run_id = w.run_id AND r.owner = w.owner AND r.fence = w.fence
+            AND (w.n = 0 OR r.next_seq = w.first)
+        RETURNING r.run_id""",
+    "append": f"""
+        INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
+        SELECT * FROM unnest(%b::text[], %b::int[], %b::int[], %b::text[], %b::text[],
+                             %b::text[], %b::text[], %b::float8[], %b::float8[])""",
+    "consume": """
+        DELETE FROM {signals} s USING unnest(%b::text[], %b::bigint[]) AS c(run_id, id)
+        WHERE s.id = c.id AND s.run_id = c.run_id RETURNING s.id""",
+    "candidates": f"""
+        SELECT r.run_id, r.workflow, r.state FROM {{runs}} r {_CLAIMABLE}
+        ORDER BY r.id LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED""",
+    "claim": f"""
+        WITH c AS (
+            SELECT r.run_id FROM {{runs}} r {_CLAIMABLE}
+            ORDER BY r.id LIMIT %(limit)s
+            FOR UPDATE OF r SKIP LOCKED)
+        UPDATE {{runs}} r SET owner = %(owner)s, fence = r.fence + 1, token = %(token)s,
+            resumes = CASE WHEN %(reset)s THEN 0
+                ELSE r.resumes + CASE WHEN r.owner IS NOT NULL AND r.owner <> %(owner)s
+                AND r.state = ANY(%(working)b::text[]) THEN 1 ELSE 0 END END
+        FROM c WHERE r.run_id = c.run_id
+        RETURNING r.id, {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}""",
+    "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL "
+              "AND state <> ALL(%b::text[])",
+    "counts": "SELECT workflow, state, count(*) FROM {runs} GROUP BY workflow, state",
+    "workflow_of": "SELECT workflow FROM {runs} WHERE run_id = %s",
+    # Runs of these workflows (but one) that work under live owners: the slots in use.
+    "working": """
+        SELECT w, (SELECT count(*) FROM {runs} r WHERE r.workflow = w
+                   AND r.state = ANY('{{pending,running}}') AND r.run_id <> %s
+                   AND EXISTS (SELECT 1 FROM {workers} l WHERE l.owner = r.owner
+                               AND l.lease_until >= now()))
+        FROM unnest(%b::text[]) AS w""",
+    "purgeable": f"""
+        SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE state = %s AND updated < %s
+        ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+    "tombstone": """
+        UPDATE {runs} r SET state = 'purged', args = t.args, error = t.error, result = NULL,
+            owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = false,
+            cancel_seen = false
+        FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(run_id, args, error)
+        WHERE r.run_id = t.run_id""",
+    "drop_journals": "DELETE FROM {journal} WHERE run_id = ANY(%s)",
+    "drop_signals": "DELETE FROM {signals} WHERE run_id = ANY(%s)",
+    "last_entries": f"SELECT DISTINCT ON (run_id) run_id, {_ENTRY_COLUMNS} FROM {{journal}} "
+                    f"WHERE run_id = ANY(%s) ORDER BY run_id, seq DESC",
+    "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
+             f"updated = {_NOW} WHERE id = %s",
+    # to_regclass: NULL (not an error) for a relation that is missing.
+    "current": """
+        SELECT (SELECT value FROM {meta} WHERE key = 'schema_version'),
+            (SELECT count(to_regclass(r)) FROM unnest(%b::text[]) AS r)::int,
+            (SELECT count(*) FROM pg_catalog.pg_attribute a,
+                unnest(%b::text[], %b::text[]) AS c(t, name)
+             WHERE a.attrelid = to_regclass(c.t) AND a.attname = c.name
+                AND NOT a.attisdropped)::int""",
+    "has_column": """
+        SELECT 1 FROM information_schema.columns WHERE table_schema = %s
+            AND table_name = %s AND column_name = %s""",
+    "heartbeat": """
+        INSERT INTO {workers} AS w (owner, lease_until, workflows)
+        VALUES (%s, clock_timestamp() + %s * interval '1 second', %b::text[])
+        ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until,
+            workflows = COALESCE(EXCLUDED.workflows, w.workflows)""",
+    "workers": "SELECT owner, workflows, extract(epoch FROM lease_until)::float8 FROM "
+               "{workers} WHERE lease_until >= now()",
+    "drop_worker": "DELETE FROM {workers} WHERE owner = %s",
+    "release": "UPDATE {runs} SET owner = NULL WHERE owner = %s",
+    "deliver": f"INSERT INTO {{signals}} (run_id, name, payload, sent) "
+               f"VALUES (%s, %s, %s, {_NOW}) RETURNING id",
+    "notice": f"""
+        INSERT INTO {{signals}} (run_id, name, payload, sent)
+        SELECT %s, %s, %s, {_NOW} WHERE EXISTS (
+            SELECT 1 FROM {{runs}} WHERE run_id = %s AND state <> ALL(%b::text[]))""",
+    "spawn": f"""
+        INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
+                              parent, cancel_requested)
+        SELECT %s, %s, %s, 'pending', NULL, 1, {_NOW}, {_NOW}, p.run_id,
+               p.cancel_requested AND NOT p.cancel_seen
+        FROM {{runs}} p WHERE p.run_id = %s""",
+    "cancel_tree": """
+        WITH RECURSIVE tree(id) AS (
+            SELECT unnest(%b::text[])
+            UNION SELECT r.run_id FROM {runs} r JOIN tree ON r.parent = tree.id)
+        UPDATE {runs} SET cancel_requested = true
+        WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%b::text[])
+            AND NOT cancel_requested""",
+    "terminate_tree": f"""
+        WITH RECURSIVE tree(id) AS (
+            SELECT unnest(%b::text[])
+            UNION SELECT r.run_id FROM {{runs}} r JOIN tree ON r.parent = tree.id)
+        UPDATE {{runs}} SET state = 'cancelled', error = %s, owner = NULL, fence = fence + 1,
+            wake_at = NULL, waiting_for = NULL, updated = {_NOW}
+        WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%b::text[])""",
+    "update_version": "UPDATE {meta} SET value = %s WHERE key = 'schema_version'",
+    "runs_parent": "CREATE INDEX IF NOT EXISTS {runs_parent} ON {runs} (parent, id)",
+    "wakeups": """
+        SELECT r.run_id, r.cancel_requested AND NOT r.cancel_seen FROM {runs} r
+        WHERE r.owner = %s AND ((r.cancel_requested AND NOT r.cancel_seen)
+              OR EXISTS (SELECT 1 FROM {signals} s WHERE s.run_id = r.run_id))
+        ORDER BY r.id""",
+    "runs": f"""
+        SELECT {_RUN_COLUMNS} FROM {{runs}}
+        WHERE (%(states)b::text[] IS NULL AND state <> 'purged'
+               OR state = ANY(%(states)b::text[]))
+          AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+          AND (%(parent)s::text IS NULL OR parent = %(parent)s::text)
+        ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s""",
+}
+_TEXT["commit_step"] = f"""
+    WITH w AS (
+        UPDATE {{runs}} r SET state = %s, updated = {_NOW}, wake_at = %s::float8,
+            waiting_for = %s::text, result = %s::text, error = %s::text,
+            resumes = CASE WHEN %s::bool THEN 0 ELSE r.resumes END,
+            owner = CASE WHEN %s::bool THEN NULL ELSE r.owner END,
+            cancel_seen = r.cancel_seen OR %s::bool, next_seq = r.next_seq + 1
+        WHERE r.run_id = %s AND r.owner = %s AND r.fence = %s AND r.next_seq = %s
+        RETURNING r.run_id)
+    INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
+    SELECT run_id, %s::int, %s::int, %s::text, %s::text, %s::text, %s::text, %s::float8,
+           %s::float8 FROM w
+    RETURNING run_id"""
+for one in ("create", "create_many"):  # a start alone: the row and its notice, one statement
+    _TEXT[f"start_{one}"] = f"WITH made AS ({_TEXT[one]}) SELECT run_id, CASE WHEN %s THEN " \
+                          f"pg_notify(%s, 'create') END FROM made"
+_TEXT["commit_append"] = f"""
+    WITH w AS ({_TEXT["commit"]}), a AS (
+        INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
+        SELECT * FROM unnest(%b::text[], %b::int[], %b::int[], %b::text[], %b::text[],
+                             %b::text[], %b::text[], %b::float8[], %b::float8[])
+            AS e(run_id, {_ENTRY_COLUMNS})
+        WHERE e.run_id IN (SELECT run_id FROM w))
+    SELECT run_id FROM w"""
+# As bytes, rendered once: psycopg renders a composed query anew at each execute (~5% of
+# a lone step's CPU), and caches its parse by these bytes. Identifiers are UTF-8, as the
+# connections are (or SQL_ASCII's raw bytes).
+
+
 def _queries(schema: str) -> dict[str, bytes]:
     s = sql.Identifier(schema)
     names = {
@@ -942,189 +1126,8 @@ def _queries(schema: str) -> dict[str, bytes]:
         **{i: sql.Identifier(i) for i in ("runs_owner", "runs_state", "signals_run",
                                           "runs_parent")},
     }
-    text = {
-        "create_schema": "CREATE SCHEMA IF NOT EXISTS {schema}",
-        "create_meta": "CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text NOT NULL)",
-        "version": "SELECT value FROM {meta} WHERE key = 'schema_version'",
-        "set_version": "INSERT INTO {meta} VALUES ('schema_version', %s)",
-        "create_tables": _TABLES,
-        "create": f"""
-            INSERT INTO {{runs}} (run_id, workflow, args, forked_from, state, owner, fence,
-                                  token, next_seq, created, updated)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW}, {_NOW})
-            ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
-        "create_many": f"""
-            INSERT INTO {{runs}} (run_id, workflow, args, forked_from, state, owner, fence,
-                                  token, next_seq, created, updated)
-            SELECT r, w, a, src, s, o, f, t, n, {_NOW}, {_NOW}
-            FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                        %b::bigint[], %b::text[], %b::int[])
-                AS x(r, w, a, src, s, o, f, t, n)
-            ORDER BY r  -- one order for every batch: two batches sharing ids never deadlock
-            ON CONFLICT (run_id) DO NOTHING RETURNING run_id""",
-        "get": f"SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE run_id = %s",
-        "share": "SELECT state FROM {runs} WHERE run_id = %s FOR SHARE",
-        "lock": "SELECT owner, fence, next_seq FROM {runs} WHERE run_id = %s FOR UPDATE",
-        "journal": f"SELECT {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = %s ORDER BY seq",
-        "journals": f"SELECT run_id, {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = ANY(%s) "
-                    f"ORDER BY run_id, seq",
-        "entries": f"SELECT {_ENTRY_COLUMNS} FROM {{journal}} WHERE run_id = %s AND seq >= %s "
-                   f"AND seq < %s ORDER BY seq",
-        "signals": "SELECT id, name, payload, sent FROM {signals} WHERE run_id = %s ORDER BY id",
-        # The fence: a write applies only while its owner still holds the run at its fence,
-        # and its entries only where the journal ends (else _already_applied sorts it out).
-        "commit": f"""
-            UPDATE {{runs}} r SET state = w.state, updated = {_NOW}, wake_at = w.wake_at,
-                waiting_for = w.waiting_for, result = w.result, error = w.error,
-                resumes = CASE WHEN w.progress THEN 0 ELSE r.resumes END,
-                owner = CASE WHEN w.release THEN NULL ELSE r.owner END,
-                cancel_seen = r.cancel_seen OR w.cancel_seen,
-                next_seq = r.next_seq + w.n
-            FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::float8[],
-                        %b::text[], %b::text[], %b::text[], %b::bool[], %b::bool[],
-                        %b::int[], %b::int[], %b::bool[])
-                AS w(run_id, owner, fence, state, wake_at, waiting_for, result, error, release,
-                     cancel_seen, first, n, progress)
-            WHERE r.run_id = w.run_id AND r.owner = w.owner AND r.fence = w.fence
-                AND (w.n = 0 OR r.next_seq = w.first)
-            RETURNING r.run_id""",
-        "append": f"""
-            INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
-            SELECT * FROM unnest(%b::text[], %b::int[], %b::int[], %b::text[], %b::text[],
-                                 %b::text[], %b::text[], %b::float8[], %b::float8[])""",
-        "consume": """
-            DELETE FROM {signals} s USING unnest(%b::text[], %b::bigint[]) AS c(run_id, id)
-            WHERE s.id = c.id AND s.run_id = c.run_id RETURNING s.id""",
-        "candidates": f"""
-            SELECT r.run_id, r.workflow, r.state FROM {{runs}} r {_CLAIMABLE}
-            ORDER BY r.id LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED""",
-        "claim": f"""
-            WITH c AS (
-                SELECT r.run_id FROM {{runs}} r {_CLAIMABLE}
-                ORDER BY r.id LIMIT %(limit)s
-                FOR UPDATE OF r SKIP LOCKED)
-            UPDATE {{runs}} r SET owner = %(owner)s, fence = r.fence + 1, token = %(token)s,
-                resumes = CASE WHEN %(reset)s THEN 0
-                    ELSE r.resumes + CASE WHEN r.owner IS NOT NULL AND r.owner <> %(owner)s
-                    AND r.state = ANY(%(working)b::text[]) THEN 1 ELSE 0 END END
-            FROM c WHERE r.run_id = c.run_id
-            RETURNING r.id, {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}""",
-        "owners": "SELECT DISTINCT owner FROM {runs} WHERE owner IS NOT NULL "
-                  "AND state <> ALL(%b::text[])",
-        "counts": "SELECT workflow, state, count(*) FROM {runs} GROUP BY workflow, state",
-        "workflow_of": "SELECT workflow FROM {runs} WHERE run_id = %s",
-        # Runs of these workflows (but one) that work under live owners: the slots in use.
-        "working": """
-            SELECT w, (SELECT count(*) FROM {runs} r WHERE r.workflow = w
-                       AND r.state = ANY('{{pending,running}}') AND r.run_id <> %s
-                       AND EXISTS (SELECT 1 FROM {workers} l WHERE l.owner = r.owner
-                                   AND l.lease_until >= now()))
-            FROM unnest(%b::text[]) AS w""",
-        "purgeable": f"""
-            SELECT {_RUN_COLUMNS} FROM {{runs}} WHERE state = %s AND updated < %s
-            ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
-        "tombstone": """
-            UPDATE {runs} r SET state = 'purged', args = t.args, error = t.error, result = NULL,
-                owner = NULL, wake_at = NULL, waiting_for = NULL, cancel_requested = false,
-                cancel_seen = false
-            FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(run_id, args, error)
-            WHERE r.run_id = t.run_id""",
-        "drop_journals": "DELETE FROM {journal} WHERE run_id = ANY(%s)",
-        "drop_signals": "DELETE FROM {signals} WHERE run_id = ANY(%s)",
-        "last_entries": f"SELECT DISTINCT ON (run_id) run_id, {_ENTRY_COLUMNS} FROM {{journal}} "
-                        f"WHERE run_id = ANY(%s) ORDER BY run_id, seq DESC",
-        "block": f"UPDATE {{runs}} SET state = 'blocked', owner = NULL, error = %s, "
-                 f"updated = {_NOW} WHERE id = %s",
-        # to_regclass: NULL (not an error) for a relation that is missing.
-        "current": """
-            SELECT (SELECT value FROM {meta} WHERE key = 'schema_version'),
-                (SELECT count(to_regclass(r)) FROM unnest(%b::text[]) AS r)::int,
-                (SELECT count(*) FROM pg_catalog.pg_attribute a,
-                    unnest(%b::text[], %b::text[]) AS c(t, name)
-                 WHERE a.attrelid = to_regclass(c.t) AND a.attname = c.name
-                    AND NOT a.attisdropped)::int""",
-        "has_column": """
-            SELECT 1 FROM information_schema.columns WHERE table_schema = %s
-                AND table_name = %s AND column_name = %s""",
-        "heartbeat": """
-            INSERT INTO {workers} AS w (owner, lease_until, workflows)
-            VALUES (%s, clock_timestamp() + %s * interval '1 second', %b::text[])
-            ON CONFLICT (owner) DO UPDATE SET lease_until = EXCLUDED.lease_until,
-                workflows = COALESCE(EXCLUDED.workflows, w.workflows)""",
-        "workers": "SELECT owner, workflows, extract(epoch FROM lease_until)::float8 FROM "
-                   "{workers} WHERE lease_until >= now()",
-        "drop_worker": "DELETE FROM {workers} WHERE owner = %s",
-        "release": "UPDATE {runs} SET owner = NULL WHERE owner = %s",
-        "deliver": f"INSERT INTO {{signals}} (run_id, name, payload, sent) "
-                   f"VALUES (%s, %s, %s, {_NOW}) RETURNING id",
-        "notice": f"""
-            INSERT INTO {{signals}} (run_id, name, payload, sent)
-            SELECT %s, %s, %s, {_NOW} WHERE EXISTS (
-                SELECT 1 FROM {{runs}} WHERE run_id = %s AND state <> ALL(%b::text[]))""",
-        "spawn": f"""
-            INSERT INTO {{runs}} (run_id, workflow, args, state, owner, fence, created, updated,
-                                  parent, cancel_requested)
-            SELECT %s, %s, %s, 'pending', NULL, 1, {_NOW}, {_NOW}, p.run_id,
-                   p.cancel_requested AND NOT p.cancel_seen
-            FROM {{runs}} p WHERE p.run_id = %s""",
-        "cancel_tree": """
-            WITH RECURSIVE tree(id) AS (
-                SELECT unnest(%b::text[])
-                UNION SELECT r.run_id FROM {runs} r JOIN tree ON r.parent = tree.id)
-            UPDATE {runs} SET cancel_requested = true
-            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%b::text[])
-                AND NOT cancel_requested""",
-        "terminate_tree": f"""
-            WITH RECURSIVE tree(id) AS (
-                SELECT unnest(%b::text[])
-                UNION SELECT r.run_id FROM {{runs}} r JOIN tree ON r.parent = tree.id)
-            UPDATE {{runs}} SET state = 'cancelled', error = %s, owner = NULL, fence = fence + 1,
-                wake_at = NULL, waiting_for = NULL, updated = {_NOW}
-            WHERE run_id IN (SELECT id FROM tree) AND state <> ALL(%b::text[])""",
-        "update_version": "UPDATE {meta} SET value = %s WHERE key = 'schema_version'",
-        "runs_parent": "CREATE INDEX IF NOT EXISTS {runs_parent} ON {runs} (parent, id)",
-        "wakeups": """
-            SELECT r.run_id, r.cancel_requested AND NOT r.cancel_seen FROM {runs} r
-            WHERE r.owner = %s AND ((r.cancel_requested AND NOT r.cancel_seen)
-                  OR EXISTS (SELECT 1 FROM {signals} s WHERE s.run_id = r.run_id))
-            ORDER BY r.id""",
-        "runs": f"""
-            SELECT {_RUN_COLUMNS} FROM {{runs}}
-            WHERE (%(states)b::text[] IS NULL AND state <> 'purged'
-                   OR state = ANY(%(states)b::text[]))
-              AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
-              AND (%(parent)s::text IS NULL OR parent = %(parent)s::text)
-            ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s""",
-    }
-    text["commit_step"] = f"""
-        WITH w AS (
-            UPDATE {{runs}} r SET state = %s, updated = {_NOW}, wake_at = %s::float8,
-                waiting_for = %s::text, result = %s::text, error = %s::text,
-                resumes = CASE WHEN %s::bool THEN 0 ELSE r.resumes END,
-                owner = CASE WHEN %s::bool THEN NULL ELSE r.owner END,
-                cancel_seen = r.cancel_seen OR %s::bool, next_seq = r.next_seq + 1
-            WHERE r.run_id = %s AND r.owner = %s AND r.fence = %s AND r.next_seq = %s
-            RETURNING r.run_id)
-        INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
-        SELECT run_id, %s::int, %s::int, %s::text, %s::text, %s::text, %s::text, %s::float8,
-               %s::float8 FROM w
-        RETURNING run_id"""
-    for one in ("create", "create_many"):  # a start alone: the row and its notice, one statement
-        text[f"start_{one}"] = f"WITH made AS ({text[one]}) SELECT run_id, CASE WHEN %s THEN " \
-                              f"pg_notify(%s, 'create') END FROM made"
-    text["commit_append"] = f"""
-        WITH w AS ({text["commit"]}), a AS (
-            INSERT INTO {{journal}} (run_id, {_ENTRY_COLUMNS})
-            SELECT * FROM unnest(%b::text[], %b::int[], %b::int[], %b::text[], %b::text[],
-                                 %b::text[], %b::text[], %b::float8[], %b::float8[])
-                AS e(run_id, {_ENTRY_COLUMNS})
-            WHERE e.run_id IN (SELECT run_id FROM w))
-        SELECT run_id FROM w"""
-    # As bytes, rendered once: psycopg renders a composed query anew at each execute (~5% of
-    # a lone step's CPU), and caches its parse by these bytes. Identifiers are UTF-8, as the
-    # connections are (or SQL_ASCII's raw bytes).
     return {k: _render(v, {n: names[n] for n in names if "{" + n + "}" in v})
-            for k, v in text.items()}
+            for k, v in _TEXT.items()}
 
 
 def _render(text: str, names: dict[str, sql.Composable]) -> bytes:
