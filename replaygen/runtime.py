@@ -128,6 +128,10 @@ class Steps:
         self._cost: dict[object, float] = {}  # step function -> its duration
         self._pool = _Pool(concurrency)
         self._aloop: asyncio.AbstractEventLoop | None = None
+        # Async steps in flight. The loop holds its tasks weakly: a step awaiting what nothing
+        # else holds would be collected mid-await, its cleanup (free) run by whatever thread
+        # allocated then, even one holding _lock.
+        self._tasks: set[Any] = set()  # concurrent.futures.Future[Outcome]
 
     def acquire(self, actor: Actor, effect: Acquire | Call, keep: bool = True) -> bool:
         """Take a slot for the step at ``effect.position`` (kept for its next call if ``keep``;
@@ -185,6 +189,8 @@ class Steps:
             actor.running.add(effect.position)
             if _is_async(effect.fn):
                 future = asyncio.run_coroutine_threadsafe(self._acall(effect), self._async_loop())
+                self._tasks.add(future)
+                future.add_done_callback(self._tasks.discard)
                 future.add_done_callback(lambda f: done(f.result()))
             else:
                 self._pool.submit(lambda: done(self._call(effect, key)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -1142,6 +1143,31 @@ def test_a_step_may_be_an_async_function(interp: Make, restart: Any, reach: Any)
     second.deliver(run, "go")
     assert second.result(run, timeout=PATIENCE) == {"n": 5}
     assert calls == [5]
+
+
+def test_an_async_step_awaiting_what_nothing_else_holds_survives_a_collection(interp: Make) -> None:
+    # asyncio's loop holds its tasks weakly. A step awaiting something only it references
+    # (a future that never resolves) formed garbage with its task: the collector destroyed it
+    # mid-await and ran its cleanup, which gave the step's slot back from whatever thread was
+    # allocating, even one holding the slots' lock (a deadlock, seen with 10,000 such runs).
+    started, closed = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closed.set()
+
+    def wf() -> Any:
+        yield Do("forever", forever)
+
+    i = interp([wf])
+    run = i.start(wf)
+    assert started.wait(PATIENCE)
+    gc.collect()
+    assert not closed.is_set()  # still awaiting, as a sync step that never returns runs on
+    assert i.status(run).state == "running"
 
 
 def test_a_failing_async_step_raises_step_failed(interp: Make) -> None:
