@@ -88,6 +88,7 @@ _Gen = Generator[Effect, Any, Any]
 LONE, ALL, ANY = 0, 1, 2  # how a yield's members make its answer
 _NONE: list[Member] = []  # the members between yields (never changed)
 _RUNNING = ("running", None, None)  # the run row of a run taking steps
+_NO_IDS: frozenset[int] = frozenset()  # the signals a run took, until it takes one
 _WORKING = ("pending", "running")  # store.WORKING: a run in these states holds a slot
 _NOT_BEGUN = object()
 
@@ -121,14 +122,15 @@ class Life:
         self.deadline_at: float | None = None  # when DeadlineExceeded strikes (None: never)
         self.passed: float | None = None    # the deadline that struck, once it has
         self.inbox: list[Any] | None = None  # the unconsumed signals as known (None: read them)
-        self.taken: set[int] = set()        # signals consumed by this incarnation
+        self.taken = _NO_IDS                # signals consumed by this incarnation
         self.mail: list[Done] = []          # steps that ended, to journal
         self.fresh = False                  # events came since the current pass began
-        self.staged: list[Entry] = []       # entries for the next Save, with what they imply:
-        self.consumed: list[int] = []       # the signals they take,
-        self.spawned: list[Spawn] = []      # the children they create,
-        self.cancels: list[str] = []        # the children they cancel,
-        self.after: list[Event] = []        # the observer events due once they are durable
+        # Tuples, not lists: a parked run (tens of thousands in a worker) keeps empty ones.
+        self.staged: tuple[Entry, ...] = ()    # entries for the next Save, with what they imply:
+        self.consumed: tuple[int, ...] = ()    # the signals they take,
+        self.spawned: tuple[Spawn, ...] = ()   # the children they create,
+        self.cancels: tuple[str, ...] = ()     # the children they cancel,
+        self.after: tuple[Event, ...] = ()     # the observer events due once they are durable
         self.ended: BaseException | None = broken  # what failed, cancelled or blocked the run
         self.nonce = ""                     # this incarnation's, for idempotency keys
 
@@ -264,7 +266,7 @@ class Life:
             group = self._entry(self.position, "group", "any" if kind == ANY else "all", "ok",
                                 self.settings.codec.encode(len(cmds)))
             self.journal.groups[self.position] = group
-            self.staged.append(group)
+            self.staged += (group,)
         if began is not _NOT_BEGUN:
             self.live, m = True, self.members[0]
             if type(began) is Outcome:
@@ -313,7 +315,7 @@ class Life:
                     yield from RULES[type(m.cmd)].resolve(self, m)  # type: ignore[misc]
                 if m.done:  # decided now: the losing children are cancelled
                     winner = m
-                    self.cancels += [o.child for o in members if o.child and not o.done]
+                    self.cancels += tuple(o.child for o in members if o.child and not o.done)
                     break
         done, busy = True, False
         for m in members:
@@ -376,8 +378,8 @@ class Life:
         """Journal a cancel (or a passed deadline) at this yield, to be raised here."""
         entry = self._entry(self.position, "cancel", "", "deadline" if deadline else "", None)
         if deadline:  # its children are cancelled with it (one that struck too absorbs it)
-            self.cancels += self.journal.open_children() + [
-                m.child for m in self.members if m.child and not m.done]
+            self.cancels += (*self.journal.open_children(), *(
+                m.child for m in self.members if m.child and not m.done))
         yield from self._save("running", (entry,), cancel_seen=True)
         return self._interrupt(entry)
 
@@ -469,8 +471,8 @@ class Life:
     def _take(self, signal: Any) -> None:
         assert self.inbox is not None
         self.inbox.remove(signal)
-        self.consumed.append(signal.id)
-        self.taken.add(signal.id)
+        self.consumed += (signal.id,)
+        self.taken |= {signal.id}
 
     # ---- the handlers, one per command (see RULES) ------------------------------------------
 
@@ -485,8 +487,8 @@ class Life:
             return int(value), None
         # Entries at or past this point mean the run was written by code without this call.
         chosen = cmd.min if self.journal.end > self.position else cmd.max
-        self.staged.append(self._entry(self.position, "version", cmd.change_id, "ok",
-                                       self.settings.codec.encode(chosen)))
+        self.staged += (self._entry(self.position, "version", cmd.change_id, "ok",
+                                    self.settings.codec.encode(chosen)),)
         return chosen, None
         yield  # a generator, as every handler
 
@@ -499,8 +501,8 @@ class Life:
         else:
             at = self.settings.now() + cmd.seconds
             at = at if self.deadline_at is None else min(at, self.deadline_at)
-            self.staged.append(self._entry(self.position, "deadline", "", "ok",
-                                           self.settings.codec.encode(at)))
+            self.staged += (self._entry(self.position, "deadline", "", "ok",
+                                        self.settings.codec.encode(at)),)
         self.deadline_at = at
         self.position += 1
         return None, None
@@ -547,13 +549,13 @@ class Life:
         else:
             self.live = True
             deadline = now + cmd.seconds
-            self.staged.append(self._entry(m.position, "sleep", "", "ok",
-                                           self.settings.codec.encode(deadline), now))
+            self.staged += (self._entry(m.position, "sleep", "", "ok",
+                                        self.settings.codec.encode(deadline), now),)
         if now < deadline:
             m.deadline = deadline
             return
         if self.kind == ANY:  # its end decides the Any: journal it
-            self.staged.append(self._entry(m.position, "woke", "", "ok", None, now))
+            self.staged += (self._entry(m.position, "woke", "", "ok", None, now),)
         m.settle()
         yield from ()
 
@@ -574,17 +576,17 @@ class Life:
             timeout_at = None if journal.decode(entries[0]) is None else journal.number(entries[0])
         else:  # journaled even without a timeout, so that inserting a command before it shows
             timeout_at = None if cmd.timeout is None else now + cmd.timeout
-            self.staged.append(self._entry(m.position, "timer", cmd.signal, "ok",
-                                           self.settings.codec.encode(timeout_at), now))
+            self.staged += (self._entry(m.position, "timer", cmd.signal, "ok",
+                                        self.settings.codec.encode(timeout_at), now),)
         signal = yield from self._peek(cmd.signal)
         if signal is not None:
             self._take(signal)
             entry = self._entry(m.position, "wait", cmd.signal, "ok", signal.payload, now)
-            self.staged.append(entry)
-            self.after.append(self._event("signal_taken", step=cmd.signal, position=m.position))
+            self.staged += (entry,)
+            self.after += (self._event("signal_taken", step=cmd.signal, position=m.position),)
             return m.settle(journal.decode(entry))
         if timeout_at is not None and now >= timeout_at:
-            self.staged.append(self._entry(m.position, "wait", cmd.signal, "timeout", None))
+            self.staged += (self._entry(m.position, "wait", cmd.signal, "timeout", None),)
             return m.settle(error=WaitTimeout(cmd.signal))
         m.deadline, m.label = timeout_at, cmd.signal
 
@@ -610,8 +612,8 @@ class Life:
         self._take(notice)
         status = {"completed": "ok", "failed": "error"}.get(told.get("state"), "cancelled")
         value = told.get("result") if status == "ok" else told.get("error")
-        self.staged.append(self._entry(m.position, "child", cmd.workflow, status,
-                                       self.settings.codec.encode(value)))
+        self.staged += (self._entry(m.position, "child", cmd.workflow, status,
+                                    self.settings.codec.encode(value)),)
         self._child_ended(m, status, value)
 
     # ---- children ----------------------------------------------------------------------------
@@ -632,13 +634,13 @@ class Life:
                                  f"child another run_id")
         except UsageError as exc:
             info = error_record(exc)
-            self.staged.append(self._entry(m.position, "child", cmd.workflow, "error",
-                                           self.settings.encode_error(info)))
+            self.staged += (self._entry(m.position, "child", cmd.workflow, "error",
+                                        self.settings.encode_error(info)),)
             self._child_ended(m, "error", info)
             return False
-        self.staged.append(self._entry(m.position, "spawn", cmd.workflow, "ok",
-                                       self.settings.codec.encode(m.child)))
-        self.spawned.append(Spawn(m.child, cmd.workflow, text))
+        self.staged += (self._entry(m.position, "spawn", cmd.workflow, "ok",
+                                    self.settings.codec.encode(m.child)),)
+        self.spawned += (Spawn(m.child, cmd.workflow, text),)
         return True
 
     def _child_ended(self, m: Member, status: str, value: Any) -> None:
@@ -727,21 +729,21 @@ class Life:
             now = settings.now()
             next_at = now + policy.delay(attempt, random.random())
             info = {**error_record(error), "attempt": attempt, "next_at": next_at}
-            self.staged.append(self._entry(m.position, "retry", cmd.name, "error",
-                                           settings.encode_error(info), outcome.started))
+            self.staged += (self._entry(m.position, "retry", cmd.name, "error",
+                                        settings.encode_error(info), outcome.started),)
             settings.log.warning("run %s: step %r failed (try %d of %d), retrying in %.2fs: %r",
                                  self.id, cmd.name, attempt, policy.attempts, next_at - now, error)
-            self.after.append(self._event("step_retrying", step=cmd.name, position=m.position,
-                                          attempt=attempt, error=repr(error)))
+            self.after += (self._event("step_retrying", step=cmd.name, position=m.position,
+                                       attempt=attempt, error=repr(error)),)
             return None
         else:
             settings.log.warning("run %s: step %r failed: %r", self.id, cmd.name, error)
             entry = self._entry(m.position, "do", cmd.name, "error",
                                 settings.encode_error(error_record(error)), outcome.started)
-        self.staged.append(entry)
+        self.staged += (entry,)
         if settings.observed:
-            self.after.append(self._event("step_committed", step=cmd.name, position=m.position,
-                                          attempt=attempt, duration=entry.ended - outcome.started))
+            self.after += (self._event("step_committed", step=cmd.name, position=m.position,
+                                       attempt=attempt, duration=entry.ended - outcome.started),)
         return entry
 
     # ---- writing and ending -----------------------------------------------------------------
@@ -768,13 +770,9 @@ class Life:
         with it, and without a free slot it waits, pending, for a claim (the life ends here)."""
         admit = self.settings.limits.get(self.workflow, 0) \
             if state in _WORKING and self.written[0] not in _WORKING else 0
-        if self.staged:
-            entries = tuple(self.staged) + entries if entries else tuple(self.staged)
-            self.staged.clear()
-        consume = spawn = cancel = ()  # type: tuple[Any, ...]
-        if self.consumed or self.spawned or self.cancels:
-            consume, spawn, cancel = tuple(self.consumed), tuple(self.spawned), tuple(self.cancels)
-            self.consumed, self.spawned, self.cancels = [], [], []
+        entries, self.staged = self.staged + entries, ()
+        consume, spawn, cancel = self.consumed, self.spawned, self.cancels
+        self.consumed = self.spawned = self.cancels = ()
         # Most steps only append: then the run row need not be rewritten (a cheaper write).
         progress = bool(entries) and self.resumes > 0  # a crash loop's count starts afresh
         keep = bool(entries) and not (result or error or cancel_seen or release or notify or
@@ -790,7 +788,7 @@ class Life:
             if self.settings.verify is not None and any(e.kind == "do" for e in entries):
                 self.settings.verify(self)
         if self.after:
-            after, self.after = self.after, []
+            after, self.after = self.after, ()
             for event in after:
                 yield Emit(event)
         if events:
@@ -831,8 +829,8 @@ class Life:
                               error=None if error is None else repr(outcome))
 
     def _block(self, exc: Exception) -> _Gen:
-        self.ended, self.staged, self.consumed, self.spawned = exc, [], [], []
-        self.cancels, self.after = [], []
+        self.ended, self.staged, self.consumed, self.spawned = exc, (), (), ()
+        self.cancels, self.after = (), ()
         yield from self._save("blocked", error=self.settings.encode_error(error_record(exc)),
                               release=True)
         self.settings.log.warning("run %s blocked: %s", self.id, exc)

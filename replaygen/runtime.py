@@ -43,6 +43,7 @@ _SLOW_TURN = 0.005
 """Seconds a turn (a step inline, or workflow code) may hold the driver before a new thread
 takes over the other runs."""
 _NOT_AWAITABLE = frozenset({dict, list, str, int, float, bool, type(None)})
+_EMPTY: frozenset[int] = frozenset()
 
 
 class Clock(Protocol):
@@ -100,11 +101,14 @@ class Actor:
         self.id, self.gen, self.fence = run_id, gen, fence
         self.state = state              # as its last write said (or the claim)
         self.limited = limited          # its workflow has store-wide slots (limits)
-        self.mailbox: list[Any] = []
+        # Its event box and slot sets are immutable, swapped whole under their lock: a parked
+        # run (tens of thousands in a worker) shares the empty ones.
+        self.mailbox: tuple[Any, ...] = ()
         self.reply: Any = None          # the answer to the effect the life waits on
         self.scheduled = self.gone = False
-        self.held: set[int] = set()     # positions holding a slot for their next Call
-        self.queued: set[int] = set()   # positions waiting for a slot
+        self.held = _EMPTY              # positions holding a slot for their next Call
+        self.queued = _EMPTY            # positions waiting for a slot
+        # Added to by the driver, discarded under the runtime's lock: a set changed in place.
         self.running: set[int] = set()  # positions whose step runs off the driver
         self.alarm: int | None = None  # the seq of the alarm the life asked for last
         self.left: threading.Event | None = None  # set when it is let go; made by the first waiter
@@ -140,15 +144,15 @@ class Steps:
         with self._lock:
             if position in actor.held:
                 if not keep:
-                    actor.held.discard(position)
+                    actor.held -= {position}
                 return True
             if self._free and position not in actor.queued:
                 self._free -= 1
                 if keep:
-                    actor.held.add(position)
+                    actor.held |= {position}
                 return True
             if position not in actor.queued:
-                actor.queued.add(position)
+                actor.queued |= {position}
                 self._queue.append((actor, position))
             return False
 
@@ -158,22 +162,21 @@ class Steps:
             while self._queue:
                 actor, position = self._queue.popleft()
                 if not actor.gone and position in actor.queued:
-                    actor.queued.discard(position)
-                    actor.held.add(position)
+                    actor.queued -= {position}
+                    actor.held |= {position}
                     break
             else:
                 self._free += 1
                 return
         if not self._post(actor, GRANTED):  # gone meanwhile: pass it on
             with self._lock:
-                actor.held.discard(position)
+                actor.held -= {position}
             self.free()
 
     def withdraw(self, actor: Actor, effect: Withdraw | None = None) -> None:
         with self._lock:
             freed = len(actor.held)
-            actor.held.clear()
-            actor.queued.clear()
+            actor.held = actor.queued = _EMPTY
         for _ in range(freed):
             self.free()
 
@@ -356,7 +359,7 @@ class Runtime:
         if actor.gone:
             return False
         if not (event is UNREAD and UNREAD in actor.mailbox):
-            actor.mailbox.append(event)
+            actor.mailbox += (event,)
         if not actor.scheduled:
             actor.scheduled = True
             self._ready.append(actor)
@@ -475,8 +478,7 @@ class Runtime:
                 self._freed()
             if actor.mailbox:
                 with self.lock:
-                    actor.reply = tuple(actor.mailbox)
-                    actor.mailbox.clear()
+                    actor.reply, actor.mailbox = actor.mailbox, ()
             else:
                 actor.reply = None
             return True
@@ -571,8 +573,7 @@ class Runtime:
                     if actor.gone or not actor.mailbox:
                         actor.scheduled = False
                         return None
-                    reply = tuple(actor.mailbox)
-                    actor.mailbox.clear()
+                    reply, actor.mailbox = actor.mailbox, ()
             else:
                 reply = perform[kind](actor, effect)
 
