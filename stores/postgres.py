@@ -1112,15 +1112,14 @@ _TEXT["commit_append"] = f"""
             AS e(run_id, {_ENTRY_COLUMNS})
         WHERE e.run_id IN (SELECT run_id FROM w))
     SELECT run_id FROM w"""
-# As bytes, rendered once: psycopg renders a composed query anew at each execute (~5% of
-# a lone step's CPU), and caches its parse by these bytes. Identifiers are UTF-8, as the
-# connections are (or SQL_ASCII's raw bytes).
 
 
 def _queries(schema: str) -> dict[str, bytes]:
-    s = sql.Identifier(schema)
+    """The statements for ``schema``, as bytes rendered once: psycopg renders a composed
+    query anew at each execute (~5% of a lone step's CPU), and caches its parse by these
+    bytes. Identifiers are UTF-8, as the connections are (or SQL_ASCII's raw bytes)."""
     names = {
-        "schema": s,
+        "schema": sql.Identifier(schema),
         **{t: sql.Identifier(schema, t) for t in ("meta", "runs", "journal", "signals", "workers")},
         # index names live in the table's schema and must not be schema-qualified
         **{i: sql.Identifier(i) for i in ("runs_owner", "runs_state", "signals_run",

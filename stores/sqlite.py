@@ -117,9 +117,13 @@ _APPEND_ROW = "(" + ", ".join(["?"] * 11) + ")"
 _APPEND_ROWS = 90  # rows per statement: 990 variables
 
 
-@lru_cache(maxsize=_APPEND_ROWS)
-def _append_sql(rows: int) -> str:
-    return _APPEND.format(", ".join([_APPEND_ROW] * rows))
+_BATCH_INSERT = f"INSERT INTO batch ({_BATCH_COLUMNS}) VALUES {{}}"
+
+
+@lru_cache(maxsize=2 * _APPEND_ROWS)
+def _many(statement: str, row: str, rows: int) -> str:
+    """``statement`` with ``rows`` copies of ``row`` for its VALUES: made once per size."""
+    return statement.format(", ".join([row] * rows))
 
 _REFUSED = "replaygen: refused"
 _FENCED = "WHERE run_id = NEW.run_id AND owner = NEW.owner AND fence = NEW.fence"
@@ -167,6 +171,20 @@ class _Refused(Exception):
 
 
 _NO_RUN = (None,) * 18
+
+
+def _insert(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], statement: str, row: str,
+            per: int, refused: str) -> None:
+    """Insert ``rows`` by ``statement``, ``per`` rows a statement; _Refused if one of them is
+    (its error names ``refused``), which aborts the statement and leaves the rest to the caller."""
+    try:
+        for at in range(0, len(rows), per):
+            part = rows[at:at + per]
+            c.execute(_many(statement, row, len(part)), [x for r in part for x in r])
+    except sqlite3.IntegrityError as exc:
+        if refused in str(exc):
+            raise _Refused from None
+        raise
 
 
 def _rows(w: Write, now: float) -> list[tuple[Any, ...]]:
@@ -660,26 +678,12 @@ class SQLiteStore:
 
     @staticmethod
     def _append(c: sqlite3.Connection, entries: Sequence[tuple[Any, ...]]) -> None:
-        try:
-            for at in range(0, len(entries), _APPEND_ROWS):
-                part = entries[at:at + _APPEND_ROWS]
-                c.execute(_append_sql(len(part)), [x for r in part for x in r])
-        except sqlite3.IntegrityError as exc:
-            if "NOT NULL constraint failed: journal.kind" in str(exc):
-                raise _Refused from None
-            raise
+        _insert(c, entries, _APPEND, _APPEND_ROW, _APPEND_ROWS,
+                "NOT NULL constraint failed: journal.kind")
 
     @staticmethod
     def _apply(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        try:
-            for at in range(0, len(rows), _ROWS):
-                part = rows[at:at + _ROWS]
-                c.execute(f"INSERT INTO batch ({_BATCH_COLUMNS}) VALUES " +
-                          ", ".join([_ROW] * len(part)), [x for r in part for x in r])
-        except sqlite3.IntegrityError as exc:
-            if _REFUSED in str(exc):
-                raise _Refused from None
-            raise
+        _insert(c, rows, _BATCH_INSERT, _ROW, _ROWS, _REFUSED)
 
     def _apply_each(self, c: sqlite3.Connection, writes: Sequence[Write],
                     now: float) -> list[bool | None]:
